@@ -1,0 +1,22 @@
+//! Clustering models.
+//!
+//! [`KMeansParams`] validates into [`KMeansValidParams`]; with `std`, those fit a [`KMeans`]
+//! model by Lloyd iterations whose assignment step is the [`AssignStep`] trait, so that
+//! `host-train` can swap in a GPU implementation.
+
+mod params;
+pub use params::{KMeansInit, KMeansParams, KMeansParamsError, KMeansValidParams};
+
+#[cfg(feature = "std")]
+mod assign;
+#[cfg(feature = "std")]
+mod init;
+#[cfg(feature = "std")]
+mod kmeans;
+#[cfg(feature = "std")]
+mod split;
+
+#[cfg(feature = "std")]
+pub use assign::{AssignError, AssignStep, BruteForceAssign, CpuGemmAssign};
+#[cfg(feature = "std")]
+pub use kmeans::{IterStats, KMeans, KMeansError, KMeansFit};

@@ -1,0 +1,22 @@
+//! Reading images for both sides: Fashion-MNIST IDX files and folders of JPEG/PNG images.
+//!
+//! Every error names the file it is about. Images come out as [`ImageSet`]: `u8` pixels,
+//! planar (channel, row, column), all of one size.
+
+mod error;
+mod fashion_mnist;
+mod idx;
+#[cfg(feature = "image")]
+mod image_folder;
+mod image_set;
+mod source;
+
+pub use error::DataError;
+pub use fashion_mnist::{
+    load_fashion_mnist, Split, FASHION_MNIST_CLASSES, FASHION_MNIST_DEFAULT_DIR,
+};
+pub use idx::{read_idx, IdxArray};
+#[cfg(feature = "image")]
+pub use image_folder::{read_image_folder, ColorMode, ImageFolderOptions, ResizeMode};
+pub use image_set::{ImageSet, SkippedFile};
+pub use source::DataSource;

@@ -1,0 +1,24 @@
+//! The shared core of deepcluster-edge, written once and used by `host-train` on the GPU host
+//! and by `edge-runtime` on the board.
+//!
+//! - [`cluster`]: batch k-means (with a pluggable assignment step) and its parameters.
+//! - [`linalg`]: PCA-whitening and L2 normalisation.
+//! - [`metrics`]: NMI, ARI, purity, clustering accuracy and weighted kNN.
+//! - [`data`]: Fashion-MNIST IDX files and folders of JPEG/PNG images.
+//!
+//! Without the `std` feature the crate is `no_std + alloc`: the label metrics and the
+//! random number generator stay available, the batch algorithms do not.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod cluster;
+#[cfg(feature = "std")]
+pub mod data;
+#[cfg(feature = "std")]
+pub mod linalg;
+pub mod matrix;
+pub mod metrics;
+pub mod rng;
+
+pub use matrix::{MatRef, ShapeError};

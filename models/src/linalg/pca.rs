@@ -1,0 +1,330 @@
+//! PCA with optional whitening, as faiss `PCAMatrix` computes it: the covariance of the
+//! centred data (divided by n), its eigenvectors in decreasing order of eigenvalue, each
+//! scaled by eigenvalue^eigen_power. With eigen_power = -0.5 the output is whitened.
+
+use faer::{Mat, Side};
+use rayon::prelude::*;
+use thiserror::Error;
+
+use super::{matmul, Operand, Parallelism};
+use crate::{MatRef, ShapeError};
+
+/// PCA could not be fitted or applied.
+#[derive(Debug, Error)]
+pub enum PcaError {
+    #[error("data: {0}")]
+    Shape(#[from] ShapeError),
+    #[error("n_components must be at least 1")]
+    ZeroComponents,
+    #[error("cannot keep {n_components} components of {dim}-dimensional data")]
+    TooManyComponents { n_components: usize, dim: usize },
+    #[error(
+        "{n} samples cannot give {n_components} components (need more samples than components)"
+    )]
+    TooFewSamples { n: usize, n_components: usize },
+    #[error("row {row} holds a NaN or infinite value")]
+    NonFinite { row: usize },
+    #[error("eigendecomposition did not converge")]
+    Eigen,
+}
+
+/// PCA parameters; checked when fitting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PcaParams {
+    pub n_components: usize,
+    /// Exponent applied to the eigenvalues: -0.5 whitens (DeepCluster), 0 is plain PCA.
+    pub eigen_power: f64,
+    /// Added to each eigenvalue before the power, to tame near-zero variances.
+    pub epsilon: f64,
+}
+
+impl PcaParams {
+    /// Whitening PCA to `n_components` dimensions, as DeepCluster uses it.
+    pub fn new(n_components: usize) -> Self {
+        Self {
+            n_components,
+            eigen_power: -0.5,
+            epsilon: 0.0,
+        }
+    }
+
+    pub fn eigen_power(mut self, p: f64) -> Self {
+        self.eigen_power = p;
+        self
+    }
+
+    pub fn epsilon(mut self, e: f64) -> Self {
+        self.epsilon = e;
+        self
+    }
+
+    pub fn fit(&self, data: MatRef<'_>) -> Result<Pca, PcaError> {
+        let (n, d, d_out) = (data.rows(), data.cols(), self.n_components);
+        if d_out == 0 {
+            return Err(PcaError::ZeroComponents);
+        }
+        if d_out > d {
+            return Err(PcaError::TooManyComponents {
+                n_components: d_out,
+                dim: d,
+            });
+        }
+        if n <= d_out {
+            return Err(PcaError::TooFewSamples {
+                n,
+                n_components: d_out,
+            });
+        }
+        if let Some(row) = (0..n)
+            .into_par_iter()
+            .find_first(|&i| data.row(i).iter().any(|v| !v.is_finite()))
+        {
+            return Err(PcaError::NonFinite { row });
+        }
+
+        let mean = column_means(data);
+        let cov = covariance(data, &mean);
+        let eig = Mat::<f64>::from_fn(d, d, |i, j| cov[i * d + j])
+            .self_adjoint_eigen(Side::Lower)
+            .map_err(|_| PcaError::Eigen)?;
+        let (u, s) = (eig.U(), eig.S().column_vector());
+        let mut order: Vec<usize> = (0..d).collect();
+        order.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+
+        let top = s[order[0]].max(0.0);
+        let mut eigenvalues = Vec::with_capacity(d_out);
+        let mut components = Vec::with_capacity(d_out * d);
+        let mut matrix = Vec::with_capacity(d_out * d);
+        for &c in &order[..d_out] {
+            let lambda = s[c].max(0.0);
+            // Rounding leaves the null space with tiny or negative eigenvalues; a negative
+            // power of those would be infinite.
+            let floor = top * f64::EPSILON * d as f64;
+            let scale = if self.eigen_power == 0.0 {
+                1.0
+            } else {
+                (lambda.max(floor) + self.epsilon).powf(self.eigen_power)
+            };
+            let v: Vec<f64> = (0..d).map(|i| u[(i, c)]).collect();
+            // Deterministic sign: the largest coordinate is positive (scikit-learn's rule).
+            let pivot = v
+                .iter()
+                .fold(0.0f64, |m, &x| if x.abs() > m.abs() { x } else { m });
+            let sign = if pivot < 0.0 { -1.0 } else { 1.0 };
+            components.extend(v.iter().map(|&x| x * sign));
+            matrix.extend(v.iter().map(|&x| (x * sign * scale) as f32));
+            eigenvalues.push(lambda);
+        }
+        let bias = (0..d_out)
+            .map(|c| {
+                let row = &matrix[c * d..(c + 1) * d];
+                row.iter()
+                    .zip(&mean)
+                    .map(|(&a, &m)| a as f64 * m)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok(Pca {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            components,
+            matrix,
+            bias,
+            eigenvalues,
+            d_in: d,
+            d_out,
+        })
+    }
+}
+
+fn column_means(data: MatRef<'_>) -> Vec<f64> {
+    let d = data.cols();
+    let sums = data
+        .as_slice()
+        .par_chunks(4096 * d)
+        .map(|chunk| {
+            let mut s = vec![0f64; d];
+            for row in chunk.chunks_exact(d) {
+                for (a, &x) in s.iter_mut().zip(row) {
+                    *a += x as f64;
+                }
+            }
+            s
+        })
+        .reduce(
+            || vec![0f64; d],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    sums.iter().map(|s| s / data.rows() as f64).collect()
+}
+
+/// (X - mean)^T (X - mean) / n, in f64, chunk by chunk so no centred copy of X is kept.
+fn covariance(data: MatRef<'_>, mean: &[f64]) -> Vec<f64> {
+    const CHUNK: usize = 2048;
+    let (n, d) = (data.rows(), data.cols());
+    let mut cov = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .fold(
+            || (vec![0f64; d * d], Vec::new(), vec![0f64; d * d]),
+            |(mut acc, mut centred, mut part), ci| {
+                let rows = data.slice_rows(ci * CHUNK, ((ci + 1) * CHUNK).min(n));
+                centred.clear();
+                for r in 0..rows.rows() {
+                    centred.extend(rows.row(r).iter().zip(mean).map(|(&x, &m)| x as f64 - m));
+                }
+                let x = Operand::new(centred.as_slice(), rows.rows(), d);
+                matmul(&mut part, x.t(), x, 1.0, Parallelism::None);
+                acc.iter_mut().zip(&part).for_each(|(a, p)| *a += p);
+                (acc, centred, part)
+            },
+        )
+        .map(|(acc, _, _)| acc)
+        .reduce(
+            || vec![0f64; d * d],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    cov.iter_mut().for_each(|c| *c /= n as f64);
+    cov
+}
+
+/// A fitted PCA: y = A (x - mean), A holding the scaled components as rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pca {
+    mean: Vec<f32>,
+    components: Vec<f64>,
+    matrix: Vec<f32>,
+    /// A * mean, subtracted after the product so the input need not be centred first.
+    bias: Vec<f32>,
+    eigenvalues: Vec<f64>,
+    d_in: usize,
+    d_out: usize,
+}
+
+impl Pca {
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+    /// Unit principal directions, `d_out x d_in`, in decreasing order of variance.
+    pub fn components(&self) -> &[f64] {
+        &self.components
+    }
+    /// Variance along each kept direction (covariance divided by n, as faiss).
+    pub fn eigenvalues(&self) -> &[f64] {
+        &self.eigenvalues
+    }
+    /// The applied matrix, `d_out x d_in`: components scaled by eigenvalue^eigen_power.
+    pub fn matrix(&self) -> &[f32] {
+        &self.matrix
+    }
+
+    /// Projects each row of `data` (n x d_in) to d_out values.
+    pub fn transform(&self, data: MatRef<'_>) -> Result<Vec<f32>, PcaError> {
+        data.expect_cols(self.d_in)?;
+        let (n, d, k) = (data.rows(), self.d_in, self.d_out);
+        let mut out = vec![0f32; n * k];
+        const BLOCK: usize = 1024;
+        out.par_chunks_mut(BLOCK * k)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                let x = data.slice_rows(bi * BLOCK, bi * BLOCK + o.len() / k);
+                matmul(
+                    o,
+                    Operand::new(x.as_slice(), x.rows(), d),
+                    Operand::new(self.matrix.as_slice(), k, d).t(),
+                    1.0,
+                    Parallelism::None,
+                );
+                for row in o.chunks_exact_mut(k) {
+                    row.iter_mut().zip(&self.bias).for_each(|(y, b)| *y -= b);
+                }
+            });
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Points on a stretched, rotated 3-D Gaussian-ish cloud.
+    fn cloud(n: usize) -> Vec<f32> {
+        let mut r = Rng::new(17);
+        let mut x = Vec::with_capacity(n * 3);
+        for _ in 0..n {
+            let a = (r.next_f64() - 0.5) * 10.0;
+            let b = (r.next_f64() - 0.5) * 3.0;
+            let c = (r.next_f64() - 0.5) * 0.5;
+            x.extend_from_slice(&[(a + b) as f32 + 1.0, (a - b) as f32 - 2.0, c as f32 + 3.0]);
+        }
+        x
+    }
+
+    #[test]
+    fn whitened_output_has_identity_covariance() {
+        let x = cloud(2000);
+        let pca = PcaParams::new(3).fit(MatRef::new(&x, 3).unwrap()).unwrap();
+        assert!(pca.eigenvalues().windows(2).all(|w| w[0] >= w[1]));
+        let y = pca.transform(MatRef::new(&x, 3).unwrap()).unwrap();
+        let n = 2000.0;
+        for i in 0..3 {
+            let mean: f64 = y.chunks(3).map(|r| r[i] as f64).sum::<f64>() / n;
+            assert!(mean.abs() < 1e-4, "mean {mean}");
+            for j in 0..3 {
+                let c: f64 = y.chunks(3).map(|r| r[i] as f64 * r[j] as f64).sum::<f64>() / n;
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((c - want).abs() < 1e-3, "cov[{i}][{j}] = {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn plain_pca_keeps_the_largest_direction_first() {
+        let x = cloud(500);
+        let pca = PcaParams::new(1)
+            .eigen_power(0.0)
+            .fit(MatRef::new(&x, 3).unwrap())
+            .unwrap();
+        let c = pca.components();
+        // The dominant direction is (1, 1, 0) / sqrt(2).
+        assert!((c[0] - 0.7071).abs() < 0.02 && (c[1] - 0.7071).abs() < 0.02 && c[2].abs() < 0.02);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let x = cloud(10);
+        let m = MatRef::new(&x, 3).unwrap();
+        assert!(matches!(
+            PcaParams::new(0).fit(m),
+            Err(PcaError::ZeroComponents)
+        ));
+        assert!(matches!(
+            PcaParams::new(4).fit(m),
+            Err(PcaError::TooManyComponents { .. })
+        ));
+        let few = MatRef::new(&x[..6], 3).unwrap();
+        assert!(matches!(
+            PcaParams::new(2).fit(few),
+            Err(PcaError::TooFewSamples { .. })
+        ));
+        let mut bad = x.clone();
+        bad[7] = f32::INFINITY;
+        let err = PcaParams::new(2)
+            .fit(MatRef::new(&bad, 3).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, PcaError::NonFinite { row: 2 }));
+        let pca = PcaParams::new(2).fit(m).unwrap();
+        assert!(pca.transform(MatRef::new(&x[..8], 2).unwrap()).is_err());
+    }
+}
