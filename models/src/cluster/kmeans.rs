@@ -53,7 +53,8 @@ pub struct KMeansFit {
     pub labels: Vec<u32>,
     /// Squared distance of every input point to its centroid.
     pub distances: Vec<f32>,
-    /// The iterations of the run that was kept (the best of `n_redo`).
+    /// The iterations of the run that was kept (the best of `n_redo`), followed by any
+    /// repair steps on the full data that filled clusters left empty.
     pub iterations: Vec<IterStats>,
     /// Points the centroids were trained on, after sub-sampling.
     pub n_train: usize,
@@ -134,8 +135,28 @@ impl KMeansValidParams {
         assign: &A,
         data: MatRef<'_>,
     ) -> Result<KMeansFit, KMeansError> {
-        let (model, iterations, n_train) = self.train(assign, data, None)?;
-        let (labels, distances) = model.predict_with(assign, data)?;
+        let (mut model, mut iterations, n_train) = self.train(assign, data, None)?;
+        let (mut labels, mut distances) = model.predict_with(assign, data)?;
+        // A split in the last iteration, or training on a sample, can leave a cluster empty
+        // on the full data. A few more Lloyd steps on all points repair it, as long as the
+        // data has at least k distinct points.
+        let mut rng = Rng::new(self.seed ^ 0x5EED_0F_E4D5);
+        for _ in 0..MAX_REPAIR_STEPS {
+            let counts = cluster_sizes(&labels, self.k);
+            if counts.iter().all(|&c| c > 0) {
+                break;
+            }
+            let step = self.lloyd_step(
+                data,
+                &mut model.centroids,
+                &labels,
+                &distances,
+                counts,
+                &mut rng,
+            );
+            iterations.push(step);
+            (labels, distances) = model.predict_with(assign, data)?;
+        }
         Ok(KMeansFit {
             model,
             labels,
@@ -227,24 +248,44 @@ impl KMeansValidParams {
         for _ in 0..self.max_iter {
             let cm = MatRef::new(&centroids, d)?;
             assign.assign(prepared, train, cm, &mut labels, &mut dists)?;
-            let objective: f64 = dists.iter().map(|&v| v as f64).sum();
-
-            let mut counts = vec![0usize; k];
-            for &l in &labels {
-                counts[l as usize] += 1;
-            }
-            update_centroids(&mut centroids, train, &labels, &counts);
-            let n_splits = split_empty_clusters(&mut centroids, d, &mut counts, rng);
-            if self.spherical {
-                l2_normalize_rows(&mut centroids, d);
-            }
-            stats.push(IterStats {
-                objective,
-                n_splits,
-            });
+            let counts = cluster_sizes(&labels, k);
+            stats.push(self.lloyd_step(train, &mut centroids, &labels, &dists, counts, rng));
         }
         Ok((centroids, stats))
     }
+
+    /// The update half of an iteration, given an assignment: means, splits, re-normalisation.
+    fn lloyd_step(
+        &self,
+        train: MatRef<'_>,
+        centroids: &mut [f32],
+        labels: &[u32],
+        dists: &[f32],
+        mut counts: Vec<usize>,
+        rng: &mut Rng,
+    ) -> IterStats {
+        let d = train.cols();
+        let objective: f64 = dists.iter().map(|&v| v as f64).sum();
+        update_centroids(centroids, train, labels, &counts);
+        let n_splits = split_empty_clusters(centroids, d, &mut counts, rng);
+        if self.spherical {
+            l2_normalize_rows(centroids, d);
+        }
+        IterStats {
+            objective,
+            n_splits,
+        }
+    }
+}
+
+const MAX_REPAIR_STEPS: usize = 10;
+
+fn cluster_sizes(labels: &[u32], k: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; k];
+    for &l in labels {
+        counts[l as usize] += 1;
+    }
+    counts
 }
 
 /// Each centroid becomes the mean of its points; centroids without points are left for
