@@ -86,7 +86,8 @@ proptest! {
         let (mut lb, mut db) = (vec![0; n], vec![0.0; n]);
         let (mut lg, mut dg) = (vec![0; n], vec![0.0; n]);
         BruteForceAssign.assign(&(), xm, cm, &mut lb, &mut db).unwrap();
-        CpuGemmAssign::default().assign(&(), xm, cm, &mut lg, &mut dg).unwrap();
+        let norms = CpuGemmAssign::default().prepare(xm).unwrap();
+        CpuGemmAssign::default().assign(&norms, xm, cm, &mut lg, &mut dg).unwrap();
         for i in 0..n {
             let tol = 1e-4 * (1.0 + db[i].abs()) * 10.0;
             prop_assert!((db[i] - dg[i]).abs() <= tol, "dist {} vs {}", db[i], dg[i]);

@@ -81,22 +81,32 @@ impl CpuGemmAssign {
     }
 }
 
-impl AssignStep for CpuGemmAssign {
-    type Prepared = ();
+/// Squared norms of the points, computed once per data set rather than per iteration.
+#[derive(Debug, Clone)]
+pub struct PointNorms(Vec<f32>);
 
-    fn prepare(&self, _points: MatRef<'_>) -> Result<(), AssignError> {
-        Ok(())
+impl AssignStep for CpuGemmAssign {
+    type Prepared = PointNorms;
+
+    fn prepare(&self, points: MatRef<'_>) -> Result<PointNorms, AssignError> {
+        Ok(PointNorms(squared_norms(points.as_slice(), points.cols())))
     }
 
     fn assign(
         &self,
-        _prepared: &(),
+        prepared: &PointNorms,
         points: MatRef<'_>,
         centroids: MatRef<'_>,
         labels: &mut [u32],
         dists: &mut [f32],
     ) -> Result<(), AssignError> {
         check_shapes(points, centroids, labels, dists)?;
+        if prepared.0.len() != points.rows() {
+            return Err(AssignError::OutputLen {
+                expected: points.rows(),
+                got: prepared.0.len(),
+            });
+        }
         let (k, d) = (centroids.rows(), centroids.cols());
         if k == 0 || points.rows() == 0 {
             return Ok(());
@@ -131,7 +141,7 @@ impl AssignStep for CpuGemmAssign {
                                 best_j = j as u32;
                             }
                         }
-                        let xn: f32 = x.row(r).iter().map(|v| v * v).sum();
+                        let xn = prepared.0[start + r];
                         lab[r] = best_j;
                         // Rounding can make a tiny distance negative.
                         dis[r] = (xn + best).max(0.0);
@@ -207,9 +217,9 @@ mod tests {
             .unwrap();
         for block_rows in [0, 1, 7, 64, 5000] {
             let (mut l1, mut d1) = (vec![0; n], vec![0.0; n]);
-            CpuGemmAssign { block_rows }
-                .assign(&(), xm, cm, &mut l1, &mut d1)
-                .unwrap();
+            let gemm = CpuGemmAssign { block_rows };
+            let norms = gemm.prepare(xm).unwrap();
+            gemm.assign(&norms, xm, cm, &mut l1, &mut d1).unwrap();
             for i in 0..n {
                 assert!(
                     (d0[i] - d1[i]).abs() < 1e-4,
@@ -237,9 +247,11 @@ mod tests {
         let x = [0.0f32; 6];
         let c = [0.0f32; 4];
         let (mut l, mut d) = (vec![0; 3], vec![0.0; 3]);
-        let err = CpuGemmAssign::default()
+        let g = CpuGemmAssign::default();
+        let norms3 = g.prepare(MatRef::new(&x, 2).unwrap()).unwrap();
+        let err = g
             .assign(
-                &(),
+                &norms3,
                 MatRef::new(&x, 2).unwrap(),
                 MatRef::new(&c, 4).unwrap(),
                 &mut l,
@@ -253,9 +265,10 @@ mod tests {
                 centroids: 4
             }
         ));
-        let err = CpuGemmAssign::default()
+        let norms2 = g.prepare(MatRef::new(&x, 3).unwrap()).unwrap();
+        let err = g
             .assign(
-                &(),
+                &norms2,
                 MatRef::new(&x, 3).unwrap(),
                 MatRef::new(&c[..3], 3).unwrap(),
                 &mut l,

@@ -299,22 +299,23 @@ fn update_centroids(centroids: &mut [f32], train: MatRef<'_>, labels: &[u32], co
         .for_each(|(t, chunk)| {
             let c0 = t * per;
             let c1 = c0 + chunk.len() / d;
-            let mut acc = vec![0f64; chunk.len()];
+            // f32 sums, as faiss: they vectorise, and k-means' own noise dwarfs the rounding.
+            let mut acc = vec![0f32; chunk.len()];
             for (i, &l) in labels.iter().enumerate() {
                 let l = l as usize;
                 if (c0..c1).contains(&l) {
                     let dst = &mut acc[(l - c0) * d..(l - c0 + 1) * d];
                     for (a, &x) in dst.iter_mut().zip(train.row(i)) {
-                        *a += x as f64;
+                        *a += x;
                     }
                 }
             }
             for c in c0..c1 {
                 if counts[c] > 0 {
-                    let inv = 1.0 / counts[c] as f64;
+                    let inv = 1.0 / counts[c] as f32;
                     let src = &acc[(c - c0) * d..(c - c0 + 1) * d];
                     for (dst, &s) in chunk[(c - c0) * d..(c - c0 + 1) * d].iter_mut().zip(src) {
-                        *dst = (s * inv) as f32;
+                        *dst = s * inv;
                     }
                 }
             }

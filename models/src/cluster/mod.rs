@@ -17,6 +17,6 @@ mod kmeans;
 mod split;
 
 #[cfg(feature = "std")]
-pub use assign::{AssignError, AssignStep, BruteForceAssign, CpuGemmAssign};
+pub use assign::{AssignError, AssignStep, BruteForceAssign, CpuGemmAssign, PointNorms};
 #[cfg(feature = "std")]
 pub use kmeans::{IterStats, KMeans, KMeansError, KMeansFit};
