@@ -140,7 +140,7 @@ impl KMeansValidParams {
         // A split in the last iteration, or training on a sample, can leave a cluster empty
         // on the full data. A few more Lloyd steps on all points repair it, as long as the
         // data has at least k distinct points.
-        let mut rng = Rng::new(self.seed ^ 0x5EED_0F_E4D5);
+        let mut rng = Rng::new(self.seed ^ 0x005E_ED0F_E4D5);
         for _ in 0..MAX_REPAIR_STEPS {
             let counts = cluster_sizes(&labels, self.k);
             if counts.iter().all(|&c| c > 0) {

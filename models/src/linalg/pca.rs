@@ -302,7 +302,11 @@ mod tests {
             .unwrap();
         let c = pca.components();
         // The dominant direction is (1, 1, 0) / sqrt(2).
-        assert!((c[0] - 0.7071).abs() < 0.02 && (c[1] - 0.7071).abs() < 0.02 && c[2].abs() < 0.02);
+        assert!(
+            (c[0] - std::f64::consts::FRAC_1_SQRT_2).abs() < 0.02
+                && (c[1] - std::f64::consts::FRAC_1_SQRT_2).abs() < 0.02
+                && c[2].abs() < 0.02
+        );
     }
 
     #[test]
