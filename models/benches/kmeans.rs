@@ -80,6 +80,18 @@ fn main() -> BenchResult {
 
 fn run(threads: usize) -> BenchResult {
     let quick = std::env::var("KMEANS_BENCH_QUICK").is_ok_and(|v| v == "1");
+    // Fail before minutes of our own runs if the reference cannot run.
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import faiss, numpy"])
+        .status()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !probe.success() {
+        return Err(format!(
+            "{python} cannot import faiss and numpy: run ./scripts/bench-kmeans, which sets them up"
+        )
+        .into());
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -175,7 +187,6 @@ fn run(threads: usize) -> BenchResult {
         ours.push((secs, model, iters.last().map_or(f64::NAN, |s| s.objective)));
     }
 
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = root.join("models/benches/reference/faiss_kmeans.py");
     let status = Command::new(&python)
         .arg(&script)

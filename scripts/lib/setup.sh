@@ -38,5 +38,5 @@ python_env() {
         rm -rf "$venv" && python3 -m venv "$venv" >&2
     fi
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" >&2
-    echo "$venv/bin/python"
+    echo "$PWD/$venv/bin/python"
 }

@@ -51,12 +51,6 @@ impl<'a, T> Operand<'a, T> {
 pub trait Scalar: Copy + 'static {
     const ZERO: Self;
 }
-impl Scalar for f32 {
-    const ZERO: Self = 0.0;
-}
-impl Scalar for f64 {
-    const ZERO: Self = 0.0;
-}
 
 /// `out = scale * lhs * rhs`, with `out` row-major `m x n`.
 ///
@@ -64,6 +58,31 @@ impl Scalar for f64 {
 /// If the shapes do not agree or a buffer is too short: callers pass shapes they validated.
 pub fn matmul<T: Scalar>(
     out: &mut [T],
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    scale: T,
+    parallelism: Parallelism,
+) {
+    gemm_into(out, false, lhs, rhs, scale, parallelism)
+}
+
+/// `out += scale * lhs * rhs`, with `out` row-major `m x n`.
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_add<T: Scalar>(
+    out: &mut [T],
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    scale: T,
+    parallelism: Parallelism,
+) {
+    gemm_into(out, true, lhs, rhs, scale, parallelism)
+}
+
+fn gemm_into<T: Scalar>(
+    out: &mut [T],
+    accumulate: bool,
     lhs: Operand<'_, T>,
     rhs: Operand<'_, T>,
     scale: T,
@@ -85,9 +104,13 @@ pub fn matmul<T: Scalar>(
         return;
     }
     if k == 0 {
-        out[..m * n].fill(T::ZERO);
+        if !accumulate {
+            out[..m * n].fill(T::ZERO);
+        }
         return;
     }
+    // gemm computes dst = alpha * dst + beta * lhs * rhs; alpha is ignored unless read_dst.
+    let alpha = if accumulate { T::ONE } else { T::ZERO };
     let (lrs, lcs) = lhs.strides();
     let (rrs, rcs) = rhs.strides();
     // SAFETY: the assertions above prove that every index the kernel touches,
@@ -101,14 +124,14 @@ pub fn matmul<T: Scalar>(
             out.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.data.as_ptr(),
             lcs,
             lrs,
             rhs.data.as_ptr(),
             rcs,
             rrs,
-            T::ZERO,
+            alpha,
             scale,
             false,
             false,
@@ -162,6 +185,14 @@ mod tests {
                 assert!((o - 2.0 * w).abs() < 1e-5, "{o} vs {}", 2.0 * w);
             }
         }
+    }
+
+    #[test]
+    fn matmul_add_accumulates() {
+        let a = [1.0f32, 2.0, 3.0, 4.0];
+        let mut out = [10.0f32; 4];
+        matmul_add(&mut out, Operand::new(&a, 2, 2), Operand::new(&a, 2, 2), 1.0, Parallelism::None);
+        assert_eq!(out, [17.0, 20.0, 25.0, 32.0]);
     }
 
     #[test]

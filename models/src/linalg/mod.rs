@@ -5,6 +5,6 @@ mod gemm;
 mod norm;
 mod pca;
 
-pub use gemm::{matmul, Operand, Parallelism, Scalar};
+pub use gemm::{matmul, matmul_add, Operand, Parallelism, Scalar};
 pub use norm::{l2_normalize_rows, squared_norms};
 pub use pca::{Pca, PcaError, PcaParams};
