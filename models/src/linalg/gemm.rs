@@ -50,6 +50,15 @@ impl<'a, T> Operand<'a, T> {
 /// The element types the `gemm` crate multiplies and this crate uses.
 pub trait Scalar: Copy + 'static {
     const ZERO: Self;
+    const ONE: Self;
+}
+impl Scalar for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+impl Scalar for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
 }
 
 /// `out = scale * lhs * rhs`, with `out` row-major `m x n`.
