@@ -1,0 +1,1 @@
+//! Encoders: image batch (b, c, h, w) in, embedding (b, d) out.

@@ -1,0 +1,425 @@
+//! 2-D convolution, NCHW, f32, as three candle custom ops: forward, backward-data and
+//! backward-filter. Each image's GEMM runs on one thread; the batch is spread over rayon.
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use models::linalg::{matmul, matmul_add, Operand, Parallelism};
+use rayon::prelude::*;
+
+use super::im2col::{col2im_add, im2col, ConvShape};
+
+/// Stride and zero padding, the same on both axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Default for Conv2dGeometry {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+        }
+    }
+}
+
+/// `x` (b, c, h, w) convolved with `weight` (oc, c, kh, kw): the fast op on CPU f32 tensors,
+/// candle's own `conv2d` elsewhere (CUDA).
+pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Conv2dGeometry) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+        x.contiguous()?
+            .apply_op2(&weight.contiguous()?, Conv2dForward(geometry))
+    } else {
+        x.conv2d(weight, geometry.padding, geometry.stride, 1, 1)
+    }
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("conv2d: {what} is not contiguous"),
+    }
+}
+
+fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
+    match *l.dims() {
+        [a, b, c, d] => Ok([a, b, c, d]),
+        ref other => bail!("conv2d: {what} must have 4 dimensions, got {other:?}"),
+    }
+}
+
+/// Batch, output channels and the per-image shape for input (b, c, h, w) and weight
+/// (oc, c, kh, kw).
+fn conv_shape(
+    x: [usize; 4],
+    w: [usize; 4],
+    g: Conv2dGeometry,
+) -> Result<(usize, usize, ConvShape)> {
+    let [b, c, h, wd] = x;
+    let [oc, wc, kh, kw] = w;
+    if wc != c {
+        bail!("conv2d: input has {c} channels, weight expects {wc}");
+    }
+    if g.stride == 0 {
+        bail!("conv2d: stride must be at least 1");
+    }
+    if h + 2 * g.padding < kh || wd + 2 * g.padding < kw {
+        bail!("conv2d: kernel {kh}x{kw} is larger than the padded {h}x{wd} input");
+    }
+    let oh = (h + 2 * g.padding - kh) / g.stride + 1;
+    let ow = (wd + 2 * g.padding - kw) / g.stride + 1;
+    let s = ConvShape {
+        c,
+        h,
+        w: wd,
+        kh,
+        kw,
+        stride: g.stride,
+        pad: g.padding,
+        oh,
+        ow,
+    };
+    Ok((b, oc, s))
+}
+
+struct Conv2dForward(Conv2dGeometry);
+
+impl CustomOp2 for Conv2dForward {
+    fn name(&self) -> &'static str {
+        "im2col-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let w = contiguous_f32(s2, l2, "weight")?;
+        let (b, oc, s) = conv_shape(dims4(l1, "input")?, dims4(l2, "weight")?, self.0)?;
+        let (ckk, ohw, img) = (s.ckk(), s.ohw(), s.c * s.h * s.w);
+        let mut out = vec![0f32; b * oc * ohw];
+        out.par_chunks_mut(oc * ohw).enumerate().for_each_init(
+            || vec![0f32; ckk * ohw],
+            |cols, (i, o)| {
+                im2col(&x[i * img..(i + 1) * img], &s, cols);
+                // out = W (oc x ckk) * cols (ckk x ohw)
+                matmul(
+                    o,
+                    Operand::new(w, oc, ckk),
+                    Operand::new(cols, ckk, ohw),
+                    1.0,
+                    Parallelism::None,
+                );
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((b, oc, s.oh, s.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (_, _, h, wd) = x.dims4()?;
+        let gx = grad.apply_op2_no_bwd(
+            w,
+            &Conv2dBackwardData {
+                g: self.0,
+                h,
+                w: wd,
+            },
+        )?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let gw = x.apply_op2_no_bwd(&grad, &Conv2dBackwardFilter { g: self.0, kh, kw })?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// d(loss)/d(input) from d(loss)/d(output) (b, oc, oh, ow) and the weight.
+struct Conv2dBackwardData {
+    g: Conv2dGeometry,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for Conv2dBackwardData {
+    fn name(&self) -> &'static str {
+        "im2col-conv2d-backward-data"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gy = contiguous_f32(s1, l1, "output gradient")?;
+        let w = contiguous_f32(s2, l2, "weight")?;
+        let [b, oc, oh, ow] = dims4(l1, "output gradient")?;
+        let wdims = dims4(l2, "weight")?;
+        let (_, _, s) = conv_shape([b, wdims[1], self.h, self.w], wdims, self.g)?;
+        if (s.oh, s.ow, wdims[0]) != (oh, ow, oc) {
+            bail!(
+                "conv2d backward: output gradient {:?} does not match the forward shape",
+                l1.dims()
+            );
+        }
+        let (ckk, ohw, img) = (s.ckk(), s.ohw(), s.c * s.h * s.w);
+        let mut gx = vec![0f32; b * img];
+        gx.par_chunks_mut(img).enumerate().for_each_init(
+            || vec![0f32; ckk * ohw],
+            |gcols, (i, gxi)| {
+                // gcols = W^T (ckk x oc) * gy_i (oc x ohw)
+                matmul(
+                    gcols,
+                    Operand::new(w, oc, ckk).t(),
+                    Operand::new(&gy[i * oc * ohw..(i + 1) * oc * ohw], oc, ohw),
+                    1.0,
+                    Parallelism::None,
+                );
+                col2im_add(gcols, &s, gxi);
+            },
+        );
+        Ok((CpuStorage::F32(gx), Shape::from((b, s.c, s.h, s.w))))
+    }
+}
+
+/// d(loss)/d(weight) from the input and d(loss)/d(output).
+struct Conv2dBackwardFilter {
+    g: Conv2dGeometry,
+    kh: usize,
+    kw: usize,
+}
+
+impl CustomOp2 for Conv2dBackwardFilter {
+    fn name(&self) -> &'static str {
+        "im2col-conv2d-backward-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let gy = contiguous_f32(s2, l2, "output gradient")?;
+        let xd = dims4(l1, "input")?;
+        let [gb, oc, oh, ow] = dims4(l2, "output gradient")?;
+        let (b, _, s) = conv_shape(xd, [oc, xd[1], self.kh, self.kw], self.g)?;
+        if (gb, s.oh, s.ow) != (b, oh, ow) {
+            bail!(
+                "conv2d backward: output gradient {:?} does not match the forward shape",
+                l2.dims()
+            );
+        }
+        let (ckk, ohw, img) = (s.ckk(), s.ohw(), s.c * s.h * s.w);
+        let gw = (0..b)
+            .into_par_iter()
+            .fold(
+                || (vec![0f32; oc * ckk], vec![0f32; ckk * ohw]),
+                |(mut acc, mut cols), i| {
+                    im2col(&x[i * img..(i + 1) * img], &s, &mut cols);
+                    // gW += gy_i (oc x ohw) * cols^T (ohw x ckk)
+                    matmul_add(
+                        &mut acc,
+                        Operand::new(&gy[i * oc * ohw..(i + 1) * oc * ohw], oc, ohw),
+                        Operand::new(&cols, ckk, ohw).t(),
+                        1.0,
+                        Parallelism::None,
+                    );
+                    (acc, cols)
+                },
+            )
+            .map(|(acc, _)| acc)
+            .reduce(
+                || vec![0f32; oc * ckk],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        Ok((
+            CpuStorage::F32(gw),
+            Shape::from((oc, s.c, self.kh, self.kw)),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut r = models::rng::Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| r.next_f64() as f32 * 2.0 - 1.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Output, input gradient and weight gradient of sum(conv(x, w) * r).
+    fn run(
+        x: &Tensor,
+        w: &Tensor,
+        r: &Tensor,
+        g: Conv2dGeometry,
+        fast: bool,
+    ) -> (Tensor, Tensor, Tensor) {
+        let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+        let y = if fast {
+            conv2d(xv.as_tensor(), wv.as_tensor(), g).unwrap()
+        } else {
+            xv.as_tensor()
+                .conv2d(wv.as_tensor(), g.padding, g.stride, 1, 1)
+                .unwrap()
+        };
+        let loss = (&y * r).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        (
+            y,
+            grads.get(&xv).unwrap().clone(),
+            grads.get(&wv).unwrap().clone(),
+        )
+    }
+
+    #[test]
+    fn forward_and_gradients_match_candle() {
+        for (xs, ws, g) in [
+            (
+                [4, 3, 9, 9],
+                [5, 3, 3, 3],
+                Conv2dGeometry {
+                    stride: 1,
+                    padding: 1,
+                },
+            ),
+            // Even sizes only: with stride 2 and an odd width candle's own backward returns a
+            // gradient of the wrong width; finite differences cover odd sizes below.
+            (
+                [2, 2, 8, 8],
+                [4, 2, 3, 3],
+                Conv2dGeometry {
+                    stride: 2,
+                    padding: 1,
+                },
+            ),
+            (
+                [3, 4, 6, 6],
+                [2, 4, 1, 1],
+                Conv2dGeometry {
+                    stride: 1,
+                    padding: 0,
+                },
+            ),
+            (
+                [1, 1, 5, 5],
+                [3, 1, 5, 5],
+                Conv2dGeometry {
+                    stride: 1,
+                    padding: 2,
+                },
+            ),
+        ] {
+            let (x, w) = (rand(&xs, 1), rand(&ws, 2));
+            let y = conv2d(&x, &w, g).unwrap();
+            let r = rand(y.dims(), 3);
+            let (yf, gxf, gwf) = run(&x, &w, &r, g, true);
+            let (yc, gxc, gwc) = run(&x, &w, &r, g, false);
+            assert_eq!(yf.dims(), yc.dims());
+            assert!(max_abs_diff(&yf, &yc) < 1e-5, "forward {xs:?} {g:?}");
+            assert!(
+                max_abs_diff(&gxf, &gxc) < 1e-4,
+                "input gradient {xs:?} {g:?}"
+            );
+            assert!(
+                max_abs_diff(&gwf, &gwc) < 1e-4,
+                "weight gradient {xs:?} {g:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let g = Conv2dGeometry {
+            stride: 2,
+            padding: 1,
+        };
+        let (x, w) = (rand(&[2, 2, 5, 6], 4), rand(&[3, 2, 3, 3], 5));
+        let r = rand(conv2d(&x, &w, g).unwrap().dims(), 6);
+        let (_, gx, gw) = run(&x, &w, &r, g, true);
+        let loss = |x: &Tensor, w: &Tensor| -> f64 {
+            let y = conv2d(x, w, g).unwrap();
+            (&y * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let eps = 1e-2f32;
+        for (t, grad, is_x) in [(&x, &gx, true), (&w, &gw, false)] {
+            let base: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let analytic: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+            for i in (0..base.len()).step_by(3) {
+                let mut plus = base.clone();
+                plus[i] += eps;
+                let mut minus = base.clone();
+                minus[i] -= eps;
+                let p = Tensor::from_vec(plus, t.dims(), &Device::Cpu).unwrap();
+                let m = Tensor::from_vec(minus, t.dims(), &Device::Cpu).unwrap();
+                let numeric = if is_x {
+                    loss(&p, &w) - loss(&m, &w)
+                } else {
+                    loss(&x, &p) - loss(&x, &m)
+                } / (2.0 * eps as f64);
+                assert!(
+                    (numeric - analytic[i] as f64).abs() < 2e-2,
+                    "element {i}: {numeric} vs {}",
+                    analytic[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_not_panics() {
+        let x = rand(&[1, 3, 4, 4], 1);
+        assert!(conv2d(&x, &rand(&[2, 2, 3, 3], 2), Conv2dGeometry::default()).is_err());
+        assert!(conv2d(&x, &rand(&[2, 3, 7, 7], 2), Conv2dGeometry::default()).is_err());
+        assert!(conv2d(
+            &rand(&[3, 4, 4], 1),
+            &rand(&[2, 3, 3, 3], 2),
+            Conv2dGeometry::default()
+        )
+        .is_err());
+        let zero_stride = Conv2dGeometry {
+            stride: 0,
+            padding: 0,
+        };
+        assert!(conv2d(&x, &rand(&[2, 3, 3, 3], 2), zero_stride).is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! im2col and col2im for one NCHW image, f32.
+
+/// Shape of one 2-D convolution on one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvShape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvShape {
+    /// Rows of the column matrix: one per (channel, kernel row, kernel column).
+    pub fn ckk(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Columns of the column matrix: one per output pixel.
+    pub fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// `cols[(ci*kh + ky)*kw + kx][oy*ow + ox] = x[ci][oy*s + ky - pad][ox*s + kx - pad]`, zero
+/// outside the image.
+pub(crate) fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
+    let ohw = s.ohw();
+    for ci in 0..s.c {
+        let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let row = ((ci * s.kh + ky) * s.kw + kx) * ohw;
+                let dst = &mut cols[row..row + ohw];
+                for oy in 0..s.oh {
+                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                    let out = &mut dst[oy * s.ow..(oy + 1) * s.ow];
+                    if iy < 0 || iy >= s.h as isize {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    if s.stride == 1 {
+                        // Contiguous: copy the valid span, zero the padded ends.
+                        let x0 = kx as isize - s.pad as isize;
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let ix = x0 + ox as isize;
+                            *o = if ix >= 0 && (ix as usize) < s.w {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                            *o = if ix >= 0 && (ix as usize) < s.w {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back to the pixel it came from.
+pub(crate) fn col2im_add(cols: &[f32], s: &ConvShape, x: &mut [f32]) {
+    let ohw = s.ohw();
+    for ci in 0..s.c {
+        let plane = &mut x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let row = ((ci * s.kh + ky) * s.kw + kx) * ohw;
+                let src = &cols[row..row + ohw];
+                for oy in 0..s.oh {
+                    let iy = (oy * s.stride + ky) as isize - s.pad as isize;
+                    if iy < 0 || iy >= s.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    for ox in 0..s.ow {
+                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
+                        if ix >= 0 && (ix as usize) < s.w {
+                            dst[ix as usize] += src[oy * s.ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> ConvShape {
+        let oh = (h + 2 * pad - k) / stride + 1;
+        let ow = (w + 2 * pad - k) / stride + 1;
+        ConvShape {
+            c,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+            oh,
+            ow,
+        }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), y> == <x, col2im(y)> for all x, y.
+        for s in [
+            shape(2, 5, 6, 3, 1, 1),
+            shape(3, 7, 7, 3, 2, 1),
+            shape(1, 4, 4, 2, 2, 0),
+        ] {
+            let x: Vec<f32> = (0..s.c * s.h * s.w)
+                .map(|i| (i as f32 * 0.7).sin())
+                .collect();
+            let y: Vec<f32> = (0..s.ckk() * s.ohw())
+                .map(|i| (i as f32 * 0.3).cos())
+                .collect();
+            let mut cols = vec![0.0; s.ckk() * s.ohw()];
+            im2col(&x, &s, &mut cols);
+            let mut back = vec![0.0; x.len()];
+            col2im_add(&y, &s, &mut back);
+            let lhs: f64 = cols.iter().zip(&y).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
+            assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs} for {s:?}");
+        }
+    }
+
+    #[test]
+    fn im2col_pads_with_zeros() {
+        let s = shape(1, 2, 2, 3, 1, 1);
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let mut cols = vec![f32::NAN; 9 * 4];
+        im2col(&x, &s, &mut cols);
+        // Kernel centre (ky = kx = 1) sees the image itself.
+        assert_eq!(&cols[4 * 4..5 * 4], &[1.0, 2.0, 3.0, 4.0]);
+        // Top-left tap sees only x[0][0], at output (1, 1).
+        assert_eq!(&cols[0..4], &[0.0, 0.0, 0.0, 1.0]);
+    }
+}

@@ -1,0 +1,10 @@
+//! Fast CPU kernels as candle custom ops, with their own backward passes.
+//!
+//! candle 0.11's CPU conv backward (`conv_transpose2d`) is a plain loop; these ops run
+//! convolutions as im2col + blocked GEMM (the `gemm` crate, via `models::linalg`) and
+//! spread the batch over rayon. On other devices the wrappers fall back to candle's ops.
+
+mod conv2d;
+mod im2col;
+
+pub use conv2d::{conv2d, Conv2dGeometry};

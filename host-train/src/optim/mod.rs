@@ -1,0 +1,5 @@
+//! Optimisers for candle `Var`s.
+
+mod sgd;
+
+pub use sgd::{SgdMomentum, SgdParams};
