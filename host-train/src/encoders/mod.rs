@@ -1,1 +1,8 @@
-//! Encoders: image batch (b, c, h, w) in, embedding (b, d) out.
+//! Encoders: image batch (b, c, h, w) in, embedding (b, d) out. One file per network, each
+//! with a `Config` that implements `Default`.
+
+mod small_cnn;
+mod sobel;
+
+pub use small_cnn::{SmallCnn, SmallCnnConfig};
+pub use sobel::SobelFront;

@@ -200,7 +200,13 @@ mod tests {
     fn matmul_add_accumulates() {
         let a = [1.0f32, 2.0, 3.0, 4.0];
         let mut out = [10.0f32; 4];
-        matmul_add(&mut out, Operand::new(&a, 2, 2), Operand::new(&a, 2, 2), 1.0, Parallelism::None);
+        matmul_add(
+            &mut out,
+            Operand::new(&a, 2, 2),
+            Operand::new(&a, 2, 2),
+            1.0,
+            Parallelism::None,
+        );
         assert_eq!(out, [17.0, 20.0, 25.0, 32.0]);
     }
 

@@ -1,0 +1,136 @@
+//! `small-cnn`: three conv-BN-ReLU blocks (32, 64, 128 channels) for 28x28 and 32x32 images,
+//! 2x2 max-pooling after the first two, global average pooling, then a linear projection to
+//! the embedding. Pooling always sees even sizes, where candle's max-pool backward is exact.
+
+use candle_core::{bail, Module, ModuleT, Result, Tensor};
+use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder};
+
+use super::SobelFront;
+use crate::ops::{conv2d, Conv2dGeometry};
+
+/// Shape of a `small-cnn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmallCnnConfig {
+    pub in_channels: usize,
+    pub widths: [usize; 3],
+    pub embed_dim: usize,
+    /// Put DeepCluster's fixed grayscale + Sobel filter in front (2 channels into the net).
+    pub sobel: bool,
+}
+
+impl Default for SmallCnnConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 1,
+            widths: [32, 64, 128],
+            embed_dim: 128,
+            sobel: false,
+        }
+    }
+}
+
+/// The network; its parameters live in the `VarBuilder`'s `VarMap`.
+#[derive(Debug)]
+pub struct SmallCnn {
+    sobel: Option<SobelFront>,
+    convs: Vec<Tensor>,
+    norms: Vec<BatchNorm>,
+    proj: Linear,
+    config: SmallCnnConfig,
+}
+
+impl SmallCnn {
+    pub fn new(config: SmallCnnConfig, vb: VarBuilder) -> Result<Self> {
+        let sobel = config
+            .sobel
+            .then(|| SobelFront::new(config.in_channels, vb.device()))
+            .transpose()?;
+        let mut c_in = if config.sobel { 2 } else { config.in_channels };
+        let (mut convs, mut norms) = (Vec::new(), Vec::new());
+        for (i, &c_out) in config.widths.iter().enumerate() {
+            let w = vb.get_with_hints(
+                (c_out, c_in, 3, 3),
+                &format!("block{i}.conv.weight"),
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?;
+            convs.push(w);
+            norms.push(batch_norm(
+                c_out,
+                BatchNormConfig::default(),
+                vb.pp(format!("block{i}.bn")),
+            )?);
+            c_in = c_out;
+        }
+        let proj = linear(c_in, config.embed_dim, vb.pp("proj"))?;
+        Ok(Self {
+            sobel,
+            convs,
+            norms,
+            proj,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &SmallCnnConfig {
+        &self.config
+    }
+
+    /// Pooled features before the projection: (b, widths[2]).
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        if h % 4 != 0 || w % 4 != 0 {
+            bail!("small-cnn needs height and width divisible by 4, got {h}x{w}");
+        }
+        let mut x = match &self.sobel {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        let same = Conv2dGeometry {
+            stride: 1,
+            padding: 1,
+        };
+        for (i, (w, bn)) in self.convs.iter().zip(&self.norms).enumerate() {
+            x = conv2d(&x, w, same)?;
+            x = bn.forward_t(&x, train)?.relu()?;
+            if i < 2 {
+                x = x.max_pool2d(2)?;
+            }
+        }
+        x.mean((2, 3))
+    }
+}
+
+impl ModuleT for SmallCnn {
+    /// The embedding: (b, embed_dim), not normalised.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.proj.forward(&self.features_t(x, train)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    use super::*;
+
+    #[test]
+    fn shapes_for_28_and_32_pixel_inputs_with_and_without_sobel() {
+        for (c, sobel, size) in [(1, false, 28), (3, true, 32), (3, false, 32)] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+            let cfg = SmallCnnConfig {
+                in_channels: c,
+                sobel,
+                embed_dim: 16,
+                ..Default::default()
+            };
+            let net = SmallCnn::new(cfg, vb).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, c, size, size), &Device::Cpu).unwrap();
+            assert_eq!(net.forward_t(&x, true).unwrap().dims(), &[2, 16]);
+            assert_eq!(net.features_t(&x, false).unwrap().dims(), &[2, 128]);
+            let bad = Tensor::zeros((1, c, 30, 30), DType::F32, &Device::Cpu).unwrap();
+            assert!(net.forward_t(&bad, false).is_err());
+        }
+    }
+}
