@@ -6,7 +6,7 @@ use candle_core::{bail, Module, ModuleT, Result, Tensor};
 use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder};
 
 use super::SobelFront;
-use crate::ops::{conv2d, Conv2dGeometry};
+use crate::ops::{conv2d, max_pool_2x2, Conv2dGeometry};
 
 /// Shape of a `small-cnn`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl SmallCnn {
             x = conv2d(&x, w, same)?;
             x = bn.forward_t(&x, train)?.relu()?;
             if i < 2 {
-                x = x.max_pool2d(2)?;
+                x = max_pool_2x2(&x)?;
             }
         }
         x.mean((2, 3))

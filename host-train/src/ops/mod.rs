@@ -6,5 +6,7 @@
 
 mod conv2d;
 mod im2col;
+mod max_pool;
 
 pub use conv2d::{conv2d, Conv2dGeometry};
+pub use max_pool::max_pool_2x2;
