@@ -3,9 +3,9 @@
 //! the embedding. Pooling always sees even sizes, where candle's max-pool backward is exact.
 
 use candle_core::{bail, Module, ModuleT, Result, Tensor};
-use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
-use super::SobelFront;
+use super::{BnRelu, SobelFront};
 use crate::ops::{conv2d, max_pool_2x2, Conv2dGeometry};
 
 /// Shape of a `small-cnn`.
@@ -34,7 +34,7 @@ impl Default for SmallCnnConfig {
 pub struct SmallCnn {
     sobel: Option<SobelFront>,
     convs: Vec<Tensor>,
-    norms: Vec<BatchNorm>,
+    norms: Vec<BnRelu>,
     proj: Linear,
     config: SmallCnnConfig,
 }
@@ -54,11 +54,7 @@ impl SmallCnn {
                 candle_nn::init::DEFAULT_KAIMING_NORMAL,
             )?;
             convs.push(w);
-            norms.push(batch_norm(
-                c_out,
-                BatchNormConfig::default(),
-                vb.pp(format!("block{i}.bn")),
-            )?);
+            norms.push(BnRelu::new(c_out, vb.pp(format!("block{i}.bn")))?);
             c_in = c_out;
         }
         let proj = linear(c_in, config.embed_dim, vb.pp("proj"))?;
@@ -91,7 +87,7 @@ impl SmallCnn {
         };
         for (i, (w, bn)) in self.convs.iter().zip(&self.norms).enumerate() {
             x = conv2d(&x, w, same)?;
-            x = bn.forward_t(&x, train)?.relu()?;
+            x = bn.forward_t(&x, train)?;
             if i < 2 {
                 x = max_pool_2x2(&x)?;
             }

@@ -1,0 +1,154 @@
+//! BatchNorm2d + ReLU as one layer. Training on CPU f32 uses the fused op; other devices use
+//! candle ops with the same maths; evaluation uses the running statistics. Parameter names
+//! are candle-nn's (`weight`, `bias`, `running_mean`, `running_var`).
+
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+use crate::ops::{batch_norm_relu_train, BatchStats};
+
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+#[derive(Debug)]
+pub struct BnRelu {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+}
+
+impl BnRelu {
+    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        // Variables of the VarMap, so checkpoints carry them; they never receive gradients.
+        let running_mean =
+            Var::from_tensor(&vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?)?;
+        let running_var =
+            Var::from_tensor(&vb.get_with_hints(channels, "running_var", Init::Const(1.0))?)?;
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            let scale = (&self.weight / (self.running_var.as_tensor() + EPS)?.sqrt()?)?;
+            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+            return x
+                .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
+                .broadcast_add(&shift.reshape((1, (), 1, 1))?)?
+                .relu();
+        }
+        let (y, stats) = if x.device().is_cpu() && x.dtype() == DType::F32 {
+            batch_norm_relu_train(x, &self.weight, &self.bias, EPS)?
+        } else {
+            self.train_with_candle_ops(x)?
+        };
+        self.update_running(&stats, x.elem_count() / x.dim(1)?)?;
+        Ok(y)
+    }
+
+    /// PyTorch's update: momentum 0.1, unbiased batch variance.
+    fn update_running(&self, s: &BatchStats, n: usize) -> Result<()> {
+        let dev = self.running_mean.device();
+        let mean = Tensor::new(s.mean.as_slice(), dev)?;
+        let unbiased = n as f64 / (n as f64 - 1.0);
+        let var = (Tensor::new(s.var.as_slice(), dev)? * unbiased)?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - MOMENTUM))? + (mean * MOMENTUM)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - MOMENTUM))? + (var * MOMENTUM)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)
+    }
+
+    fn train_with_candle_ops(&self, x: &Tensor) -> Result<(Tensor, BatchStats)> {
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+        let xhat = centred.broadcast_div(&(&var + EPS)?.sqrt()?)?;
+        let y = xhat
+            .broadcast_mul(&self.weight.reshape((1, (), 1, 1))?)?
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?
+            .relu()?;
+        let stats = BatchStats {
+            mean: mean.flatten_all()?.to_vec1()?,
+            var: var.flatten_all()?.to_vec1()?,
+        };
+        Ok((y, stats))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+    use candle_nn::VarMap;
+
+    use super::*;
+
+    #[test]
+    fn fused_and_candle_op_paths_agree_and_eval_uses_running_statistics() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let layer = BnRelu::new(4, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let x = Var::from_tensor(&(Tensor::randn(1f32, 3.0, (8, 4, 3, 3), &dev).unwrap())).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (8, 4, 3, 3), &dev).unwrap();
+        let y_fused = layer.forward_t(x.as_tensor(), true).unwrap();
+        let (y_ops, stats) = layer.train_with_candle_ops(x.as_tensor()).unwrap();
+        let diff: f32 = (&y_fused - &y_ops)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-5);
+        let g1 = (&y_fused * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&y_ops * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gd: f32 = (g1.get(&x).unwrap() - g2.get(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(gd < 1e-4);
+        // One training step moved the running mean 10% of the way to the batch mean.
+        let rm: Vec<f32> = layer.running_mean.as_tensor().to_vec1().unwrap();
+        assert!((rm[0] - 0.1 * stats.mean[0]).abs() < 1e-5);
+        // Eval normalises with the running statistics, not the batch's.
+        let y_eval = layer.forward_t(x.as_tensor(), false).unwrap();
+        let de: f32 = (&y_eval - &y_fused)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(de > 0.1);
+        // And the running statistics live in the VarMap, for checkpoints.
+        assert!(vm.data().lock().unwrap().contains_key("running_var"));
+    }
+}
