@@ -25,6 +25,20 @@ impl ConvShape {
     }
 }
 
+/// For kernel column `kx`: the output columns `lo..hi` whose input column
+/// `ox * stride + kx - pad` lies inside the image.
+#[inline]
+fn valid_span(kx: usize, s: &ConvShape) -> (usize, usize) {
+    // ox * stride + kx >= pad  and  ox * stride + kx < w + pad
+    let lo = s.pad.saturating_sub(kx).div_ceil(s.stride).min(s.ow);
+    let hi = (s.w + s.pad)
+        .saturating_sub(kx)
+        .div_ceil(s.stride)
+        .min(s.ow)
+        .max(lo);
+    (lo, hi)
+}
+
 /// `cols[(ci*kh + ky)*kw + kx][oy*ow + ox] = x[ci][oy*s + ky - pad][ox*s + kx - pad]`, zero
 /// outside the image.
 pub(crate) fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
@@ -35,6 +49,7 @@ pub(crate) fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
             for kx in 0..s.kw {
                 let row = ((ci * s.kh + ky) * s.kw + kx) * ohw;
                 let dst = &mut cols[row..row + ohw];
+                let (lo, hi) = valid_span(kx, s);
                 for oy in 0..s.oh {
                     let iy = (oy * s.stride + ky) as isize - s.pad as isize;
                     let out = &mut dst[oy * s.ow..(oy + 1) * s.ow];
@@ -43,25 +58,17 @@ pub(crate) fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
                         continue;
                     }
                     let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
-                    if s.stride == 1 {
-                        // Contiguous: copy the valid span, zero the padded ends.
-                        let x0 = kx as isize - s.pad as isize;
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            let ix = x0 + ox as isize;
-                            *o = if ix >= 0 && (ix as usize) < s.w {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
-                        }
-                    } else {
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                            *o = if ix >= 0 && (ix as usize) < s.w {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                    // Zero the padded ends; copy the valid span (in one go for stride 1).
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    if lo < hi {
+                        let ix0 = lo * s.stride + kx - s.pad;
+                        if s.stride == 1 {
+                            out[lo..hi].copy_from_slice(&src[ix0..ix0 + hi - lo]);
+                        } else {
+                            for (j, o) in out[lo..hi].iter_mut().enumerate() {
+                                *o = src[ix0 + j * s.stride];
+                            }
                         }
                     }
                 }
@@ -79,16 +86,25 @@ pub(crate) fn col2im_add(cols: &[f32], s: &ConvShape, x: &mut [f32]) {
             for kx in 0..s.kw {
                 let row = ((ci * s.kh + ky) * s.kw + kx) * ohw;
                 let src = &cols[row..row + ohw];
+                let (lo, hi) = valid_span(kx, s);
+                if lo >= hi {
+                    continue;
+                }
+                let ix0 = lo * s.stride + kx - s.pad;
                 for oy in 0..s.oh {
                     let iy = (oy * s.stride + ky) as isize - s.pad as isize;
                     if iy < 0 || iy >= s.h as isize {
                         continue;
                     }
                     let dst = &mut plane[iy as usize * s.w..(iy as usize + 1) * s.w];
-                    for ox in 0..s.ow {
-                        let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                        if ix >= 0 && (ix as usize) < s.w {
-                            dst[ix as usize] += src[oy * s.ow + ox];
+                    let from = &src[oy * s.ow + lo..oy * s.ow + hi];
+                    if s.stride == 1 {
+                        for (d, &v) in dst[ix0..ix0 + hi - lo].iter_mut().zip(from) {
+                            *d += v;
+                        }
+                    } else {
+                        for (j, &v) in from.iter().enumerate() {
+                            dst[ix0 + j * s.stride] += v;
                         }
                     }
                 }
@@ -124,6 +140,10 @@ mod tests {
             shape(2, 5, 6, 3, 1, 1),
             shape(3, 7, 7, 3, 2, 1),
             shape(1, 4, 4, 2, 2, 0),
+            shape(2, 4, 5, 3, 1, 0),
+            shape(1, 3, 3, 5, 1, 3),
+            shape(1, 2, 6, 1, 1, 0),
+            shape(2, 9, 8, 3, 3, 2),
         ] {
             let x: Vec<f32> = (0..s.c * s.h * s.w)
                 .map(|i| (i as f32 * 0.7).sin())
