@@ -5,11 +5,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
+use host_train::dataset::{load_images, DataSpec};
 use models::cluster::KMeansParams;
-use models::data::{
-    load_fashion_mnist, read_image_folder, ColorMode, DataSource, ImageFolderOptions, ImageSet,
-    Split,
-};
+use models::data::ImageSet;
 use models::linalg::{l2_normalize_rows, PcaParams};
 use models::metrics::{
     adjusted_rand_index, clustering_accuracy, normalized_mutual_info, purity, WeightedKnnParams,
@@ -51,31 +49,18 @@ pub struct Args {
 
 /// Training images and, when there is one, a held-out labeled query set for kNN.
 fn load(args: &Args) -> Result<(ImageSet, Option<ImageSet>)> {
-    Ok(match DataSource::resolve(&args.data)? {
-        DataSource::FashionMnist(dir) => {
-            let train = load_fashion_mnist(&dir, Split::Train)?;
-            let test = load_fashion_mnist(&dir, Split::Test)?;
-            (train, Some(test))
-        }
-        DataSource::ImageFolder(dir) => {
-            let opts = ImageFolderOptions {
-                width: args.size,
-                height: args.size,
-                color: if args.rgb {
-                    ColorMode::Rgb
-                } else {
-                    ColorMode::Gray
-                },
-                skip_bad: args.skip_bad,
-                ..Default::default()
-            };
-            let set = read_image_folder(&dir, &opts)?;
-            for s in &set.skipped {
-                eprintln!("skipped {}: {}", s.path.display(), s.reason);
-            }
-            (set, None)
-        }
-    })
+    let spec = DataSpec {
+        source: args.data.clone(),
+        size: args.size,
+        rgb: args.rgb,
+        skip_bad: args.skip_bad,
+        limit: None,
+    };
+    let (train, test) = load_images(&spec)?;
+    for s in &train.skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+    Ok((train, test))
 }
 
 pub fn run(args: &Args) -> Result<()> {

@@ -1,9 +1,23 @@
 //! host-train: unsupervised pretraining of image encoders with candle.
 //!
-//! - [`ops`]: fast CPU convolution as candle custom ops with tested gradients.
+//! - [`ops`]: fast CPU convolution, pooling and batch-norm as candle custom ops with tested
+//!   gradients.
 //! - [`optim`]: SGD with momentum and weight decay, as PyTorch defines it.
 //! - [`encoders`]: the networks, one file each, each with a `Config`.
+//! - [`methods`]: DeepCluster (NPID and Local Aggregation are still to come).
+//! - [`pretrain`]: the loop with run directory, checkpoints, resume and evaluation.
 
+pub mod augment;
+pub mod dataset;
 pub mod encoders;
+mod error;
+pub mod eval;
+pub mod features;
+pub mod methods;
 pub mod ops;
 pub mod optim;
+pub mod pretrain;
+mod progress;
+pub mod run_dir;
+
+pub use error::TrainError;

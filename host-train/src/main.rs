@@ -1,7 +1,11 @@
-//! `host-train`: unsupervised pretraining on the host. For now it runs the pixel baseline
-//! that every learned encoder must beat: PCA-whitening, L2 normalisation, k-means.
+//! `host-train`: unsupervised pretraining on the host.
+//!
+//! - `baseline`: PCA-whitened pixels + k-means, the floor every learned encoder must beat.
+//! - `pretrain`: learn an encoder without labels (DeepCluster).
+//! - `eval`: score a run's encoder with weighted kNN and k-means against labels.
 
 mod baseline;
+mod pretrain_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +25,10 @@ enum Command {
     /// Cluster raw pixels: PCA-whiten, L2-normalise, k-means; report NMI, ARI, accuracy and
     /// weighted kNN when labels exist.
     Baseline(baseline::Args),
+    /// Pretrain an encoder without labels and write a run directory.
+    Pretrain(pretrain_cmd::PretrainArgs),
+    /// Evaluate the encoder of a run directory.
+    Eval(pretrain_cmd::EvalArgs),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +40,7 @@ fn main() -> Result<()> {
     }
     match cli.command {
         Command::Baseline(args) => baseline::run(&args),
+        Command::Pretrain(args) => pretrain_cmd::pretrain(&args),
+        Command::Eval(args) => pretrain_cmd::eval(&args),
     }
 }

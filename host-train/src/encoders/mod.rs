@@ -8,3 +8,52 @@ mod sobel;
 pub use bn_relu::BnRelu;
 pub use small_cnn::{SmallCnn, SmallCnnConfig};
 pub use sobel::SobelFront;
+
+use candle_core::{ModuleT, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+/// A network that maps images to embeddings.
+pub trait Encoder {
+    /// (b, c, h, w) -> (b, embed_dim); `train` switches batch-norm to batch statistics.
+    fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+    fn embed_dim(&self) -> usize;
+}
+
+impl Encoder for SmallCnn {
+    fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_t(x, train)
+    }
+    fn embed_dim(&self) -> usize {
+        self.config().embed_dim
+    }
+}
+
+/// The architectures `--arch` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    SmallCnn,
+}
+
+impl Arch {
+    pub fn build(
+        self,
+        in_channels: usize,
+        embed_dim: usize,
+        sobel: bool,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Encoder>> {
+        Ok(match self {
+            Arch::SmallCnn => Box::new(SmallCnn::new(
+                SmallCnnConfig {
+                    in_channels,
+                    embed_dim,
+                    sobel,
+                    ..Default::default()
+                },
+                vb,
+            )?),
+        })
+    }
+}

@@ -1,0 +1,195 @@
+//! Training data: the images, their normalisation (measured on the data and recorded in the
+//! run config), and batches as candle tensors.
+
+use candle_core::{Device, Tensor};
+use models::data::ImageSet;
+use models::rng::Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::AugmentConfig;
+use crate::TrainError;
+
+/// Per-channel mean and std of the pixels in [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    pub fn measure(set: &ImageSet) -> Self {
+        let (c, hw) = (set.channels, set.height * set.width);
+        let mut sums = vec![(0f64, 0f64); c];
+        for i in 0..set.len() {
+            for (ch, s) in sums.iter_mut().enumerate() {
+                for &p in &set.image(i)[ch * hw..(ch + 1) * hw] {
+                    let v = p as f64 / 255.0;
+                    s.0 += v;
+                    s.1 += v * v;
+                }
+            }
+        }
+        let n = (set.len() * hw).max(1) as f64;
+        let mean: Vec<f32> = sums.iter().map(|s| (s.0 / n) as f32).collect();
+        let std = sums
+            .iter()
+            .zip(&mean)
+            .map(|(s, &m)| ((s.1 / n - (m as f64).powi(2)).max(1e-12).sqrt()) as f32)
+            .collect();
+        Self { mean, std }
+    }
+}
+
+/// Images ready to batch.
+#[derive(Debug, Clone)]
+pub struct TrainSet {
+    pub images: ImageSet,
+    pub norm: Normalization,
+}
+
+impl TrainSet {
+    pub fn new(images: ImageSet, norm: Normalization) -> Result<Self, TrainError> {
+        if images.is_empty() {
+            return Err(TrainError::Config("the data set has no images".into()));
+        }
+        if norm.mean.len() != images.channels || norm.std.len() != images.channels {
+            return Err(TrainError::Config(format!(
+                "normalisation has {} channels, images have {}",
+                norm.mean.len(),
+                images.channels
+            )));
+        }
+        Ok(Self { images, norm })
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// (c, h, w) of one image.
+    pub fn image_dims(&self) -> (usize, usize, usize) {
+        (self.images.channels, self.images.height, self.images.width)
+    }
+
+    /// Normalised image `i` into `out`.
+    fn normalized(&self, i: usize, out: &mut [f32]) {
+        let (c, h, w) = self.image_dims();
+        let hw = h * w;
+        let px = self.images.image(i);
+        for ch in 0..c {
+            let (m, s) = (self.norm.mean[ch], 1.0 / self.norm.std[ch]);
+            for (o, &p) in out[ch * hw..(ch + 1) * hw]
+                .iter_mut()
+                .zip(&px[ch * hw..(ch + 1) * hw])
+            {
+                *o = (p as f32 / 255.0 - m) * s;
+            }
+        }
+    }
+
+    /// The images `indices` as a (b, c, h, w) tensor, augmented with a per-sample seed
+    /// derived from `seed` and the position in the batch.
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        augment: &AugmentConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Tensor, TrainError> {
+        let (c, h, w) = self.image_dims();
+        let len = c * h * w;
+        let mut data = vec![0f32; indices.len() * len];
+        data.par_chunks_mut(len)
+            .zip(indices.par_iter())
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; len],
+                |clean, (j, (out, &i))| {
+                    self.normalized(i, clean);
+                    let mut rng = Rng::new(seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    augment.apply(clean, c, h, w, &mut rng, out);
+                },
+            );
+        Ok(Tensor::from_vec(data, (indices.len(), c, h, w), device)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization_is_measured_and_applied() {
+        let set = ImageSet {
+            pixels: vec![0, 255, 0, 255],
+            channels: 1,
+            height: 1,
+            width: 2,
+            ..Default::default()
+        };
+        let norm = Normalization::measure(&set);
+        assert!((norm.mean[0] - 0.5).abs() < 1e-6 && (norm.std[0] - 0.5).abs() < 1e-6);
+        let ts = TrainSet::new(set, norm).unwrap();
+        let b = ts
+            .batch(&[1, 0], &AugmentConfig::none(), 0, &Device::Cpu)
+            .unwrap();
+        assert_eq!(b.dims(), &[2, 1, 1, 2]);
+        let v: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, vec![-1.0, 1.0, -1.0, 1.0]);
+        let bad = Normalization {
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+        };
+        assert!(TrainSet::new(ts.images.clone(), bad).is_err());
+    }
+}
+
+/// How `--data` is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSpec {
+    /// `fashion-mnist`, a folder of IDX files, or a folder of images.
+    pub source: String,
+    /// Side of the square images read from a folder.
+    pub size: u32,
+    pub rgb: bool,
+    pub skip_bad: bool,
+    /// Use only the first N training (and N/6 test) images.
+    pub limit: Option<usize>,
+}
+
+/// The training images and, for Fashion-MNIST, the labeled test split.
+pub fn load_images(spec: &DataSpec) -> Result<(ImageSet, Option<ImageSet>), TrainError> {
+    use models::data::{
+        load_fashion_mnist, read_image_folder, ColorMode, DataSource, ImageFolderOptions, Split,
+    };
+    let (mut train, mut test) = match DataSource::resolve(&spec.source)? {
+        DataSource::FashionMnist(dir) => (
+            load_fashion_mnist(&dir, Split::Train)?,
+            Some(load_fashion_mnist(&dir, Split::Test)?),
+        ),
+        DataSource::ImageFolder(dir) => {
+            let opts = ImageFolderOptions {
+                width: spec.size,
+                height: spec.size,
+                color: if spec.rgb {
+                    ColorMode::Rgb
+                } else {
+                    ColorMode::Gray
+                },
+                skip_bad: spec.skip_bad,
+                ..Default::default()
+            };
+            (read_image_folder(&dir, &opts)?, None)
+        }
+    };
+    if let Some(n) = spec.limit {
+        train = train.take(n);
+        test = test.map(|t| t.take((n / 6).max(1)));
+    }
+    Ok((train, test))
+}

@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Anything that can stop pretraining or evaluation.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Data(#[from] models::data::DataError),
+    #[error("k-means: {0}")]
+    KMeans(#[from] models::cluster::KMeansError),
+    #[error("k-means parameters: {0}")]
+    KMeansParams(#[from] models::cluster::KMeansParamsError),
+    #[error("PCA: {0}")]
+    Pca(#[from] models::linalg::PcaError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] models::metrics::MetricsError),
+    #[error(transparent)]
+    Shape(#[from] models::ShapeError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The pretraining loop shared by the methods: run directory, checkpoints and resume,
+//! per-epoch evaluation, metrics.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use models::metrics::normalized_mutual_info;
+use models::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::AugmentConfig;
+use crate::dataset::{DataSpec, Normalization, TrainSet};
+use crate::encoders::{Arch, Encoder};
+use crate::eval::{evaluate, EvalReport};
+use crate::features::extract;
+use crate::methods::deepcluster::{self, DeepClusterConfig};
+use crate::methods::Method;
+use crate::optim::SgdMomentum;
+use crate::run_dir::{labels_to_tensor, restore_momentum, sorted_vars, tensor_to_labels, RunDir};
+use crate::TrainError;
+use candle_nn::Optimizer;
+
+/// Everything that defines a run; written to `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub method: Method,
+    pub arch: Arch,
+    pub data: DataSpec,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub embed_dim: usize,
+    pub sobel: bool,
+    pub seed: u64,
+    /// Measured on the training images; the manifest of an exported model repeats it.
+    pub normalization: Normalization,
+    /// (channels, height, width) of the network input.
+    pub input: (usize, usize, usize),
+    pub augment: AugmentConfig,
+    pub deepcluster: DeepClusterConfig,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum MetricsRow {
+    /// Training epoch `epoch` (1-based) finished.
+    Train {
+        epoch: usize,
+        loss: f64,
+        images_per_s: f64,
+        kmeans_objective: f64,
+        non_empty_clusters: usize,
+        /// NMI between this epoch's pseudo-labels and the previous epoch's.
+        nmi_vs_previous: Option<f64>,
+        seconds: f64,
+    },
+    /// The model after `epoch` epochs (0: at initialisation), against held-out labels.
+    Eval {
+        epoch: usize,
+        knn_top1: f64,
+        nmi: f64,
+        ari: f64,
+        accuracy: f64,
+    },
+}
+
+pub fn build_encoder(
+    cfg: &RunConfig,
+    vm: &VarMap,
+    device: &Device,
+) -> Result<Box<dyn Encoder>, TrainError> {
+    let vb = VarBuilder::from_varmap(vm, DType::F32, device);
+    Ok(cfg
+        .arch
+        .build(cfg.input.0, cfg.embed_dim, cfg.sobel, vb.pp("encoder"))?)
+}
+
+fn eval_row(
+    encoder: &dyn Encoder,
+    train_feats: &[f32],
+    train: &TrainSet,
+    test: Option<&TrainSet>,
+    epoch: usize,
+    cfg: &RunConfig,
+    device: &Device,
+) -> Result<Option<(MetricsRow, EvalReport)>, TrainError> {
+    let (Some(test), Some(train_labels)) = (test, train.images.labels.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(test_labels) = test.images.labels.as_ref() else {
+        return Ok(None);
+    };
+    let test_feats = extract(encoder, test, 512, device, "test features")?;
+    let r = evaluate(
+        train_feats,
+        train_labels,
+        &test_feats,
+        test_labels,
+        encoder.embed_dim(),
+        cfg.seed,
+    )?;
+    let row = MetricsRow::Eval {
+        epoch,
+        knn_top1: r.knn_top1,
+        nmi: r.nmi,
+        ari: r.ari,
+        accuracy: r.accuracy,
+    };
+    Ok(Some((row, r)))
+}
+
+/// Runs (or resumes) pretraining in `run`. Returns the last evaluation, when labels exist.
+pub fn pretrain(
+    cfg: &RunConfig,
+    train: &TrainSet,
+    test: Option<&TrainSet>,
+    run: &RunDir,
+    device: &Device,
+    resume: bool,
+    log: &mut dyn FnMut(&MetricsRow),
+) -> Result<Option<EvalReport>, TrainError> {
+    let mut vm = VarMap::new();
+    let encoder = build_encoder(cfg, &vm, device)?;
+    let (names, vars) = sorted_vars(&vm);
+    let mut opt = SgdMomentum::new(vars, cfg.deepcluster.sgd())?;
+    let (mut start, mut previous): (usize, Option<Vec<u32>>) = (0, None);
+    if resume {
+        run.load_model(&mut vm)?;
+        let state = run.load_state(device)?;
+        restore_momentum(&mut opt, &names, &state)?;
+        start = state
+            .get("epoch")
+            .map(|t| t.to_dtype(DType::U32).and_then(|t| t.to_vec1::<u32>()))
+            .transpose()?
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0) as usize;
+        previous = state.get("assignments").map(tensor_to_labels).transpose()?;
+    } else {
+        run.write_json("config.json", cfg)?;
+    }
+    let mut emit = |row: MetricsRow| -> Result<(), TrainError> {
+        run.append_metrics(&row)?;
+        log(&row);
+        Ok(())
+    };
+
+    let mut last_eval = None;
+    for epoch in start..cfg.epochs {
+        let feats = extract(encoder.as_ref(), train, 512, device, "features")?;
+        if let Some((row, r)) = eval_row(encoder.as_ref(), &feats, train, test, epoch, cfg, device)?
+        {
+            emit(row)?;
+            last_eval = Some(r);
+        }
+        let t0 = std::time::Instant::now();
+        let seed = cfg.seed.wrapping_add(epoch as u64 * 7919);
+        let clustering = deepcluster::cluster(&feats, encoder.embed_dim(), &cfg.deepcluster, seed)?;
+        let nmi_vs_previous = previous
+            .as_ref()
+            .map(|p| normalized_mutual_info(p, &clustering.labels))
+            .transpose()?;
+        let n = cfg.deepcluster.samples_per_epoch.unwrap_or(train.len());
+        let order = deepcluster::sample_uniform_over_clusters(
+            &clustering.labels,
+            cfg.deepcluster.k,
+            n,
+            &mut Rng::new(seed),
+        );
+        let stats = deepcluster::train_epoch(
+            encoder.as_ref(),
+            &mut opt,
+            train,
+            &clustering.labels,
+            &order,
+            &cfg.deepcluster,
+            cfg.batch_size,
+            &cfg.augment,
+            seed,
+            device,
+        )?;
+        let epoch_tensor = Tensor::new(&[epoch as u32 + 1], &Device::Cpu)?;
+        run.save_checkpoint(
+            &vm,
+            &opt,
+            &names,
+            &[
+                ("epoch", epoch_tensor),
+                ("assignments", labels_to_tensor(&clustering.labels)?),
+            ],
+        )?;
+        emit(MetricsRow::Train {
+            epoch: epoch + 1,
+            loss: stats.loss,
+            images_per_s: stats.images as f64 / stats.seconds,
+            kmeans_objective: clustering.objective,
+            non_empty_clusters: clustering.non_empty,
+            nmi_vs_previous,
+            seconds: t0.elapsed().as_secs_f64(),
+        })?;
+        previous = Some(clustering.labels);
+    }
+    let feats = extract(encoder.as_ref(), train, 512, device, "features")?;
+    if let Some((row, r)) = eval_row(
+        encoder.as_ref(),
+        &feats,
+        train,
+        test,
+        cfg.epochs,
+        cfg,
+        device,
+    )? {
+        emit(row)?;
+        last_eval = Some(r);
+    }
+    let _ = opt.learning_rate();
+    Ok(last_eval)
+}
+
+/// Loads a finished run's encoder for evaluation or export.
+pub fn load_encoder(
+    run: &RunDir,
+    device: &Device,
+) -> Result<(RunConfig, Box<dyn Encoder>), TrainError> {
+    let cfg: RunConfig = run.read_json("config.json")?;
+    let mut vm = VarMap::new();
+    let encoder = build_encoder(&cfg, &vm, device)?;
+    run.load_model(&mut vm)?;
+    Ok((cfg, encoder))
+}

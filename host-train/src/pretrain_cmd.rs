@@ -1,0 +1,230 @@
+//! `host-train pretrain` and `host-train eval`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use host_train::augment::AugmentConfig;
+use host_train::dataset::{load_images, DataSpec, Normalization, TrainSet};
+use host_train::encoders::Arch;
+use host_train::eval::evaluate;
+use host_train::features::extract;
+use host_train::methods::deepcluster::DeepClusterConfig;
+use host_train::methods::Method;
+use host_train::pretrain::{load_encoder, pretrain as run_pretrain, MetricsRow, RunConfig};
+use host_train::run_dir::RunDir;
+
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// `fashion-mnist`, a folder of Fashion-MNIST IDX files, or a folder of JPEG/PNG images.
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// Side of the square images read from a folder.
+    #[arg(long, default_value_t = 28)]
+    size: u32,
+    /// Read folders of images as RGB instead of grayscale.
+    #[arg(long)]
+    rgb: bool,
+    /// Skip unreadable images (counted) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Use only the first N training images (and N/6 test images).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl DataArgs {
+    fn spec(&self) -> DataSpec {
+        DataSpec {
+            source: self.data.clone(),
+            size: self.size,
+            rgb: self.rgb,
+            skip_bad: self.skip_bad,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    #[arg(long, value_enum, default_value = "deepcluster")]
+    method: Method,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, value_enum, default_value = "small-cnn")]
+    arch: Arch,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    embed_dim: usize,
+    /// DeepCluster's fixed grayscale + Sobel input filter.
+    #[arg(long)]
+    sobel: bool,
+    /// Clusters (DeepCluster: default 10x the number of classes, or 100).
+    #[arg(long)]
+    k: Option<usize>,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// `cpu` or `cuda:N` (CUDA needs the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The run directory to create (or continue with --resume).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A run directory written by `host-train pretrain`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn device(spec: &str) -> Result<Device> {
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(n) = spec.strip_prefix("cuda:") {
+        let n: usize = n.parse().with_context(|| format!("bad device {spec}"))?;
+        return Device::new_cuda(n)
+            .with_context(|| format!("{spec}: is host-train built with --features cuda?"));
+    }
+    bail!("unknown device {spec}: use cpu or cuda:N")
+}
+
+pub fn pretrain(args: &PretrainArgs) -> Result<()> {
+    let dev = device(&args.device)?;
+    let run = if args.resume {
+        RunDir::open(&args.out)?
+    } else {
+        if args.out.join("config.json").exists() {
+            bail!(
+                "{} already holds a run: pass --resume to continue it, or choose another --out",
+                args.out.display()
+            );
+        }
+        RunDir::create(&args.out)?
+    };
+    let cfg = if args.resume {
+        let mut cfg: RunConfig = run.read_json("config.json")?;
+        cfg.epochs = args.epochs;
+        cfg
+    } else {
+        let spec = args.data.spec();
+        let (train, _) = load_images(&spec)?;
+        let classes = train.class_names.len().max(10);
+        RunConfig {
+            method: args.method,
+            arch: args.arch,
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            embed_dim: args.embed_dim,
+            sobel: args.sobel,
+            seed: args.seed,
+            normalization: Normalization::measure(&train),
+            input: (train.channels, train.height, train.width),
+            augment: AugmentConfig::default(),
+            deepcluster: DeepClusterConfig {
+                k: args.k.unwrap_or(10 * classes),
+                lr: args.lr,
+                ..Default::default()
+            },
+            data: spec,
+        }
+    };
+    let (train, test) = load_images(&cfg.data)?;
+    for s in &train.skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+    println!(
+        "{:?} on {} ({} images of {}x{}x{}), {:?}, {} epochs, k = {}, run in {}",
+        cfg.method,
+        cfg.data.source,
+        train.len(),
+        cfg.input.0,
+        cfg.input.1,
+        cfg.input.2,
+        cfg.arch,
+        cfg.epochs,
+        cfg.deepcluster.k,
+        args.out.display()
+    );
+    let train = TrainSet::new(train, cfg.normalization.clone())?;
+    let test = test
+        .map(|t| TrainSet::new(t, cfg.normalization.clone()))
+        .transpose()?;
+    let t0 = std::time::Instant::now();
+    let last = run_pretrain(
+        &cfg,
+        &train,
+        test.as_ref(),
+        &run,
+        &dev,
+        args.resume,
+        &mut |row| print_row(row, t0),
+    )?;
+    if let Some(r) = last {
+        println!(
+            "final: kNN top-1 {:.4}, k-means NMI {:.4}, ARI {:.4}, accuracy {:.4} ({:.0} s)",
+            r.knn_top1,
+            r.nmi,
+            r.ari,
+            r.accuracy,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn print_row(row: &MetricsRow, t0: std::time::Instant) {
+    let t = t0.elapsed().as_secs_f64();
+    match row {
+        MetricsRow::Train { epoch, loss, images_per_s, non_empty_clusters, nmi_vs_previous, .. } => println!(
+            "[{t:6.0} s] epoch {epoch}: loss {loss:.4}, {images_per_s:.0} img/s, {non_empty_clusters} clusters, NMI vs previous {}",
+            nmi_vs_previous.map_or("-".into(), |v| format!("{v:.4}"))
+        ),
+        MetricsRow::Eval { epoch, knn_top1, nmi, ari, accuracy } => println!(
+            "[{t:6.0} s] after {epoch} epochs: kNN {knn_top1:.4}, NMI {nmi:.4}, ARI {ari:.4}, accuracy {accuracy:.4}"
+        ),
+    }
+}
+
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let dev = device(&args.device)?;
+    let run = RunDir::open(&args.checkpoint)?;
+    let (cfg, encoder) = load_encoder(&run, &dev)?;
+    let (train, test) = load_images(&cfg.data)?;
+    let (Some(test), Some(_)) = (test, train.labels.as_ref()) else {
+        bail!(
+            "{}: evaluation needs labeled train and test images (Fashion-MNIST)",
+            cfg.data.source
+        );
+    };
+    let train = TrainSet::new(train, cfg.normalization.clone())?;
+    let test = TrainSet::new(test, cfg.normalization.clone())?;
+    let tf = extract(encoder.as_ref(), &train, 512, &dev, "train features")?;
+    let qf = extract(encoder.as_ref(), &test, 512, &dev, "test features")?;
+    let r = evaluate(
+        &tf,
+        train.images.labels.as_deref().unwrap_or_default(),
+        &qf,
+        test.images.labels.as_deref().unwrap_or_default(),
+        encoder.embed_dim(),
+        cfg.seed,
+    )?;
+    println!(
+        "kNN top-1 {:.4}, k-means (k = classes) NMI {:.4}, ARI {:.4}, accuracy {:.4}",
+        r.knn_top1, r.nmi, r.ari, r.accuracy
+    );
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! A run directory: `config.json`, `metrics.jsonl`, checkpoints in safetensors, `plots/`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use serde::Serialize;
+
+use crate::optim::SgdMomentum;
+use crate::TrainError;
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    pub fn create(root: &Path) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(root.join("plots")).map_err(|e| TrainError::io(root, e))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn open(root: &Path) -> Result<Self, TrainError> {
+        if !root.join("config.json").exists() {
+            return Err(TrainError::Checkpoint {
+                path: root.into(),
+                reason: "not a run directory (no config.json)".into(),
+            });
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), TrainError> {
+        let p = self.path(name);
+        let bytes =
+            serde_json::to_vec_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+        write_atomic(&p, &bytes)
+    }
+
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, TrainError> {
+        let p = self.path(name);
+        let bytes = std::fs::read(&p).map_err(|e| TrainError::io(&p, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
+            path: p,
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn append_metrics<T: Serialize>(&self, row: &T) -> Result<(), TrainError> {
+        let p = self.path("metrics.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| TrainError::io(&p, e))?;
+        let mut line = serde_json::to_vec(row).map_err(|e| TrainError::Config(e.to_string()))?;
+        line.push(b'\n');
+        f.write_all(&line).map_err(|e| TrainError::io(&p, e))
+    }
+
+    /// Model weights, optimiser momentum (keyed by variable name) and any extra tensors.
+    pub fn save_checkpoint(
+        &self,
+        model: &VarMap,
+        opt: &SgdMomentum,
+        names: &[String],
+        extra: &[(&str, Tensor)],
+    ) -> Result<(), TrainError> {
+        let model_path = self.path("model.safetensors");
+        let tmp = self.path("model.safetensors.tmp");
+        model.save(&tmp).map_err(|e| TrainError::Checkpoint {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::rename(&tmp, &model_path).map_err(|e| TrainError::io(&model_path, e))?;
+        let mut state: HashMap<String, Tensor> = HashMap::new();
+        for (name, buf) in names.iter().zip(opt.buffers()) {
+            if let Some(b) = buf {
+                state.insert(format!("momentum.{name}"), b.clone());
+            }
+        }
+        for (k, t) in extra {
+            state.insert((*k).to_string(), t.clone());
+        }
+        let p = self.path("state.safetensors");
+        let tmp = self.path("state.safetensors.tmp");
+        candle_core::safetensors::save(&state, &tmp).map_err(|e| TrainError::Checkpoint {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::rename(&tmp, &p).map_err(|e| TrainError::io(&p, e))
+    }
+
+    /// Loads weights saved by [`Self::save_checkpoint`] into `model`, whose variables must
+    /// all be present with the same shapes.
+    pub fn load_model(&self, model: &mut VarMap) -> Result<(), TrainError> {
+        let p = self.path("model.safetensors");
+        model.load(&p).map_err(|e| TrainError::Checkpoint {
+            path: p,
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn load_state(&self, device: &Device) -> Result<HashMap<String, Tensor>, TrainError> {
+        let p = self.path("state.safetensors");
+        candle_core::safetensors::load(&p, device).map_err(|e| TrainError::Checkpoint {
+            path: p,
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn write_atomic(p: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, p).map_err(|e| TrainError::io(p, e))
+}
+
+/// The variables of a VarMap in name order, so optimiser state lines up across runs.
+pub fn sorted_vars(vm: &VarMap) -> (Vec<String>, Vec<candle_core::Var>) {
+    let data = vm.data().lock().expect("VarMap lock");
+    let mut names: Vec<String> = data.keys().cloned().collect();
+    names.sort();
+    let vars = names.iter().map(|n| data[n].clone()).collect();
+    (names, vars)
+}
+
+/// Restores momentum buffers saved under `momentum.<name>`.
+pub fn restore_momentum(
+    opt: &mut SgdMomentum,
+    names: &[String],
+    state: &HashMap<String, Tensor>,
+) -> Result<(), TrainError> {
+    let bufs = names
+        .iter()
+        .map(|n| state.get(&format!("momentum.{n}")).cloned())
+        .collect();
+    opt.set_buffers(bufs).map_err(TrainError::from)
+}
+
+/// u32 labels as a tensor for a checkpoint, and back.
+pub fn labels_to_tensor(labels: &[u32]) -> Result<Tensor, TrainError> {
+    Ok(Tensor::from_slice(labels, labels.len(), &Device::Cpu)?)
+}
+
+pub fn tensor_to_labels(t: &Tensor) -> Result<Vec<u32>, TrainError> {
+    Ok(t.to_dtype(DType::U32)?.to_vec1()?)
+}
