@@ -108,7 +108,15 @@ fn eval_row(
     Ok(Some((row, r)))
 }
 
-/// Runs (or resumes) pretraining in `run`. Returns the last evaluation, when labels exist.
+/// What a finished run leaves in memory.
+#[derive(Debug)]
+pub struct Pretrained {
+    pub encoder: Box<dyn Encoder>,
+    /// The evaluation after the last epoch, when labels exist.
+    pub last_eval: Option<EvalReport>,
+}
+
+/// Runs (or resumes) pretraining in `run`.
 pub fn pretrain(
     cfg: &RunConfig,
     train: &TrainSet,
@@ -117,7 +125,7 @@ pub fn pretrain(
     device: &Device,
     resume: bool,
     log: &mut dyn FnMut(&MetricsRow),
-) -> Result<Option<EvalReport>, TrainError> {
+) -> Result<Pretrained, TrainError> {
     let mut vm = VarMap::new();
     let encoder = build_encoder(cfg, &vm, device)?;
     let (names, vars) = sorted_vars(&vm);
@@ -211,8 +219,7 @@ pub fn pretrain(
         emit(row)?;
         last_eval = Some(r);
     }
-    let _ = opt.learning_rate();
-    Ok(last_eval)
+    Ok(Pretrained { encoder, last_eval })
 }
 
 /// Loads a finished run's encoder for evaluation or export.

@@ -164,7 +164,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         .map(|t| TrainSet::new(t, cfg.normalization.clone()))
         .transpose()?;
     let t0 = std::time::Instant::now();
-    let last = run_pretrain(
+    let done = run_pretrain(
         &cfg,
         &train,
         test.as_ref(),
@@ -173,7 +173,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         args.resume,
         &mut |row| print_row(row, t0),
     )?;
-    if let Some(r) = last {
+    if let Some(r) = done.last_eval {
         println!(
             "final: kNN top-1 {:.4}, k-means NMI {:.4}, ARI {:.4}, accuracy {:.4} ({:.0} s)",
             r.knn_top1,

@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// A network that maps images to embeddings.
-pub trait Encoder {
+pub trait Encoder: std::fmt::Debug {
     /// (b, c, h, w) -> (b, embed_dim); `train` switches batch-norm to batch statistics.
     fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     fn embed_dim(&self) -> usize;

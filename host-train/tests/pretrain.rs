@@ -1,0 +1,171 @@
+//! Two-epoch smoke runs on 1,000 real Fashion-MNIST images: the loss falls, checkpoints
+//! reload to the same outputs, runs resume, and bad checkpoints give clear errors.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use host_train::augment::AugmentConfig;
+use host_train::dataset::{load_images, DataSpec, Normalization, TrainSet};
+use host_train::encoders::Arch;
+use host_train::methods::deepcluster::DeepClusterConfig;
+use host_train::methods::Method;
+use host_train::pretrain::{load_encoder, pretrain, MetricsRow, RunConfig};
+use host_train::run_dir::RunDir;
+
+fn fashion_mnist() -> String {
+    let dir = std::env::var("FASHION_MNIST_DIR")
+        .unwrap_or_else(|_| models::data::FASHION_MNIST_DEFAULT_DIR.into());
+    assert!(
+        PathBuf::from(&dir)
+            .join("train-images-idx3-ubyte.gz")
+            .exists(),
+        "Fashion-MNIST not in {dir}: run ./scripts/test, which installs dataset-fashion-mnist"
+    );
+    dir
+}
+
+fn config(epochs: usize) -> (RunConfig, TrainSet, TrainSet) {
+    let spec = DataSpec {
+        source: fashion_mnist(),
+        size: 28,
+        rgb: false,
+        skip_bad: false,
+        limit: Some(1000),
+    };
+    let (train, test) = load_images(&spec).unwrap();
+    let norm = Normalization::measure(&train);
+    let cfg = RunConfig {
+        method: Method::Deepcluster,
+        arch: Arch::SmallCnn,
+        data: spec,
+        epochs,
+        batch_size: 64,
+        embed_dim: 32,
+        sobel: false,
+        seed: 7,
+        normalization: norm.clone(),
+        input: (1, 28, 28),
+        augment: AugmentConfig::default(),
+        deepcluster: DeepClusterConfig {
+            k: 20,
+            ..Default::default()
+        },
+    };
+    (
+        cfg,
+        TrainSet::new(train, norm.clone()).unwrap(),
+        TrainSet::new(test.unwrap(), norm).unwrap(),
+    )
+}
+
+fn rows(run: &RunDir) -> Vec<MetricsRow> {
+    std::fs::read_to_string(run.path("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn train_losses(rows: &[MetricsRow]) -> Vec<(usize, f64)> {
+    rows.iter()
+        .filter_map(|r| match r {
+            MetricsRow::Train { epoch, loss, .. } => Some((*epoch, *loss)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn deepcluster_loss_falls_and_the_checkpoint_reloads_to_the_same_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let (cfg, train, test) = config(2);
+    let done = pretrain(
+        &cfg,
+        &train,
+        Some(&test),
+        &run,
+        &Device::Cpu,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    let losses = train_losses(&rows(&run));
+    assert_eq!(losses.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(losses[1].1 < losses[0].1, "loss did not fall: {losses:?}");
+    assert!(done.last_eval.is_some());
+
+    let x: Tensor = train
+        .batch(&[0, 1, 2, 3], &AugmentConfig::none(), 0, &Device::Cpu)
+        .unwrap();
+    let want: Vec<f32> = done
+        .encoder
+        .embed(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (_, reloaded) = load_encoder(&run, &Device::Cpu).unwrap();
+    let got: Vec<f32> = reloaded
+        .embed(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_run_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let (cfg, train, _) = config(1);
+    pretrain(&cfg, &train, None, &run, &Device::Cpu, false, &mut |_| {}).unwrap();
+    let mut more = cfg.clone();
+    more.epochs = 2;
+    pretrain(&more, &train, None, &run, &Device::Cpu, true, &mut |_| {}).unwrap();
+    let rows = rows(&run);
+    assert_eq!(
+        train_losses(&rows).iter().map(|l| l.0).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // The resumed epoch compared its pseudo-labels with the saved ones.
+    assert!(matches!(
+        rows.last(),
+        Some(MetricsRow::Train {
+            epoch: 2,
+            nmi_vs_previous: Some(_),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn mismatched_or_truncated_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let (cfg, train, _) = config(1);
+    pretrain(&cfg, &train, None, &run, &Device::Cpu, false, &mut |_| {}).unwrap();
+
+    // A config that asks for another shape than the weights have.
+    let mut wrong = cfg.clone();
+    wrong.embed_dim = 64;
+    run.write_json("config.json", &wrong).unwrap();
+    let msg = load_encoder(&run, &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("model.safetensors"), "{msg}");
+    run.write_json("config.json", &cfg).unwrap();
+
+    // Truncated weights.
+    let p = run.path("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_encoder(&run, &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("model.safetensors"), "{msg}");
+
+    // Not a run directory at all.
+    let empty = tempfile::tempdir().unwrap();
+    let msg = RunDir::open(empty.path()).unwrap_err().to_string();
+    assert!(msg.contains("config.json"), "{msg}");
+}
