@@ -13,6 +13,7 @@ pub mod encoders;
 mod error;
 pub mod eval;
 pub mod features;
+pub mod gallery;
 pub mod methods;
 pub mod ops;
 pub mod optim;

@@ -12,6 +12,7 @@ use crate::dataset::{DataSpec, Normalization, TrainSet};
 use crate::encoders::{Arch, Encoder};
 use crate::eval::{evaluate, EvalReport};
 use crate::features::extract;
+use crate::gallery::{write_gallery, GalleryConfig};
 use crate::methods::deepcluster::{self, DeepClusterConfig};
 use crate::methods::Method;
 use crate::optim::SgdMomentum;
@@ -162,6 +163,7 @@ pub fn pretrain(
         let t0 = std::time::Instant::now();
         let seed = cfg.seed.wrapping_add(epoch as u64 * 7919);
         let clustering = deepcluster::cluster(&feats, encoder.embed_dim(), &cfg.deepcluster, seed)?;
+        write_gallery(&train.images, &clustering.labels, &GalleryConfig::default(), &run.path("plots/gallery.png"))?;
         let nmi_vs_previous = previous
             .as_ref()
             .map(|p| normalized_mutual_info(p, &clustering.labels))
