@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage};
+use image::{ImageBuffer, Rgb, RgbImage};
 use models::data::ImageSet;
 
 use crate::TrainError;
@@ -19,14 +19,27 @@ pub struct GalleryConfig {
 
 impl Default for GalleryConfig {
     fn default() -> Self {
-        Self { max_clusters: 30, per_cluster: 16, scale: 2 }
+        Self {
+            max_clusters: 30,
+            per_cluster: 16,
+            scale: 2,
+        }
     }
 }
 
 /// Writes the gallery of `labels` over `set` as a PNG. Rows are separated by a 2-pixel band.
-pub fn write_gallery(set: &ImageSet, labels: &[u32], cfg: &GalleryConfig, path: &Path) -> Result<(), TrainError> {
+pub fn write_gallery(
+    set: &ImageSet,
+    labels: &[u32],
+    cfg: &GalleryConfig,
+    path: &Path,
+) -> Result<(), TrainError> {
     if labels.len() != set.len() {
-        return Err(TrainError::Config(format!("{} labels for {} images", labels.len(), set.len())));
+        return Err(TrainError::Config(format!(
+            "{} labels for {} images",
+            labels.len(),
+            set.len()
+        )));
     }
     let k = labels.iter().max().map_or(0, |&m| m as usize + 1);
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
@@ -39,7 +52,10 @@ pub fn write_gallery(set: &ImageSet, labels: &[u32], cfg: &GalleryConfig, path: 
 
     let (h, w, s) = (set.height as u32, set.width as u32, cfg.scale.max(1));
     let (cell_w, cell_h) = (w * s + 2, h * s + 2);
-    let (width, height) = (cell_w * cfg.per_cluster as u32, cell_h * members.len().max(1) as u32);
+    let (width, height) = (
+        cell_w * cfg.per_cluster as u32,
+        cell_h * members.len().max(1) as u32,
+    );
     let mut canvas: RgbImage = ImageBuffer::from_pixel(width, height, Rgb([40, 40, 40]));
     let plane = (h * w) as usize;
     for (row, m) in members.iter().enumerate() {
@@ -60,13 +76,10 @@ pub fn write_gallery(set: &ImageSet, labels: &[u32], cfg: &GalleryConfig, path: 
             }
         }
     }
-    canvas.save(path).map_err(|e| TrainError::Checkpoint { path: path.into(), reason: e.to_string() })
-}
-
-/// A grayscale PNG of one image, for reports.
-pub fn write_image(set: &ImageSet, i: usize, path: &Path) -> Result<(), TrainError> {
-    let img = GrayImage::from_fn(set.width as u32, set.height as u32, |x, y| Luma([set.image(i)[y as usize * set.width + x as usize]]));
-    img.save(path).map_err(|e| TrainError::Checkpoint { path: path.into(), reason: e.to_string() })
+    canvas.save(path).map_err(|e| TrainError::Checkpoint {
+        path: path.into(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -77,7 +90,9 @@ mod tests {
     fn rows_are_clusters_largest_first() {
         // Cluster 1 (white images) has 3 members, cluster 0 (black) has 1.
         let set = ImageSet {
-            pixels: vec![0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255],
+            pixels: vec![
+                0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+            ],
             channels: 1,
             height: 2,
             width: 2,
@@ -85,11 +100,19 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.png");
-        let cfg = GalleryConfig { max_clusters: 5, per_cluster: 3, scale: 1 };
+        let cfg = GalleryConfig {
+            max_clusters: 5,
+            per_cluster: 3,
+            scale: 1,
+        };
         write_gallery(&set, &[0, 1, 1, 1], &cfg, &p).unwrap();
         let g = image::open(&p).unwrap().to_rgb8();
         assert_eq!((g.width(), g.height()), (3 * 4, 2 * 4));
-        assert_eq!(g.get_pixel(1, 1).0, [255, 255, 255], "first row: the big white cluster");
+        assert_eq!(
+            g.get_pixel(1, 1).0,
+            [255, 255, 255],
+            "first row: the big white cluster"
+        );
         assert_eq!(g.get_pixel(1, 5).0, [0, 0, 0], "second row: the black one");
         assert!(write_gallery(&set, &[0, 1], &cfg, &p).is_err());
     }

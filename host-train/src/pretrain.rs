@@ -163,7 +163,12 @@ pub fn pretrain(
         let t0 = std::time::Instant::now();
         let seed = cfg.seed.wrapping_add(epoch as u64 * 7919);
         let clustering = deepcluster::cluster(&feats, encoder.embed_dim(), &cfg.deepcluster, seed)?;
-        write_gallery(&train.images, &clustering.labels, &GalleryConfig::default(), &run.path("plots/gallery.png"))?;
+        write_gallery(
+            &train.images,
+            &clustering.labels,
+            &GalleryConfig::default(),
+            &run.path("plots/gallery.png"),
+        )?;
         let nmi_vs_previous = previous
             .as_ref()
             .map(|p| normalized_mutual_info(p, &clustering.labels))
