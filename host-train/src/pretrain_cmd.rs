@@ -9,7 +9,7 @@ use host_train::augment::AugmentConfig;
 use host_train::dataset::{load_images, DataSpec, Normalization, TrainSet};
 use host_train::encoders::Arch;
 use host_train::eval::evaluate;
-use host_train::features::extract;
+use host_train::features::{extract_layer, Layer};
 use host_train::methods::deepcluster::DeepClusterConfig;
 use host_train::methods::Method;
 use host_train::pretrain::{load_encoder, pretrain as run_pretrain, MetricsRow, RunConfig};
@@ -88,6 +88,9 @@ pub struct EvalArgs {
     checkpoint: PathBuf,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Which output to evaluate.
+    #[arg(long, value_enum, default_value = "embedding")]
+    layer: Layer,
 }
 
 fn device(spec: &str) -> Result<Device> {
@@ -212,19 +215,20 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     let train = TrainSet::new(train, cfg.normalization.clone())?;
     let test = TrainSet::new(test, cfg.normalization.clone())?;
-    let tf = extract(encoder.as_ref(), &train, 512, &dev, "train features")?;
-    let qf = extract(encoder.as_ref(), &test, 512, &dev, "test features")?;
+    let e = encoder.as_ref();
+    let tf = extract_layer(e, args.layer, &train, 512, &dev, "train features")?;
+    let qf = extract_layer(e, args.layer, &test, 512, &dev, "test features")?;
     let r = evaluate(
         &tf,
         train.images.labels.as_deref().unwrap_or_default(),
         &qf,
         test.images.labels.as_deref().unwrap_or_default(),
-        encoder.embed_dim(),
+        args.layer.dim(e),
         cfg.seed,
     )?;
     println!(
-        "kNN top-1 {:.4}, k-means (k = classes) NMI {:.4}, ARI {:.4}, accuracy {:.4}",
-        r.knn_top1, r.nmi, r.ari, r.accuracy
+        "{:?}: kNN top-1 {:.4}, k-means (k = classes) NMI {:.4}, ARI {:.4}, accuracy {:.4}",
+        args.layer, r.knn_top1, r.nmi, r.ari, r.accuracy
     );
     Ok(())
 }

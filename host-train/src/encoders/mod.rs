@@ -18,6 +18,9 @@ pub trait Encoder: std::fmt::Debug {
     /// (b, c, h, w) -> (b, embed_dim); `train` switches batch-norm to batch statistics.
     fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     fn embed_dim(&self) -> usize;
+    /// The backbone's pooled features, before the projection: (b, feature_dim).
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+    fn feature_dim(&self) -> usize;
 }
 
 impl Encoder for SmallCnn {
@@ -26,6 +29,12 @@ impl Encoder for SmallCnn {
     }
     fn embed_dim(&self) -> usize {
         self.config().embed_dim
+    }
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.features_t(x, train)
+    }
+    fn feature_dim(&self) -> usize {
+        self.config().widths[2]
     }
 }
 
