@@ -14,6 +14,7 @@ use crate::eval::{evaluate, EvalReport};
 use crate::features::extract;
 use crate::gallery::{write_gallery, GalleryConfig};
 use crate::methods::deepcluster::{self, DeepClusterConfig};
+use crate::methods::npid::{self, MemoryBank, NpidConfig};
 use crate::methods::Method;
 use crate::optim::SgdMomentum;
 use crate::run_dir::{labels_to_tensor, restore_momentum, sorted_vars, tensor_to_labels, RunDir};
@@ -37,6 +38,8 @@ pub struct RunConfig {
     pub input: (usize, usize, usize),
     pub augment: AugmentConfig,
     pub deepcluster: DeepClusterConfig,
+    #[serde(default)]
+    pub npid: NpidConfig,
 }
 
 /// One line of `metrics.jsonl`.
@@ -48,8 +51,9 @@ pub enum MetricsRow {
         epoch: usize,
         loss: f64,
         images_per_s: f64,
-        kmeans_objective: f64,
-        non_empty_clusters: usize,
+        /// DeepCluster only: the k-means objective and non-empty clusters of this epoch.
+        kmeans_objective: Option<f64>,
+        non_empty_clusters: Option<usize>,
         /// NMI between this epoch's pseudo-labels and the previous epoch's.
         nmi_vs_previous: Option<f64>,
         seconds: f64,
@@ -130,7 +134,12 @@ pub fn pretrain(
     let mut vm = VarMap::new();
     let encoder = build_encoder(cfg, &vm, device)?;
     let (names, vars) = sorted_vars(&vm);
-    let mut opt = SgdMomentum::new(vars, cfg.deepcluster.sgd())?;
+    let sgd = match cfg.method {
+        Method::Deepcluster => cfg.deepcluster.sgd(),
+        Method::Npid => cfg.npid.sgd(),
+    };
+    let mut opt = SgdMomentum::new(vars, sgd)?;
+    let mut bank = (cfg.method == Method::Npid).then(|| MemoryBank::new(train.len(), encoder.embed_dim(), cfg.seed));
     let (mut start, mut previous): (usize, Option<Vec<u32>>) = (0, None);
     if resume {
         run.load_model(&mut vm)?;
@@ -143,6 +152,15 @@ pub fn pretrain(
             .and_then(|v| v.first().copied())
             .unwrap_or(0) as usize;
         previous = state.get("assignments").map(tensor_to_labels).transpose()?;
+        if let (Some(bank), Some(saved)) = (bank.as_mut(), state.get("memory_bank")) {
+            if saved.dims() != [bank.len(), bank.dim] {
+                return Err(TrainError::Checkpoint {
+                    path: run.path("state.safetensors"),
+                    reason: format!("memory bank {:?} does not fit {} images x {}", saved.dims(), bank.len(), bank.dim),
+                });
+            }
+            bank.rows = saved.flatten_all()?.to_vec1()?;
+        }
     } else {
         run.write_json("config.json", cfg)?;
     }
@@ -154,77 +172,73 @@ pub fn pretrain(
 
     let mut last_eval = None;
     for epoch in start..cfg.epochs {
-        let feats = extract(encoder.as_ref(), train, 512, device, "features")?;
-        if let Some((row, r)) = eval_row(encoder.as_ref(), &feats, train, test, epoch, cfg, device)?
-        {
-            emit(row)?;
-            last_eval = Some(r);
+        let needs_features = cfg.method == Method::Deepcluster || test.is_some();
+        let feats = if needs_features { Some(extract(encoder.as_ref(), train, 512, device, "features")?) } else { None };
+        if let Some(f) = &feats {
+            if let Some((row, r)) = eval_row(encoder.as_ref(), f, train, test, epoch, cfg, device)? {
+                emit(row)?;
+                last_eval = Some(r);
+            }
         }
         let t0 = std::time::Instant::now();
         let seed = cfg.seed.wrapping_add(epoch as u64 * 7919);
-        let clustering = deepcluster::cluster(&feats, encoder.embed_dim(), &cfg.deepcluster, seed)?;
-        write_gallery(
-            &train.images,
-            &clustering.labels,
-            &GalleryConfig::default(),
-            &run.path("plots/gallery.png"),
-        )?;
-        let nmi_vs_previous = previous
-            .as_ref()
-            .map(|p| normalized_mutual_info(p, &clustering.labels))
-            .transpose()?;
-        let n = cfg.deepcluster.samples_per_epoch.unwrap_or(train.len());
-        let order = deepcluster::sample_uniform_over_clusters(
-            &clustering.labels,
-            cfg.deepcluster.k,
-            n,
-            &mut Rng::new(seed),
-        );
-        let stats = deepcluster::train_epoch(
-            encoder.as_ref(),
-            &mut opt,
-            train,
-            &clustering.labels,
-            &order,
-            &cfg.deepcluster,
-            cfg.batch_size,
-            &cfg.augment,
-            seed,
-            device,
-        )?;
         let epoch_tensor = Tensor::new(&[epoch as u32 + 1], &Device::Cpu)?;
-        run.save_checkpoint(
-            &vm,
-            &opt,
-            &names,
-            &[
-                ("epoch", epoch_tensor),
-                ("assignments", labels_to_tensor(&clustering.labels)?),
-            ],
-        )?;
-        emit(MetricsRow::Train {
-            epoch: epoch + 1,
-            loss: stats.loss,
-            images_per_s: stats.images as f64 / stats.seconds,
-            kmeans_objective: clustering.objective,
-            non_empty_clusters: clustering.non_empty,
-            nmi_vs_previous,
-            seconds: t0.elapsed().as_secs_f64(),
-        })?;
-        previous = Some(clustering.labels);
-    }
-    let feats = extract(encoder.as_ref(), train, 512, device, "features")?;
-    if let Some((row, r)) = eval_row(
-        encoder.as_ref(),
-        &feats,
-        train,
-        test,
-        cfg.epochs,
-        cfg,
-        device,
-    )? {
+        let row = match (&cfg.method, &mut bank) {
+            (Method::Npid, Some(bank)) => {
+                let stats = npid::train_epoch(encoder.as_ref(), &mut opt, train, bank, &cfg.npid, cfg.batch_size, &cfg.augment, seed, device)?;
+                let saved = Tensor::from_slice(&bank.rows, (bank.len(), bank.dim), &Device::Cpu)?;
+                run.save_checkpoint(&vm, &opt, &names, &[("epoch", epoch_tensor), ("memory_bank", saved)])?;
+                MetricsRow::Train {
+                    epoch: epoch + 1,
+                    loss: stats.loss,
+                    images_per_s: stats.images as f64 / stats.seconds,
+                    kmeans_objective: None,
+                    non_empty_clusters: None,
+                    nmi_vs_previous: None,
+                    seconds: t0.elapsed().as_secs_f64(),
+                }
+            }
+            _ => {
+                let feats = feats.as_deref().ok_or_else(|| TrainError::Config("DeepCluster needs features".into()))?;
+                let clustering = deepcluster::cluster(feats, encoder.embed_dim(), &cfg.deepcluster, seed)?;
+                write_gallery(&train.images, &clustering.labels, &GalleryConfig::default(), &run.path("plots/gallery.png"))?;
+                let nmi_vs_previous = previous.as_ref().map(|p| normalized_mutual_info(p, &clustering.labels)).transpose()?;
+                let n = cfg.deepcluster.samples_per_epoch.unwrap_or(train.len());
+                let order = deepcluster::sample_uniform_over_clusters(&clustering.labels, cfg.deepcluster.k, n, &mut Rng::new(seed));
+                let stats = deepcluster::train_epoch(
+                    encoder.as_ref(),
+                    &mut opt,
+                    train,
+                    &clustering.labels,
+                    &order,
+                    &cfg.deepcluster,
+                    cfg.batch_size,
+                    &cfg.augment,
+                    seed,
+                    device,
+                )?;
+                run.save_checkpoint(&vm, &opt, &names, &[("epoch", epoch_tensor), ("assignments", labels_to_tensor(&clustering.labels)?)])?;
+                let row = MetricsRow::Train {
+                    epoch: epoch + 1,
+                    loss: stats.loss,
+                    images_per_s: stats.images as f64 / stats.seconds,
+                    kmeans_objective: Some(clustering.objective),
+                    non_empty_clusters: Some(clustering.non_empty),
+                    nmi_vs_previous,
+                    seconds: t0.elapsed().as_secs_f64(),
+                };
+                previous = Some(clustering.labels);
+                row
+            }
+        };
         emit(row)?;
-        last_eval = Some(r);
+    }
+    if test.is_some() {
+        let feats = extract(encoder.as_ref(), train, 512, device, "features")?;
+        if let Some((row, r)) = eval_row(encoder.as_ref(), &feats, train, test, cfg.epochs, cfg, device)? {
+            emit(row)?;
+            last_eval = Some(r);
+        }
     }
     Ok(Pretrained { encoder, last_eval })
 }

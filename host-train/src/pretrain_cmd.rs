@@ -11,6 +11,7 @@ use host_train::encoders::Arch;
 use host_train::eval::evaluate;
 use host_train::features::{extract_layer, Layer};
 use host_train::methods::deepcluster::DeepClusterConfig;
+use host_train::methods::npid::NpidConfig;
 use host_train::methods::Method;
 use host_train::pretrain::{load_encoder, pretrain as run_pretrain, MetricsRow, RunConfig};
 use host_train::run_dir::RunDir;
@@ -66,8 +67,12 @@ pub struct PretrainArgs {
     /// Clusters (DeepCluster: default 10x the number of classes, or 100).
     #[arg(long)]
     k: Option<usize>,
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
+    /// Learning rate (default: the method's, 0.05 for DeepCluster, 0.03 for NPID).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// NPID softmax temperature (default 0.07, or 0.1 for at most 10k images).
+    #[arg(long)]
+    temperature: Option<f64>,
     #[arg(long, default_value_t = 1234)]
     seed: u64,
     /// `cpu` or `cuda:N` (CUDA needs the `cuda` feature).
@@ -137,10 +142,13 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             normalization: Normalization::measure(&train),
             input: (train.channels, train.height, train.width),
             augment: AugmentConfig::default(),
-            deepcluster: DeepClusterConfig {
-                k: args.k.unwrap_or(10 * classes),
-                lr: args.lr,
-                ..Default::default()
+            deepcluster: {
+                let d = DeepClusterConfig::default();
+                DeepClusterConfig { k: args.k.unwrap_or(10 * classes), lr: args.lr.unwrap_or(d.lr), ..d }
+            },
+            npid: {
+                let d = NpidConfig::default();
+                NpidConfig { lr: args.lr.unwrap_or(d.lr), temperature: args.temperature, ..d }
             },
             data: spec,
         }
@@ -192,10 +200,11 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
 fn print_row(row: &MetricsRow, t0: std::time::Instant) {
     let t = t0.elapsed().as_secs_f64();
     match row {
-        MetricsRow::Train { epoch, loss, images_per_s, non_empty_clusters, nmi_vs_previous, .. } => println!(
-            "[{t:6.0} s] epoch {epoch}: loss {loss:.4}, {images_per_s:.0} img/s, {non_empty_clusters} clusters, NMI vs previous {}",
-            nmi_vs_previous.map_or("-".into(), |v| format!("{v:.4}"))
-        ),
+        MetricsRow::Train { epoch, loss, images_per_s, non_empty_clusters, nmi_vs_previous, .. } => {
+            let clusters = non_empty_clusters.map_or(String::new(), |c| format!(", {c} clusters"));
+            let nmi = nmi_vs_previous.map_or(String::new(), |v| format!(", NMI vs previous {v:.4}"));
+            println!("[{t:6.0} s] epoch {epoch}: loss {loss:.4}, {images_per_s:.0} img/s{clusters}{nmi}")
+        }
         MetricsRow::Eval { epoch, knn_top1, nmi, ari, accuracy } => println!(
             "[{t:6.0} s] after {epoch} epochs: kNN {knn_top1:.4}, NMI {nmi:.4}, ARI {ari:.4}, accuracy {accuracy:.4}"
         ),

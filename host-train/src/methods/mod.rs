@@ -2,12 +2,14 @@
 //! their official code.
 
 pub mod deepcluster;
+pub mod npid;
 
 use serde::{Deserialize, Serialize};
 
-/// The methods `--method` accepts. NPID and Local Aggregation are not implemented yet.
+/// The methods `--method` accepts. Local Aggregation is not implemented yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     Deepcluster,
+    Npid,
 }
