@@ -139,7 +139,8 @@ pub fn pretrain(
         Method::Npid => cfg.npid.sgd(),
     };
     let mut opt = SgdMomentum::new(vars, sgd)?;
-    let mut bank = (cfg.method == Method::Npid).then(|| MemoryBank::new(train.len(), encoder.embed_dim(), cfg.seed));
+    let mut bank = (cfg.method == Method::Npid)
+        .then(|| MemoryBank::new(train.len(), encoder.embed_dim(), cfg.seed));
     let (mut start, mut previous): (usize, Option<Vec<u32>>) = (0, None);
     if resume {
         run.load_model(&mut vm)?;
@@ -156,7 +157,12 @@ pub fn pretrain(
             if saved.dims() != [bank.len(), bank.dim] {
                 return Err(TrainError::Checkpoint {
                     path: run.path("state.safetensors"),
-                    reason: format!("memory bank {:?} does not fit {} images x {}", saved.dims(), bank.len(), bank.dim),
+                    reason: format!(
+                        "memory bank {:?} does not fit {} images x {}",
+                        saved.dims(),
+                        bank.len(),
+                        bank.dim
+                    ),
                 });
             }
             bank.rows = saved.flatten_all()?.to_vec1()?;
@@ -173,9 +179,14 @@ pub fn pretrain(
     let mut last_eval = None;
     for epoch in start..cfg.epochs {
         let needs_features = cfg.method == Method::Deepcluster || test.is_some();
-        let feats = if needs_features { Some(extract(encoder.as_ref(), train, 512, device, "features")?) } else { None };
+        let feats = if needs_features {
+            Some(extract(encoder.as_ref(), train, 512, device, "features")?)
+        } else {
+            None
+        };
         if let Some(f) = &feats {
-            if let Some((row, r)) = eval_row(encoder.as_ref(), f, train, test, epoch, cfg, device)? {
+            if let Some((row, r)) = eval_row(encoder.as_ref(), f, train, test, epoch, cfg, device)?
+            {
                 emit(row)?;
                 last_eval = Some(r);
             }
@@ -185,9 +196,24 @@ pub fn pretrain(
         let epoch_tensor = Tensor::new(&[epoch as u32 + 1], &Device::Cpu)?;
         let row = match (&cfg.method, &mut bank) {
             (Method::Npid, Some(bank)) => {
-                let stats = npid::train_epoch(encoder.as_ref(), &mut opt, train, bank, &cfg.npid, cfg.batch_size, &cfg.augment, seed, device)?;
+                let stats = npid::train_epoch(
+                    encoder.as_ref(),
+                    &mut opt,
+                    train,
+                    bank,
+                    &cfg.npid,
+                    cfg.batch_size,
+                    &cfg.augment,
+                    seed,
+                    device,
+                )?;
                 let saved = Tensor::from_slice(&bank.rows, (bank.len(), bank.dim), &Device::Cpu)?;
-                run.save_checkpoint(&vm, &opt, &names, &[("epoch", epoch_tensor), ("memory_bank", saved)])?;
+                run.save_checkpoint(
+                    &vm,
+                    &opt,
+                    &names,
+                    &[("epoch", epoch_tensor), ("memory_bank", saved)],
+                )?;
                 MetricsRow::Train {
                     epoch: epoch + 1,
                     loss: stats.loss,
@@ -199,12 +225,28 @@ pub fn pretrain(
                 }
             }
             _ => {
-                let feats = feats.as_deref().ok_or_else(|| TrainError::Config("DeepCluster needs features".into()))?;
-                let clustering = deepcluster::cluster(feats, encoder.embed_dim(), &cfg.deepcluster, seed)?;
-                write_gallery(&train.images, &clustering.labels, &GalleryConfig::default(), &run.path("plots/gallery.png"))?;
-                let nmi_vs_previous = previous.as_ref().map(|p| normalized_mutual_info(p, &clustering.labels)).transpose()?;
+                let feats = feats
+                    .as_deref()
+                    .ok_or_else(|| TrainError::Config("DeepCluster needs features".into()))?;
+                let clustering =
+                    deepcluster::cluster(feats, encoder.embed_dim(), &cfg.deepcluster, seed)?;
+                write_gallery(
+                    &train.images,
+                    &clustering.labels,
+                    &GalleryConfig::default(),
+                    &run.path("plots/gallery.png"),
+                )?;
+                let nmi_vs_previous = previous
+                    .as_ref()
+                    .map(|p| normalized_mutual_info(p, &clustering.labels))
+                    .transpose()?;
                 let n = cfg.deepcluster.samples_per_epoch.unwrap_or(train.len());
-                let order = deepcluster::sample_uniform_over_clusters(&clustering.labels, cfg.deepcluster.k, n, &mut Rng::new(seed));
+                let order = deepcluster::sample_uniform_over_clusters(
+                    &clustering.labels,
+                    cfg.deepcluster.k,
+                    n,
+                    &mut Rng::new(seed),
+                );
                 let stats = deepcluster::train_epoch(
                     encoder.as_ref(),
                     &mut opt,
@@ -217,7 +259,15 @@ pub fn pretrain(
                     seed,
                     device,
                 )?;
-                run.save_checkpoint(&vm, &opt, &names, &[("epoch", epoch_tensor), ("assignments", labels_to_tensor(&clustering.labels)?)])?;
+                run.save_checkpoint(
+                    &vm,
+                    &opt,
+                    &names,
+                    &[
+                        ("epoch", epoch_tensor),
+                        ("assignments", labels_to_tensor(&clustering.labels)?),
+                    ],
+                )?;
                 let row = MetricsRow::Train {
                     epoch: epoch + 1,
                     loss: stats.loss,
@@ -235,7 +285,15 @@ pub fn pretrain(
     }
     if test.is_some() {
         let feats = extract(encoder.as_ref(), train, 512, device, "features")?;
-        if let Some((row, r)) = eval_row(encoder.as_ref(), &feats, train, test, cfg.epochs, cfg, device)? {
+        if let Some((row, r)) = eval_row(
+            encoder.as_ref(),
+            &feats,
+            train,
+            test,
+            cfg.epochs,
+            cfg,
+            device,
+        )? {
             emit(row)?;
             last_eval = Some(r);
         }

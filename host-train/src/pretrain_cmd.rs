@@ -144,11 +144,19 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             augment: AugmentConfig::default(),
             deepcluster: {
                 let d = DeepClusterConfig::default();
-                DeepClusterConfig { k: args.k.unwrap_or(10 * classes), lr: args.lr.unwrap_or(d.lr), ..d }
+                DeepClusterConfig {
+                    k: args.k.unwrap_or(10 * classes),
+                    lr: args.lr.unwrap_or(d.lr),
+                    ..d
+                }
             },
             npid: {
                 let d = NpidConfig::default();
-                NpidConfig { lr: args.lr.unwrap_or(d.lr), temperature: args.temperature, ..d }
+                NpidConfig {
+                    lr: args.lr.unwrap_or(d.lr),
+                    temperature: args.temperature,
+                    ..d
+                }
             },
             data: spec,
         }
@@ -158,7 +166,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         eprintln!("skipped {}: {}", s.path.display(), s.reason);
     }
     println!(
-        "{:?} on {} ({} images of {}x{}x{}), {:?}, {} epochs, k = {}, run in {}",
+        "{:?} on {} ({} images of {}x{}x{}), {:?}, {} epochs, {}, run in {}",
         cfg.method,
         cfg.data.source,
         train.len(),
@@ -167,7 +175,10 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         cfg.input.2,
         cfg.arch,
         cfg.epochs,
-        cfg.deepcluster.k,
+        match cfg.method {
+            Method::Deepcluster => format!("k = {}", cfg.deepcluster.k),
+            Method::Npid => format!("tau = {}", cfg.npid.temperature_for(train.len())),
+        },
         args.out.display()
     );
     let train = TrainSet::new(train, cfg.normalization.clone())?;

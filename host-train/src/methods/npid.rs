@@ -50,11 +50,16 @@ impl Default for NpidConfig {
 
 impl NpidConfig {
     pub fn sgd(&self) -> SgdParams {
-        SgdParams { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay }
+        SgdParams {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+        }
     }
 
     pub fn temperature_for(&self, n: usize) -> f64 {
-        self.temperature.unwrap_or(if n <= 10_000 { 0.1 } else { 0.07 })
+        self.temperature
+            .unwrap_or(if n <= 10_000 { 0.1 } else { 0.07 })
     }
 }
 
@@ -70,7 +75,9 @@ impl MemoryBank {
     pub fn new(n: usize, dim: usize, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let s = 1.0 / (dim as f64 / 3.0).sqrt();
-        let rows = (0..n * dim).map(|_| ((2.0 * rng.next_f64() - 1.0) * s) as f32).collect();
+        let rows = (0..n * dim)
+            .map(|_| ((2.0 * rng.next_f64() - 1.0) * s) as f32)
+            .collect();
         Self { rows, dim }
     }
 
@@ -155,7 +162,11 @@ pub fn train_epoch(
         bar.inc(idx.len() as u64);
     }
     bar.finish();
-    Ok(EpochStats { loss: loss_sum / batches.max(1) as f64, images: n, seconds: t0.elapsed().as_secs_f64() })
+    Ok(EpochStats {
+        loss: loss_sum / batches.max(1) as f64,
+        images: n,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]
@@ -164,7 +175,10 @@ mod tests {
 
     #[test]
     fn bank_rows_move_halfway_and_stay_unit_length() {
-        let mut bank = MemoryBank { rows: vec![1.0, 0.0, 0.0, 1.0], dim: 2 };
+        let mut bank = MemoryBank {
+            rows: vec![1.0, 0.0, 0.0, 1.0],
+            dim: 2,
+        };
         bank.update(&[0], &[0.0, 1.0], 0.5);
         let s = std::f32::consts::FRAC_1_SQRT_2;
         assert!((bank.rows[0] - s).abs() < 1e-6 && (bank.rows[1] - s).abs() < 1e-6);
