@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use host_train::augment::AugmentConfig;
 use host_train::dataset::{load_images, DataSpec, Normalization, TrainSet};
-use host_train::encoders::Arch;
+use host_train::encoders::{Arch, Encoder};
 use host_train::methods::deepcluster::DeepClusterConfig;
 use host_train::methods::Method;
 use host_train::pretrain::{load_encoder, pretrain, MetricsRow, RunConfig};
@@ -80,6 +80,30 @@ fn train_losses(rows: &[MetricsRow]) -> Vec<(usize, f64)> {
         .collect()
 }
 
+/// The encoder in memory and the one reloaded from the run's checkpoint give identical
+/// embeddings for the same images.
+fn assert_reloads_to_same_outputs(run: &RunDir, trained: &dyn Encoder, train: &TrainSet) {
+    let x: Tensor = train
+        .batch(&[0, 1, 2, 3], &AugmentConfig::none(), 0, &Device::Cpu)
+        .unwrap();
+    let want: Vec<f32> = trained
+        .embed(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (_, reloaded) = load_encoder(run, &Device::Cpu).unwrap();
+    let got: Vec<f32> = reloaded
+        .embed(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn deepcluster_loss_falls_and_the_checkpoint_reloads_to_the_same_outputs() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,26 +124,7 @@ fn deepcluster_loss_falls_and_the_checkpoint_reloads_to_the_same_outputs() {
     assert!(losses[1].1 < losses[0].1, "loss did not fall: {losses:?}");
     assert!(done.last_eval.is_some());
 
-    let x: Tensor = train
-        .batch(&[0, 1, 2, 3], &AugmentConfig::none(), 0, &Device::Cpu)
-        .unwrap();
-    let want: Vec<f32> = done
-        .encoder
-        .embed(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let (_, reloaded) = load_encoder(&run, &Device::Cpu).unwrap();
-    let got: Vec<f32> = reloaded
-        .embed(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert_eq!(got, want);
+    assert_reloads_to_same_outputs(&run, done.encoder.as_ref(), &train);
 }
 
 #[test]
@@ -200,26 +205,7 @@ fn npid_loss_falls_the_bank_is_saved_and_a_run_resumes_with_it() {
 
     let state = run.load_state(&Device::Cpu).unwrap();
     assert_eq!(state["memory_bank"].dims(), &[1000, 32]);
-    let x = train
-        .batch(&[5, 6], &AugmentConfig::none(), 0, &Device::Cpu)
-        .unwrap();
-    let want: Vec<f32> = done
-        .encoder
-        .embed(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let (_, reloaded) = load_encoder(&run, &Device::Cpu).unwrap();
-    let got: Vec<f32> = reloaded
-        .embed(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert_eq!(got, want);
+    assert_reloads_to_same_outputs(&run, done.encoder.as_ref(), &train);
 
     let mut more = cfg.clone();
     more.epochs = 4;

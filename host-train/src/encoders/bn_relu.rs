@@ -88,6 +88,7 @@ mod tests {
     use candle_nn::VarMap;
 
     use super::*;
+    use crate::ops::max_abs_diff;
 
     #[test]
     fn fused_and_candle_op_paths_agree_and_eval_uses_running_statistics() {
@@ -98,16 +99,7 @@ mod tests {
         let r = Tensor::randn(0f32, 1.0, (8, 4, 3, 3), &dev).unwrap();
         let y_fused = layer.forward_t(x.as_tensor(), true).unwrap();
         let (y_ops, stats) = layer.train_with_candle_ops(x.as_tensor()).unwrap();
-        let diff: f32 = (&y_fused - &y_ops)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&y_fused, &y_ops);
         assert!(diff < 1e-5);
         let g1 = (&y_fused * &r)
             .unwrap()
@@ -121,32 +113,14 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let gd: f32 = (g1.get(&x).unwrap() - g2.get(&x).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let gd = max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap());
         assert!(gd < 1e-4);
         // One training step moved the running mean 10% of the way to the batch mean.
         let rm: Vec<f32> = layer.running_mean.as_tensor().to_vec1().unwrap();
         assert!((rm[0] - 0.1 * stats.mean[0]).abs() < 1e-5);
         // Eval normalises with the running statistics, not the batch's.
         let y_eval = layer.forward_t(x.as_tensor(), false).unwrap();
-        let de: f32 = (&y_eval - &y_fused)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let de = max_abs_diff(&y_eval, &y_fused);
         assert!(de > 0.1);
         // And the running statistics live in the VarMap, for checkpoints.
         assert!(vm.data().lock().unwrap().contains_key("running_var"));

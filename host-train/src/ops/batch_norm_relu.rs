@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::contiguous_f32;
+
 /// Batch statistics of one forward pass: per-channel mean and biased variance.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BatchStats {
@@ -41,13 +43,6 @@ pub fn batch_norm_relu_train(
         .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))?
         .clone();
     Ok((y, stats))
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => bail!("batch_norm_relu: {what} is not contiguous"),
-    }
 }
 
 /// (batch, channels, pixels per plane) of an NCHW layout.
@@ -117,9 +112,9 @@ impl CustomOp3 for BnReluForward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "input")?;
-        let gamma = contiguous(s2, l2, "weight")?;
-        let beta = contiguous(s3, l3, "bias")?;
+        let x = contiguous_f32(s1, l1, "input")?;
+        let gamma = contiguous_f32(s2, l2, "weight")?;
+        let beta = contiguous_f32(s3, l3, "bias")?;
         let (b, c, hw) = nchw(l1)?;
         if gamma.len() != c || beta.len() != c {
             bail!(
@@ -189,9 +184,9 @@ impl CustomOp3 for BnReluBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "input")?;
-        let y = contiguous(s2, l2, "output")?;
-        let gy = contiguous(s3, l3, "gradient")?;
+        let x = contiguous_f32(s1, l1, "input")?;
+        let y = contiguous_f32(s2, l2, "output")?;
+        let gy = contiguous_f32(s3, l3, "gradient")?;
         let (b, c, hw) = nchw(l1)?;
         if y.len() != x.len() || gy.len() != x.len() || self.gamma.len() != c {
             bail!("batch_norm_relu backward: shapes do not match the forward pass");
@@ -250,6 +245,7 @@ mod tests {
     use candle_nn::{batch_norm, BatchNormConfig, VarBuilder, VarMap};
 
     use super::*;
+    use crate::ops::max_abs_diff;
 
     #[test]
     fn output_gradients_and_statistics_match_candle_nn() {
@@ -281,26 +277,17 @@ mod tests {
             batch_norm_relu_train(xo.as_tensor(), go.as_tensor(), bo.as_tensor(), 1e-5).unwrap();
         let g = (&yo * &r).unwrap().sum_all().unwrap().backward().unwrap();
 
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(diff(&yo, &yc) < 1e-5, "forward");
-        assert!(diff(g.get(&xo).unwrap(), gc.get(&xv).unwrap()) < 1e-4, "dx");
+        assert!(max_abs_diff(&yo, &yc) < 1e-5, "forward");
         assert!(
-            diff(g.get(&go).unwrap(), gc.get(&vars["weight"]).unwrap()) < 1e-3,
+            max_abs_diff(g.get(&xo).unwrap(), gc.get(&xv).unwrap()) < 1e-4,
+            "dx"
+        );
+        assert!(
+            max_abs_diff(g.get(&go).unwrap(), gc.get(&vars["weight"]).unwrap()) < 1e-3,
             "dgamma"
         );
         assert!(
-            diff(g.get(&bo).unwrap(), gc.get(&vars["bias"]).unwrap()) < 1e-3,
+            max_abs_diff(g.get(&bo).unwrap(), gc.get(&vars["bias"]).unwrap()) < 1e-3,
             "dbeta"
         );
         // candle-nn moved its running mean by momentum 0.1 towards the batch mean.

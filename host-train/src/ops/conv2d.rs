@@ -5,6 +5,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Ten
 use models::linalg::{matmul, matmul_add, Operand, Parallelism};
 use rayon::prelude::*;
 
+use super::contiguous_f32;
 use super::im2col::{col2im_add, im2col, ConvShape};
 
 /// Stride and zero padding, the same on both axes.
@@ -31,14 +32,6 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Conv2dGeometry) -> Result<T
             .apply_op2(&weight.contiguous()?, Conv2dForward(geometry))
     } else {
         x.conv2d(weight, geometry.padding, geometry.stride, 1, 1)
-    }
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("conv2d: {what} is not contiguous"),
     }
 }
 
@@ -260,25 +253,13 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::ops::max_abs_diff;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         let mut r = models::rng::Rng::new(seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| r.next_f64() as f32 * 2.0 - 1.0).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// Output, input gradient and weight gradient of sum(conv(x, w) * r).

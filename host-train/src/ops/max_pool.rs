@@ -5,6 +5,8 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::contiguous_f32;
+
 /// 2x2 max-pooling; height and width must be even.
 pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
@@ -23,13 +25,6 @@ fn plane_dims(l: &Layout) -> Result<(usize, usize, usize)> {
         [b, c, h, w] if h % 2 == 0 && w % 2 == 0 => Ok((b * c, h, w)),
         ref d => bail!("max_pool_2x2: expected (b, c, even h, even w), got {d:?}"),
     }
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("max_pool_2x2: operand is not contiguous".into()))?;
-    Ok(&s.as_slice::<f32>()?[a..b])
 }
 
 /// Index (0..4, row-major in the window) of the first maximum of window (oy, ox).
@@ -54,7 +49,7 @@ impl CustomOp1 for MaxPool2x2 {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l)?;
+        let x = contiguous_f32(s, l, "max_pool_2x2 input")?;
         let (planes, h, w) = plane_dims(l)?;
         let (oh, ow) = (h / 2, w / 2);
         let mut y = vec![0f32; planes * oh * ow];
@@ -92,8 +87,8 @@ impl CustomOp2 for MaxPool2x2Backward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1)?;
-        let g = contiguous(s2, l2)?;
+        let x = contiguous_f32(s1, l1, "max_pool_2x2 input")?;
+        let g = contiguous_f32(s2, l2, "max_pool_2x2 gradient")?;
         let (planes, h, w) = plane_dims(l1)?;
         let (oh, ow) = (h / 2, w / 2);
         if g.len() != planes * oh * ow {

@@ -12,3 +12,28 @@ mod max_pool;
 pub use batch_norm_relu::{batch_norm_relu_train, BatchStats};
 pub use conv2d::{conv2d, Conv2dGeometry};
 pub use max_pool::max_pool_2x2;
+
+use candle_core::{bail, CpuStorage, Layout, Result};
+
+/// The f32 values of a contiguous operand; the ops' wrappers make their inputs contiguous.
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => bail!("{what} is not contiguous"),
+    }
+}
+
+/// Largest absolute difference between two tensors of one shape, for tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
