@@ -3,7 +3,7 @@
 //! cluster ids as pseudo-labels, sampling uniformly over clusters.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{linear, loss, Module, Optimizer, VarBuilder, VarMap};
+use candle_nn::{linear, Module, Optimizer, VarBuilder, VarMap};
 use models::cluster::KMeansParams;
 use models::linalg::{l2_normalize_rows, PcaParams};
 use models::rng::Rng;
@@ -165,7 +165,7 @@ pub fn train_epoch(
         let x = set.batch(idx, augment, seed ^ ((b as u64) << 20), device)?;
         let y = Tensor::from_iter(idx.iter().map(|&i| labels[i]), device)?;
         let logits = head.forward(&encoder.embed(&x, true)?)?;
-        let l = loss::cross_entropy(&logits, &y)?;
+        let l = crate::ops::cross_entropy(&logits, &y)?;
         let grads = l.backward()?;
         encoder_opt.step(&grads)?;
         head_opt.step(&grads)?;

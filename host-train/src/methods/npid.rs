@@ -8,7 +8,7 @@
 //! `full_softmax_max_n` are refused rather than silently slow.
 
 use candle_core::{Device, Tensor, D};
-use candle_nn::{loss, Optimizer};
+use candle_nn::Optimizer;
 use models::linalg::l2_normalize_rows;
 use models::rng::Rng;
 use serde::{Deserialize, Serialize};
@@ -153,7 +153,7 @@ pub fn train_epoch(
         let m = Tensor::from_slice(&bank.rows, (n, bank.dim), device)?;
         let logits = (v.matmul(&m.t()?)? * inv_t)?;
         let target = Tensor::from_iter(idx.iter().map(|&i| i as u32), device)?;
-        let l = loss::cross_entropy(&logits, &target)?;
+        let l = crate::ops::cross_entropy(&logits, &target)?;
         opt.backward_step(&l)?;
         let vs: Vec<f32> = v.flatten_all()?.to_vec1()?;
         bank.update(idx, &vs, cfg.bank_momentum as f32);

@@ -6,11 +6,13 @@
 
 mod batch_norm_relu;
 mod conv2d;
+mod cross_entropy;
 mod im2col;
 mod max_pool;
 
 pub use batch_norm_relu::{batch_norm_relu_train, BatchStats};
 pub use conv2d::{conv2d, Conv2dGeometry};
+pub use cross_entropy::cross_entropy;
 pub use max_pool::max_pool_2x2;
 
 use candle_core::{bail, CpuStorage, Layout, Result};
