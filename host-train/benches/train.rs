@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
-use candle_nn::{linear, loss, Module, Optimizer, VarBuilder, VarMap};
+use candle_nn::{linear, Module, Optimizer, VarBuilder, VarMap};
 use host_train::encoders::{SmallCnn, SmallCnnConfig};
 use host_train::optim::{SgdMomentum, SgdParams};
 use serde_json::{json, Value};
@@ -33,7 +33,7 @@ fn ours() -> BenchResult<f64> {
     let y = Tensor::from_vec(labels, BATCH, &dev)?;
     let mut step = || -> BenchResult<()> {
         let logits = head.forward(&net.forward_t(&x, true)?)?;
-        opt.backward_step(&loss::cross_entropy(&logits, &y)?)?;
+        opt.backward_step(&host_train::ops::cross_entropy(&logits, &y)?)?;
         Ok(())
     };
     for _ in 0..WARMUP {

@@ -50,6 +50,11 @@ pub enum MetricsRow {
     Train {
         epoch: usize,
         loss: f64,
+        /// Mean loss of the first and last quarter of the epoch's batches.
+        #[serde(default)]
+        loss_start: f64,
+        #[serde(default)]
+        loss_end: f64,
         images_per_s: f64,
         /// DeepCluster only: the k-means objective and non-empty clusters of this epoch.
         kmeans_objective: Option<f64>,
@@ -217,6 +222,8 @@ pub fn pretrain(
                 MetricsRow::Train {
                     epoch: epoch + 1,
                     loss: stats.loss,
+                    loss_start: stats.loss_start,
+                    loss_end: stats.loss_end,
                     images_per_s: stats.images as f64 / stats.seconds,
                     kmeans_objective: None,
                     non_empty_clusters: None,
@@ -271,6 +278,8 @@ pub fn pretrain(
                 let row = MetricsRow::Train {
                     epoch: epoch + 1,
                     loss: stats.loss,
+                    loss_start: stats.loss_start,
+                    loss_end: stats.loss_end,
                     images_per_s: stats.images as f64 / stats.seconds,
                     kmeans_objective: Some(clustering.objective),
                     non_empty_clusters: Some(clustering.non_empty),

@@ -127,9 +127,34 @@ pub fn sample_uniform_over_clusters(
 /// Statistics of one training pass.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct EpochStats {
+    /// Mean loss over the epoch's batches.
     pub loss: f64,
+    /// Mean loss of the first and of the last quarter of the batches: learning shows as
+    /// a fall within an epoch even when pseudo-labels change between epochs.
+    pub loss_start: f64,
+    pub loss_end: f64,
     pub images: usize,
     pub seconds: f64,
+}
+
+impl EpochStats {
+    pub(crate) fn from_batch_losses(losses: &[f64], images: usize, seconds: f64) -> Self {
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        let q = (losses.len() / 4).max(1).min(losses.len());
+        Self {
+            loss: mean(losses),
+            loss_start: mean(&losses[..q]),
+            loss_end: mean(&losses[losses.len() - q..]),
+            images,
+            seconds,
+        }
+    }
 }
 
 /// One pass over `order` with the pseudo-labels: a new classifier head, SGD on both.
@@ -156,7 +181,7 @@ pub fn train_epoch(
         VarBuilder::from_varmap(&head_vm, DType::F32, device).pp("head"),
     )?;
     let mut head_opt = SgdMomentum::new(head_vm.all_vars(), cfg.sgd())?;
-    let (mut loss_sum, mut batches) = (0f64, 0usize);
+    let mut losses = Vec::new();
     let bar = Progress::new(order.len() as u64, "train");
     for (b, idx) in order.chunks(batch_size).enumerate() {
         if idx.len() < 2 {
@@ -169,16 +194,15 @@ pub fn train_epoch(
         let grads = l.backward()?;
         encoder_opt.step(&grads)?;
         head_opt.step(&grads)?;
-        loss_sum += l.to_scalar::<f32>()? as f64;
-        batches += 1;
+        losses.push(l.to_scalar::<f32>()? as f64);
         bar.inc(idx.len() as u64);
     }
     bar.finish();
-    Ok(EpochStats {
-        loss: loss_sum / batches.max(1) as f64,
-        images: order.len(),
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(EpochStats::from_batch_losses(
+        &losses,
+        order.len(),
+        t0.elapsed().as_secs_f64(),
+    ))
 }
 
 #[cfg(test)]

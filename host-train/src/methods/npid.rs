@@ -141,7 +141,7 @@ pub fn train_epoch(
     let inv_t = 1.0 / cfg.temperature_for(n);
     let mut rng = Rng::new(seed);
     let order = rng.sample_indices(n, n);
-    let (mut loss_sum, mut batches) = (0f64, 0usize);
+    let mut losses = Vec::new();
     let bar = Progress::new(n as u64, "train");
     for (b, idx) in order.chunks(batch_size).enumerate() {
         if idx.len() < 2 {
@@ -157,16 +157,15 @@ pub fn train_epoch(
         opt.backward_step(&l)?;
         let vs: Vec<f32> = v.flatten_all()?.to_vec1()?;
         bank.update(idx, &vs, cfg.bank_momentum as f32);
-        loss_sum += l.to_scalar::<f32>()? as f64;
-        batches += 1;
+        losses.push(l.to_scalar::<f32>()? as f64);
         bar.inc(idx.len() as u64);
     }
     bar.finish();
-    Ok(EpochStats {
-        loss: loss_sum / batches.max(1) as f64,
-        images: n,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(EpochStats::from_batch_losses(
+        &losses,
+        n,
+        t0.elapsed().as_secs_f64(),
+    ))
 }
 
 #[cfg(test)]
