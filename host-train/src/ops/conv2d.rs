@@ -6,7 +6,7 @@ use models::linalg::{matmul, matmul_add, Operand, Parallelism};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
-use super::im2col::{col2im_add, im2col, ConvShape};
+use super::im2col::{col2im_add_at, im2col_at, ConvShape};
 
 /// Stride and zero padding, the same on both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,32 @@ fn conv_shape(
     Ok((b, oc, s))
 }
 
+/// Images per GEMM: small feature maps (7x7 gives 49 columns per image) make thin, memory-bound
+/// products, so several images share one product of about 512 columns.
+fn group_size(ohw: usize) -> usize {
+    (512 / ohw.max(1)).clamp(1, 16)
+}
+
+/// `n` images of `(rows, ohw)` each, image-major, into one `(rows, n*ohw)` matrix.
+fn pack_images(src: &[f32], dst: &mut [f32], rows: usize, ohw: usize, n: usize) {
+    for j in 0..n {
+        for r in 0..rows {
+            let from = &src[(j * rows + r) * ohw..(j * rows + r + 1) * ohw];
+            dst[r * n * ohw + j * ohw..r * n * ohw + (j + 1) * ohw].copy_from_slice(from);
+        }
+    }
+}
+
+/// The inverse of [`pack_images`].
+fn unpack_images(src: &[f32], dst: &mut [f32], rows: usize, ohw: usize, n: usize) {
+    for j in 0..n {
+        for r in 0..rows {
+            let from = &src[r * n * ohw + j * ohw..r * n * ohw + (j + 1) * ohw];
+            dst[(j * rows + r) * ohw..(j * rows + r + 1) * ohw].copy_from_slice(from);
+        }
+    }
+}
+
 struct Conv2dForward(Conv2dGeometry);
 
 impl CustomOp2 for Conv2dForward {
@@ -94,19 +120,26 @@ impl CustomOp2 for Conv2dForward {
         let w = contiguous_f32(s2, l2, "weight")?;
         let (b, oc, s) = conv_shape(dims4(l1, "input")?, dims4(l2, "weight")?, self.0)?;
         let (ckk, ohw, img) = (s.ckk(), s.ohw(), s.c * s.h * s.w);
+        let g = group_size(ohw);
         let mut out = vec![0f32; b * oc * ohw];
-        out.par_chunks_mut(oc * ohw).enumerate().for_each_init(
-            || vec![0f32; ckk * ohw],
-            |cols, (i, o)| {
-                im2col(&x[i * img..(i + 1) * img], &s, cols);
-                // out = W (oc x ckk) * cols (ckk x ohw)
+        out.par_chunks_mut(g * oc * ohw).enumerate().for_each_init(
+            || (vec![0f32; ckk * g * ohw], vec![0f32; oc * g * ohw]),
+            |(cols, wide), (gi, o)| {
+                let n = o.len() / (oc * ohw);
+                let width = n * ohw;
+                for j in 0..n {
+                    let i = gi * g + j;
+                    im2col_at(&x[i * img..(i + 1) * img], &s, cols, width, j * ohw);
+                }
+                // wide = W (oc x ckk) * cols (ckk x n*ohw), then back to image-major order.
                 matmul(
-                    o,
+                    &mut wide[..oc * width],
                     Operand::new(w, oc, ckk),
-                    Operand::new(cols, ckk, ohw),
+                    Operand::new(&cols[..ckk * width], ckk, width),
                     1.0,
                     Parallelism::None,
                 );
+                unpack_images(&wide[..oc * width], o, oc, ohw, n);
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((b, oc, s.oh, s.ow))))
@@ -166,19 +199,32 @@ impl CustomOp2 for Conv2dBackwardData {
             );
         }
         let (ckk, ohw, img) = (s.ckk(), s.ohw(), s.c * s.h * s.w);
+        let g = group_size(ohw);
         let mut gx = vec![0f32; b * img];
-        gx.par_chunks_mut(img).enumerate().for_each_init(
-            || vec![0f32; ckk * ohw],
-            |gcols, (i, gxi)| {
-                // gcols = W^T (ckk x oc) * gy_i (oc x ohw)
+        gx.par_chunks_mut(g * img).enumerate().for_each_init(
+            || (vec![0f32; oc * g * ohw], vec![0f32; ckk * g * ohw]),
+            |(wide_gy, gcols), (gi, gxg)| {
+                let n = gxg.len() / img;
+                let width = n * ohw;
+                let first = gi * g;
+                pack_images(
+                    &gy[first * oc * ohw..(first + n) * oc * ohw],
+                    &mut wide_gy[..oc * width],
+                    oc,
+                    ohw,
+                    n,
+                );
+                // gcols = W^T (ckk x oc) * gy (oc x n*ohw)
                 matmul(
-                    gcols,
+                    &mut gcols[..ckk * width],
                     Operand::new(w, oc, ckk).t(),
-                    Operand::new(&gy[i * oc * ohw..(i + 1) * oc * ohw], oc, ohw),
+                    Operand::new(&wide_gy[..oc * width], oc, width),
                     1.0,
                     Parallelism::None,
                 );
-                col2im_add(gcols, &s, gxi);
+                for j in 0..n {
+                    col2im_add_at(gcols, &s, &mut gxg[j * img..(j + 1) * img], width, j * ohw);
+                }
             },
         );
         Ok((CpuStorage::F32(gx), Shape::from((b, s.c, s.h, s.w))))
@@ -216,24 +262,44 @@ impl CustomOp2 for Conv2dBackwardFilter {
             );
         }
         let (ckk, ohw, img) = (s.ckk(), s.ohw(), s.c * s.h * s.w);
-        let gw = (0..b)
+        let g = group_size(ohw);
+        let gw = (0..b.div_ceil(g))
             .into_par_iter()
             .fold(
-                || (vec![0f32; oc * ckk], vec![0f32; ckk * ohw]),
-                |(mut acc, mut cols), i| {
-                    im2col(&x[i * img..(i + 1) * img], &s, &mut cols);
-                    // gW += gy_i (oc x ohw) * cols^T (ohw x ckk)
+                || {
+                    (
+                        vec![0f32; oc * ckk],
+                        vec![0f32; ckk * g * ohw],
+                        vec![0f32; oc * g * ohw],
+                    )
+                },
+                |(mut acc, mut cols, mut wide_gy), gi| {
+                    let first = gi * g;
+                    let n = g.min(b - first);
+                    let width = n * ohw;
+                    for j in 0..n {
+                        let i = first + j;
+                        im2col_at(&x[i * img..(i + 1) * img], &s, &mut cols, width, j * ohw);
+                    }
+                    pack_images(
+                        &gy[first * oc * ohw..(first + n) * oc * ohw],
+                        &mut wide_gy[..oc * width],
+                        oc,
+                        ohw,
+                        n,
+                    );
+                    // gW += gy (oc x n*ohw) * cols^T (n*ohw x ckk)
                     matmul_add(
                         &mut acc,
-                        Operand::new(&gy[i * oc * ohw..(i + 1) * oc * ohw], oc, ohw),
-                        Operand::new(&cols, ckk, ohw).t(),
+                        Operand::new(&wide_gy[..oc * width], oc, width),
+                        Operand::new(&cols[..ckk * width], ckk, width).t(),
                         1.0,
                         Parallelism::None,
                     );
-                    (acc, cols)
+                    (acc, cols, wide_gy)
                 },
             )
-            .map(|(acc, _)| acc)
+            .map(|(acc, _, _)| acc)
             .reduce(
                 || vec![0f32; oc * ckk],
                 |mut a, b| {
@@ -293,6 +359,15 @@ mod tests {
             (
                 [4, 3, 9, 9],
                 [5, 3, 3, 3],
+                Conv2dGeometry {
+                    stride: 1,
+                    padding: 1,
+                },
+            ),
+            // Several image groups per GEMM with a partial last one (81 pixels: 6 per group).
+            (
+                [20, 2, 9, 9],
+                [3, 2, 3, 3],
                 Conv2dGeometry {
                     stride: 1,
                     padding: 1,

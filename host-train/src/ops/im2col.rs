@@ -42,12 +42,18 @@ fn valid_span(kx: usize, s: &ConvShape) -> (usize, usize) {
 /// `cols[(ci*kh + ky)*kw + kx][oy*ow + ox] = x[ci][oy*s + ky - pad][ox*s + kx - pad]`, zero
 /// outside the image.
 pub(crate) fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
+    im2col_at(x, s, cols, s.ohw(), 0)
+}
+
+/// [`im2col`] into columns `offset..offset + ohw` of a column matrix whose rows are `stride`
+/// long, so several images can sit side by side in one GEMM operand.
+pub(crate) fn im2col_at(x: &[f32], s: &ConvShape, cols: &mut [f32], stride: usize, offset: usize) {
     let ohw = s.ohw();
     for ci in 0..s.c {
         let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
         for ky in 0..s.kh {
             for kx in 0..s.kw {
-                let row = ((ci * s.kh + ky) * s.kw + kx) * ohw;
+                let row = ((ci * s.kh + ky) * s.kw + kx) * stride + offset;
                 let dst = &mut cols[row..row + ohw];
                 let (lo, hi) = valid_span(kx, s);
                 for oy in 0..s.oh {
@@ -79,12 +85,23 @@ pub(crate) fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
 
 /// The adjoint of [`im2col`]: adds each column entry back to the pixel it came from.
 pub(crate) fn col2im_add(cols: &[f32], s: &ConvShape, x: &mut [f32]) {
+    col2im_add_at(cols, s, x, s.ohw(), 0)
+}
+
+/// The adjoint of [`im2col_at`].
+pub(crate) fn col2im_add_at(
+    cols: &[f32],
+    s: &ConvShape,
+    x: &mut [f32],
+    stride: usize,
+    offset: usize,
+) {
     let ohw = s.ohw();
     for ci in 0..s.c {
         let plane = &mut x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
         for ky in 0..s.kh {
             for kx in 0..s.kw {
-                let row = ((ci * s.kh + ky) * s.kw + kx) * ohw;
+                let row = ((ci * s.kh + ky) * s.kw + kx) * stride + offset;
                 let src = &cols[row..row + ohw];
                 let (lo, hi) = valid_span(kx, s);
                 if lo >= hi {
@@ -159,6 +176,28 @@ mod tests {
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
             assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs} for {s:?}");
         }
+    }
+
+    #[test]
+    fn strided_placement_matches_the_plain_layout() {
+        let s = shape(2, 5, 5, 3, 1, 1);
+        let x: Vec<f32> = (0..s.c * s.h * s.w).map(|i| i as f32).collect();
+        let mut plain = vec![0.0; s.ckk() * s.ohw()];
+        im2col(&x, &s, &mut plain);
+        // Second of three images side by side.
+        let stride = 3 * s.ohw();
+        let mut wide = vec![f32::NAN; s.ckk() * stride];
+        im2col_at(&x, &s, &mut wide, stride, s.ohw());
+        for r in 0..s.ckk() {
+            assert_eq!(
+                &wide[r * stride + s.ohw()..r * stride + 2 * s.ohw()],
+                &plain[r * s.ohw()..(r + 1) * s.ohw()]
+            );
+        }
+        let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        col2im_add(&plain, &s, &mut a);
+        col2im_add_at(&wide, &s, &mut b, stride, s.ohw());
+        assert_eq!(a, b);
     }
 
     #[test]
