@@ -40,7 +40,8 @@ fn valid_span(kx: usize, s: &ConvShape) -> (usize, usize) {
 }
 
 /// `cols[(ci*kh + ky)*kw + kx][oy*ow + ox] = x[ci][oy*s + ky - pad][ox*s + kx - pad]`, zero
-/// outside the image.
+/// outside the image. (The ops place several images side by side with [`im2col_at`].)
+#[cfg(test)]
 pub(crate) fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
     im2col_at(x, s, cols, s.ohw(), 0)
 }
@@ -84,6 +85,7 @@ pub(crate) fn im2col_at(x: &[f32], s: &ConvShape, cols: &mut [f32], stride: usiz
 }
 
 /// The adjoint of [`im2col`]: adds each column entry back to the pixel it came from.
+#[cfg(test)]
 pub(crate) fn col2im_add(cols: &[f32], s: &ConvShape, x: &mut [f32]) {
     col2im_add_at(cols, s, x, s.ohw(), 0)
 }
