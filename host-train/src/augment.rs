@@ -1,5 +1,6 @@
 //! CPU augmentations, seeded per sample so a run is reproducible whatever the thread count.
-//! Images are planar f32 (c, h, w), already normalised.
+//! Images are planar f32 (c, h, w) pixels in [0, 1], before normalisation, so padding is
+//! black and colour operations see real colours, as in torchvision.
 
 use models::rng::Rng;
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,12 @@ pub struct AugmentConfig {
     pub horizontal_flip: bool,
     /// Brightness/contrast jitter strength, 0 for none (applied per image).
     pub jitter: f32,
+    /// RGB only: saturation jitter strength (blend with the grayscale image), 0 for none.
+    #[serde(default)]
+    pub saturation: f32,
+    /// RGB only: probability of turning the image grayscale.
+    #[serde(default)]
+    pub grayscale_p: f32,
 }
 
 impl Default for AugmentConfig {
@@ -25,6 +32,8 @@ impl Default for AugmentConfig {
             resized_crop_scale: Some((0.6, 1.0)),
             horizontal_flip: true,
             jitter: 0.2,
+            saturation: 0.4,
+            grayscale_p: 0.2,
         }
     }
 }
@@ -36,6 +45,8 @@ impl AugmentConfig {
             resized_crop_scale: None,
             horizontal_flip: false,
             jitter: 0.0,
+            saturation: 0.0,
+            grayscale_p: 0.0,
         }
     }
 
@@ -59,6 +70,13 @@ impl AugmentConfig {
                 row.reverse();
             }
         }
+        if c == 3 && self.saturation > 0.0 {
+            let s = 1.0 + self.saturation * (2.0 * rng.next_f64() as f32 - 1.0);
+            blend_with_gray(dst, h * w, s);
+        }
+        if c == 3 && self.grayscale_p > 0.0 && (rng.next_f64() as f32) < self.grayscale_p {
+            blend_with_gray(dst, h * w, 0.0);
+        }
         if self.jitter > 0.0 {
             let contrast = 1.0 + self.jitter * (2.0 * rng.next_f64() as f32 - 1.0);
             let brightness = self.jitter * (2.0 * rng.next_f64() as f32 - 1.0);
@@ -69,6 +87,19 @@ impl AugmentConfig {
                 }
             }
         }
+    }
+}
+
+/// Planar RGB: each pixel becomes gray + s * (pixel - gray), with ITU-R 601 luminance as
+/// gray; s = 0 gives the grayscale image, s = 1 leaves it unchanged.
+fn blend_with_gray(rgb: &mut [f32], plane: usize, s: f32) {
+    let (r, rest) = rgb.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for i in 0..plane {
+        let y = 0.299 * r[i] + 0.587 * g[i] + 0.114 * b[i];
+        r[i] = y + s * (r[i] - y);
+        g[i] = y + s * (g[i] - y);
+        b[i] = y + s * (b[i] - y);
     }
 }
 
@@ -166,6 +197,32 @@ mod tests {
             })
             .count();
         assert!((60..140).contains(&mirrored), "{mirrored}");
+    }
+
+    #[test]
+    fn grayscale_and_saturation_act_on_rgb_only() {
+        // One pure-red pixel.
+        let src = [1.0f32, 0.0, 0.0];
+        let mut dst = [0.0f32; 3];
+        let gray = AugmentConfig {
+            grayscale_p: 1.0,
+            ..AugmentConfig::none()
+        };
+        gray.apply(&src, 3, 1, 1, &mut Rng::new(0), &mut dst);
+        assert!(dst.iter().all(|&v| (v - 0.299).abs() < 1e-6), "{dst:?}");
+        // A grayscale image is left alone by colour operations.
+        let one = [0.5f32];
+        let mut out = [0.0f32];
+        gray.apply(&one, 1, 1, 1, &mut Rng::new(0), &mut out);
+        assert_eq!(out, one);
+        // Saturation keeps luminance.
+        let sat = AugmentConfig {
+            saturation: 0.4,
+            ..AugmentConfig::none()
+        };
+        sat.apply(&src, 3, 1, 1, &mut Rng::new(5), &mut dst);
+        let y = 0.299 * dst[0] + 0.587 * dst[1] + 0.114 * dst[2];
+        assert!((y - 0.299).abs() < 1e-6);
     }
 
     #[test]

@@ -76,24 +76,27 @@ impl TrainSet {
         (self.images.channels, self.images.height, self.images.width)
     }
 
-    /// Normalised image `i` into `out`.
-    fn normalized(&self, i: usize, out: &mut [f32]) {
-        let (c, h, w) = self.image_dims();
-        let hw = h * w;
-        let px = self.images.image(i);
-        for ch in 0..c {
-            let (m, s) = (self.norm.mean[ch], 1.0 / self.norm.std[ch]);
-            for (o, &p) in out[ch * hw..(ch + 1) * hw]
-                .iter_mut()
-                .zip(&px[ch * hw..(ch + 1) * hw])
-            {
-                *o = (p as f32 / 255.0 - m) * s;
-            }
+    /// Image `i` as pixels in [0, 1].
+    fn pixels(&self, i: usize, out: &mut [f32]) {
+        for (o, &p) in out.iter_mut().zip(self.images.image(i)) {
+            *o = p as f32 * (1.0 / 255.0);
         }
     }
 
-    /// The images `indices` as a (b, c, h, w) tensor, augmented with a per-sample seed
-    /// derived from `seed` and the position in the batch.
+    /// (x - mean) / std per channel, in place.
+    fn normalize(&self, x: &mut [f32]) {
+        let (c, h, w) = self.image_dims();
+        let hw = h * w;
+        for ch in 0..c {
+            let (m, s) = (self.norm.mean[ch], 1.0 / self.norm.std[ch]);
+            x[ch * hw..(ch + 1) * hw]
+                .iter_mut()
+                .for_each(|v| *v = (*v - m) * s);
+        }
+    }
+
+    /// The images `indices` as a (b, c, h, w) tensor: pixels augmented (with a per-sample
+    /// seed derived from `seed` and the position in the batch), then normalised.
     pub fn batch(
         &self,
         indices: &[usize],
@@ -110,9 +113,10 @@ impl TrainSet {
             .for_each_init(
                 || vec![0f32; len],
                 |clean, (j, (out, &i))| {
-                    self.normalized(i, clean);
+                    self.pixels(i, clean);
                     let mut rng = Rng::new(seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                     augment.apply(clean, c, h, w, &mut rng, out);
+                    self.normalize(out);
                 },
             );
         Ok(Tensor::from_vec(data, (indices.len(), c, h, w), device)?)
