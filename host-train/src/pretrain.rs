@@ -172,6 +172,7 @@ pub fn pretrain(
             }
             bank.rows = saved.flatten_all()?.to_vec1()?;
         }
+        tracing::info!(epoch = start, run = %run.path("").display(), "resumed");
     } else {
         run.write_json("config.json", cfg)?;
     }

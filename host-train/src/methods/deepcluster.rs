@@ -85,6 +85,15 @@ pub fn cluster(
         .fit(MatRef::new(&x, d_out)?)?;
     let mut sizes = vec![0usize; cfg.k.min(n)];
     fit.labels.iter().for_each(|&l| sizes[l as usize] += 1);
+    tracing::info!(
+        pca_dim = d_out,
+        k = sizes.len(),
+        objective = fit.objective(),
+        splits = fit.n_splits(),
+        largest = sizes.iter().max().copied().unwrap_or(0),
+        smallest = sizes.iter().min().copied().unwrap_or(0),
+        "clustered {n} embeddings"
+    );
     Ok(Clustering {
         objective: fit.objective(),
         non_empty: sizes.iter().filter(|&&s| s > 0).count(),
