@@ -76,13 +76,7 @@ impl RunDir {
         names: &[String],
         extra: &[(&str, Tensor)],
     ) -> Result<(), TrainError> {
-        let model_path = self.path("model.safetensors");
-        let tmp = self.path("model.safetensors.tmp");
-        model.save(&tmp).map_err(|e| TrainError::Checkpoint {
-            path: tmp.clone(),
-            reason: e.to_string(),
-        })?;
-        std::fs::rename(&tmp, &model_path).map_err(|e| TrainError::io(&model_path, e))?;
+        publish(&self.path("model.safetensors"), |tmp| model.save(tmp))?;
         let mut state: HashMap<String, Tensor> = HashMap::new();
         for (name, buf) in names.iter().zip(opt.buffers()) {
             if let Some(b) = buf {
@@ -92,13 +86,9 @@ impl RunDir {
         for (k, t) in extra {
             state.insert((*k).to_string(), t.clone());
         }
-        let p = self.path("state.safetensors");
-        let tmp = self.path("state.safetensors.tmp");
-        candle_core::safetensors::save(&state, &tmp).map_err(|e| TrainError::Checkpoint {
-            path: tmp.clone(),
-            reason: e.to_string(),
-        })?;
-        std::fs::rename(&tmp, &p).map_err(|e| TrainError::io(&p, e))
+        publish(&self.path("state.safetensors"), |tmp| {
+            candle_core::safetensors::save(&state, tmp)
+        })
     }
 
     /// Loads weights saved by [`Self::save_checkpoint`] into `model`, whose variables must
@@ -121,9 +111,21 @@ impl RunDir {
 }
 
 fn write_atomic(p: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = p.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, p).map_err(|e| TrainError::io(p, e))
+    publish(p, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// Writes `path` through a temporary file and a rename, so a crash never leaves it half
+/// written.
+fn publish<E: std::fmt::Display>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    write(&tmp).map_err(|e| TrainError::Checkpoint {
+        path: tmp.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 
 /// The variables of a VarMap in name order, so optimiser state lines up across runs.

@@ -1,27 +1,23 @@
 //! Two-epoch smoke runs on 1,000 real Fashion-MNIST images: the loss falls, checkpoints
 //! reload to the same outputs, runs resume, and bad checkpoints give clear errors.
 
-use std::path::PathBuf;
-
 use candle_core::{Device, Tensor};
 use host_train::augment::AugmentConfig;
 use host_train::dataset::{load_images, DataSpec, Normalization, TrainSet};
 use host_train::encoders::{Arch, Encoder};
 use host_train::methods::deepcluster::DeepClusterConfig;
 use host_train::methods::Method;
-use host_train::pretrain::{load_encoder, pretrain, MetricsRow, RunConfig};
+use host_train::pretrain::{load_encoder, pretrain, MetricsRow, Pretrained, RunConfig};
 use host_train::run_dir::RunDir;
 
 fn fashion_mnist() -> String {
-    let dir = std::env::var("FASHION_MNIST_DIR")
-        .unwrap_or_else(|_| models::data::FASHION_MNIST_DEFAULT_DIR.into());
+    let dir = models::data::fashion_mnist_dir();
     assert!(
-        PathBuf::from(&dir)
-            .join("train-images-idx3-ubyte.gz")
-            .exists(),
-        "Fashion-MNIST not in {dir}: run ./scripts/test, which installs dataset-fashion-mnist"
+        models::data::looks_like_fashion_mnist(&dir),
+        "Fashion-MNIST not in {}: run ./scripts/test, which installs dataset-fashion-mnist",
+        dir.display()
     );
-    dir
+    dir.to_string_lossy().into_owned()
 }
 
 fn config(epochs: usize) -> (RunConfig, TrainSet, TrainSet) {
@@ -61,6 +57,17 @@ fn config_for(method: Method, epochs: usize) -> (RunConfig, TrainSet, TrainSet) 
         TrainSet::new(train, norm.clone()).unwrap(),
         TrainSet::new(test.unwrap(), norm).unwrap(),
     )
+}
+
+/// `pretrain` on the CPU with no logging.
+fn train_run(
+    cfg: &RunConfig,
+    train: &TrainSet,
+    test: Option<&TrainSet>,
+    run: &RunDir,
+    resume: bool,
+) -> Pretrained {
+    pretrain(cfg, train, test, run, &Device::Cpu, resume, &mut |_| {}).unwrap()
 }
 
 fn rows(run: &RunDir) -> Vec<MetricsRow> {
@@ -109,16 +116,7 @@ fn deepcluster_loss_falls_and_the_checkpoint_reloads_to_the_same_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
     let (cfg, train, test) = config(2);
-    let done = pretrain(
-        &cfg,
-        &train,
-        Some(&test),
-        &run,
-        &Device::Cpu,
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    let done = train_run(&cfg, &train, Some(&test), &run, false);
     let rows = rows(&run);
     assert_eq!(
         train_losses(&rows).iter().map(|l| l.0).collect::<Vec<_>>(),
@@ -151,10 +149,10 @@ fn a_run_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
     let (cfg, train, _) = config(1);
-    pretrain(&cfg, &train, None, &run, &Device::Cpu, false, &mut |_| {}).unwrap();
+    train_run(&cfg, &train, None, &run, false);
     let mut more = cfg.clone();
     more.epochs = 2;
-    pretrain(&more, &train, None, &run, &Device::Cpu, true, &mut |_| {}).unwrap();
+    train_run(&more, &train, None, &run, true);
     let rows = rows(&run);
     assert_eq!(
         train_losses(&rows).iter().map(|l| l.0).collect::<Vec<_>>(),
@@ -176,7 +174,7 @@ fn mismatched_or_truncated_checkpoints_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
     let (cfg, train, _) = config(1);
-    pretrain(&cfg, &train, None, &run, &Device::Cpu, false, &mut |_| {}).unwrap();
+    train_run(&cfg, &train, None, &run, false);
 
     // A config that asks for another shape than the weights have.
     let mut wrong = cfg.clone();
@@ -208,16 +206,7 @@ fn npid_loss_falls_the_bank_is_saved_and_a_run_resumes_with_it() {
     // the epoch resemble the current embeddings), so epoch 2 sits near it; from epoch 3 on
     // the loss falls, as in the paper's curves.
     let (cfg, train, test) = config_for(Method::Npid, 3);
-    let done = pretrain(
-        &cfg,
-        &train,
-        Some(&test),
-        &run,
-        &Device::Cpu,
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    let done = train_run(&cfg, &train, Some(&test), &run, false);
     let losses = train_losses(&rows(&run));
     assert_eq!(losses.len(), 3);
     assert!(losses[2].1 < losses[0].1, "loss did not fall: {losses:?}");
@@ -228,6 +217,6 @@ fn npid_loss_falls_the_bank_is_saved_and_a_run_resumes_with_it() {
 
     let mut more = cfg.clone();
     more.epochs = 4;
-    pretrain(&more, &train, None, &run, &Device::Cpu, true, &mut |_| {}).unwrap();
+    train_run(&more, &train, None, &run, true);
     assert_eq!(train_losses(&rows(&run)).len(), 4);
 }

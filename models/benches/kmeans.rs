@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use models::cluster::{CpuGemmAssign, KMeans, KMeansParams};
-use models::data::{load_fashion_mnist, Split, FASHION_MNIST_DEFAULT_DIR};
+use models::data::{fashion_mnist_dir, load_fashion_mnist, Split};
 use models::linalg::{l2_normalize_rows, PcaParams};
 use models::metrics::{clustering_accuracy, normalized_mutual_info};
 use models::rng::Rng;
@@ -100,9 +100,7 @@ fn run(threads: usize) -> BenchResult {
     let work = out_dir.join("kmeans-work");
     std::fs::create_dir_all(&work)?;
 
-    let dir = std::env::var_os("FASHION_MNIST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| FASHION_MNIST_DEFAULT_DIR.into());
+    let dir = fashion_mnist_dir();
     let mut set = load_fashion_mnist(&dir, Split::Train)?;
     if quick {
         set = set.take(10_000);

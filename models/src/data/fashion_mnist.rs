@@ -20,6 +20,13 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
     "Ankle boot",
 ];
 
+/// `$FASHION_MNIST_DIR` when set, else [`FASHION_MNIST_DEFAULT_DIR`].
+pub fn fashion_mnist_dir() -> PathBuf {
+    std::env::var_os("FASHION_MNIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DEFAULT_DIR))
+}
+
 /// The 60k training or the 10k test images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -46,8 +53,8 @@ fn find(dir: &Path, name: &str) -> PathBuf {
     }
 }
 
-/// True if `dir` holds the Fashion-MNIST training images.
-pub(crate) fn looks_like_fashion_mnist(dir: &Path) -> bool {
+/// True if `dir` holds the Fashion-MNIST training images (plain or gzipped).
+pub fn looks_like_fashion_mnist(dir: &Path) -> bool {
     find(dir, "train-images-idx3-ubyte").exists()
 }
 

@@ -13,7 +13,8 @@ mod source;
 
 pub use error::DataError;
 pub use fashion_mnist::{
-    load_fashion_mnist, Split, FASHION_MNIST_CLASSES, FASHION_MNIST_DEFAULT_DIR,
+    fashion_mnist_dir, load_fashion_mnist, looks_like_fashion_mnist, Split, FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DEFAULT_DIR,
 };
 pub use idx::{read_idx, IdxArray};
 #[cfg(feature = "image")]
