@@ -5,6 +5,8 @@
 //! - [`linalg`]: PCA-whitening and L2 normalisation.
 //! - [`metrics`]: NMI, ARI, purity, clustering accuracy and weighted kNN.
 //! - [`data`]: Fashion-MNIST IDX files and folders of JPEG/PNG images.
+//! - [`preprocess`], [`manifest`], [`quant`]: what an exported encoder expects, and its int8
+//!   maths.
 //!
 //! Without the `std` feature the crate is `no_std + alloc`: the label metrics and the
 //! random number generator stay available, the batch algorithms do not.
@@ -17,8 +19,11 @@ pub mod cluster;
 pub mod data;
 #[cfg(feature = "std")]
 pub mod linalg;
+pub mod manifest;
 pub mod matrix;
 pub mod metrics;
+pub mod preprocess;
+pub mod quant;
 pub mod rng;
 
 pub use matrix::{MatRef, ShapeError};

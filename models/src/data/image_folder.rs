@@ -11,33 +11,7 @@ use image::{DynamicImage, ImageReader};
 use rayon::prelude::*;
 
 use super::{DataError, ImageSet, SkippedFile};
-
-/// Channels of the images produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ColorMode {
-    #[default]
-    Gray,
-    Rgb,
-}
-
-impl ColorMode {
-    pub fn channels(self) -> usize {
-        match self {
-            ColorMode::Gray => 1,
-            ColorMode::Rgb => 3,
-        }
-    }
-}
-
-/// How an image is brought to the target size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ResizeMode {
-    /// Resize the shorter side to the target, then crop the centre: no distortion.
-    #[default]
-    ShorterSideCenterCrop,
-    /// Resize both sides to the target, changing the aspect ratio.
-    Stretch,
-}
+pub use crate::preprocess::{ColorMode, ResizeMode};
 
 /// How to read a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
