@@ -1,4 +1,10 @@
-//! edge-runtime: inference backends, the on-device memory bank and online clustering.
+//! edge-runtime: run the exported encoder on the board.
 //!
-//! Only the skeleton exists so far (issue 5 fills it). It already depends on `models`, the
-//! same k-means, metrics and image readers the host uses, and never on candle.
+//! - [`bundle`]: an exported model directory (manifest + ONNX files), checked on load.
+//! - [`backend`]: inference backends behind one small `Runtime -> Runnable` trait.
+
+pub mod backend;
+pub mod bundle;
+mod error;
+
+pub use error::EdgeError;

@@ -12,6 +12,7 @@ pub mod dataset;
 pub mod encoders;
 mod error;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod gallery;
 pub mod methods;

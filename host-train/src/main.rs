@@ -3,8 +3,10 @@
 //! - `baseline`: PCA-whitened pixels + k-means, the floor every learned encoder must beat.
 //! - `pretrain`: learn an encoder without labels (DeepCluster).
 //! - `eval`: score a run's encoder with weighted kNN and k-means against labels.
+//! - `export`: fold BatchNorm, write ONNX fp32 + int8 and the manifest; `--verify` checks parity.
 
 mod baseline;
+mod export_cmd;
 mod pretrain_cmd;
 
 use anyhow::Result;
@@ -29,6 +31,8 @@ enum Command {
     Pretrain(pretrain_cmd::PretrainArgs),
     /// Evaluate the encoder of a run directory.
     Eval(pretrain_cmd::EvalArgs),
+    /// Export a run's encoder for the board: ONNX fp32 and QDQ int8, and a manifest.
+    Export(export_cmd::ExportArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,5 +55,6 @@ fn main() -> Result<()> {
         Command::Baseline(args) => baseline::run(&args),
         Command::Pretrain(args) => pretrain_cmd::pretrain(&args),
         Command::Eval(args) => pretrain_cmd::eval(&args),
+        Command::Export(args) => export_cmd::export(&args),
     }
 }

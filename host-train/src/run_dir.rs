@@ -110,7 +110,7 @@ impl RunDir {
     }
 }
 
-fn write_atomic(p: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+pub(crate) fn write_atomic(p: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     publish(p, |tmp| std::fs::write(tmp, bytes))
 }
 

@@ -5,6 +5,7 @@
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
+use crate::export::BatchNormParams;
 use crate::ops::{batch_norm_relu_train, BatchStats};
 
 const EPS: f64 = 1e-5;
@@ -32,6 +33,17 @@ impl BnRelu {
             bias,
             running_mean,
             running_var,
+        })
+    }
+
+    /// The eval-mode parameters, for folding into the preceding convolution.
+    pub fn batch_norm_params(&self) -> Result<BatchNormParams> {
+        Ok(BatchNormParams {
+            gamma: self.weight.to_vec1()?,
+            beta: self.bias.to_vec1()?,
+            mean: self.running_mean.as_tensor().to_vec1()?,
+            var: self.running_var.as_tensor().to_vec1()?,
+            eps: EPS,
         })
     }
 

@@ -13,6 +13,8 @@ use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::export::FoldedGraph;
+
 /// A network that maps images to embeddings.
 pub trait Encoder: std::fmt::Debug {
     /// (b, c, h, w) -> (b, embed_dim); `train` switches batch-norm to batch statistics.
@@ -21,6 +23,8 @@ pub trait Encoder: std::fmt::Debug {
     /// The backbone's pooled features, before the projection: (b, feature_dim).
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     fn feature_dim(&self) -> usize;
+    /// The eval-mode graph with BatchNorm folded, for export at input size `(c, h, w)`.
+    fn folded_graph(&self, input_chw: [usize; 3]) -> Result<FoldedGraph>;
 }
 
 impl Encoder for SmallCnn {
@@ -35,6 +39,9 @@ impl Encoder for SmallCnn {
     }
     fn feature_dim(&self) -> usize {
         self.config().widths[2]
+    }
+    fn folded_graph(&self, input_chw: [usize; 3]) -> Result<FoldedGraph> {
+        SmallCnn::folded_graph(self, input_chw)
     }
 }
 

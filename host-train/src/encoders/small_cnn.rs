@@ -3,7 +3,9 @@
 //! the embedding. Pooling always sees even sizes, where candle's max-pool backward is exact.
 
 use candle_core::{bail, Module, ModuleT, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::{linear, VarBuilder};
+
+use crate::export::{Conv, FoldedGraph, Layer, Linear};
 
 use super::{BnRelu, SobelFront};
 use crate::ops::{conv2d, max_pool_2x2, Conv2dGeometry};
@@ -35,7 +37,7 @@ pub struct SmallCnn {
     sobel: Option<SobelFront>,
     convs: Vec<Tensor>,
     norms: Vec<BnRelu>,
-    proj: Linear,
+    proj: candle_nn::Linear,
     config: SmallCnnConfig,
 }
 
@@ -69,6 +71,54 @@ impl SmallCnn {
 
     pub fn config(&self) -> &SmallCnnConfig {
         &self.config
+    }
+
+    /// The eval-mode network with BatchNorm folded into the convolutions, for export.
+    pub fn folded_graph(&self, input_chw: [usize; 3]) -> Result<FoldedGraph> {
+        if input_chw[0] != self.config.in_channels {
+            bail!(
+                "small-cnn takes {} channels, not {}",
+                self.config.in_channels,
+                input_chw[0]
+            );
+        }
+        let mut layers = Vec::new();
+        if let Some(s) = &self.sobel {
+            layers.push(Layer::Conv(s.as_conv()?));
+        }
+        for (i, (w, bn)) in self.convs.iter().zip(&self.norms).enumerate() {
+            let conv = Conv {
+                name: format!("block{i}.conv"),
+                weight: w.flatten_all()?.to_vec1()?,
+                shape: w.dims4()?.into(),
+                bias: None,
+                stride: 1,
+                padding: 1,
+            };
+            layers.push(Layer::Conv(conv.fold_batch_norm(&bn.batch_norm_params()?)));
+            layers.push(Layer::Relu);
+            if i < 2 {
+                layers.push(Layer::MaxPool2x2);
+            }
+        }
+        layers.push(Layer::GlobalAvgPool);
+        let (out_features, in_features) = self.proj.weight().dims2()?;
+        let bias = match self.proj.bias() {
+            Some(b) => b.to_vec1()?,
+            None => vec![0.0; out_features],
+        };
+        layers.push(Layer::Linear(Linear {
+            name: "proj".into(),
+            weight: self.proj.weight().flatten_all()?.to_vec1()?,
+            out_features,
+            in_features,
+            bias,
+        }));
+        Ok(FoldedGraph {
+            input_chw,
+            layers,
+            embed_dim: out_features,
+        })
     }
 
     /// Pooled features before the projection: (b, widths[2]).

@@ -3,6 +3,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use crate::export::Conv;
 use crate::ops::{conv2d, Conv2dGeometry};
 
 /// A 1x1 grayscale convolution followed by the two 3x3 Sobel filters: c channels in, 2 out.
@@ -26,6 +27,28 @@ impl SobelFront {
         ];
         let sobel = Tensor::from_slice(&k, (2, 1, 3, 3), device)?;
         Ok(Self { gray, sobel })
+    }
+
+    /// The two filters as one 3x3 conv on the input channels: the 1x1 grayscale conv commutes
+    /// with zero padding, so `sobel(gray(x)) = (sobel * gray)(x)` exactly.
+    pub fn as_conv(&self) -> Result<Conv> {
+        let gray: Vec<f32> = self.gray.flatten_all()?.to_vec1()?;
+        let sobel: Vec<f32> = self.sobel.flatten_all()?.to_vec1()?;
+        let c = gray.len();
+        let mut weight = Vec::with_capacity(2 * c * 9);
+        for o in 0..2 {
+            for &g in &gray {
+                weight.extend(sobel[o * 9..(o + 1) * 9].iter().map(|s| s * g));
+            }
+        }
+        Ok(Conv {
+            name: "sobel".into(),
+            weight,
+            shape: [2, c, 3, 3],
+            bias: None,
+            stride: 1,
+            padding: 1,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

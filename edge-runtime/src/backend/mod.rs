@@ -1,0 +1,49 @@
+//! Inference backends behind one small trait, in tract's manner: a [`Runtime`] prepares a
+//! checked [`ModelBundle`] into a [`Runnable`] with concrete shapes, which maps a batch of
+//! preprocessed images to embeddings.
+
+#[cfg(feature = "tract")]
+mod tract;
+
+#[cfg(feature = "tract")]
+pub use self::tract::TractRuntime;
+
+use crate::bundle::ModelBundle;
+use crate::EdgeError;
+
+/// How to prepare a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareOptions {
+    /// Images per run; shapes are fixed to it so the backend can optimise.
+    pub batch: usize,
+    /// Worker threads for one run (1: the caller's thread only).
+    pub threads: usize,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        Self {
+            batch: 1,
+            threads: 1,
+        }
+    }
+}
+
+pub trait Runtime {
+    fn name(&self) -> &'static str;
+    fn prepare(
+        &self,
+        model: &ModelBundle,
+        options: &PrepareOptions,
+    ) -> Result<Box<dyn Runnable>, EdgeError>;
+}
+
+pub trait Runnable: Send {
+    /// The batch size the model was prepared for.
+    fn batch(&self) -> usize;
+    /// Output values per image.
+    fn embed_dim(&self) -> usize;
+    /// `images` holds `n <= batch()` preprocessed images (NCHW f32); returns `n` embeddings,
+    /// row-major, exactly as the graph computes them (not normalised).
+    fn run(&self, images: &[f32], n: usize) -> Result<Vec<f32>, EdgeError>;
+}

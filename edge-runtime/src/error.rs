@@ -1,0 +1,33 @@
+use std::path::PathBuf;
+
+use models::manifest::ManifestError;
+
+/// Errors of the edge runtime; each names the file or input it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: ManifestError,
+    },
+    #[error("{path}: not a valid manifest: {message}")]
+    ManifestJson { path: PathBuf, message: String },
+    #[error("{path}: cannot load the model: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("{backend}: {message}")]
+    Inference {
+        backend: &'static str,
+        message: String,
+    },
+    #[error("input has {actual} values, expected {expected} ({what})")]
+    InputShape {
+        what: String,
+        expected: usize,
+        actual: usize,
+    },
+}

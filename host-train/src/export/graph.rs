@@ -1,0 +1,141 @@
+//! The inference graph of an encoder with BatchNorm folded into the convolutions: a plain
+//! list of layers that the ONNX writer, the calibrator and the parity checks all read.
+
+use candle_core::{Device, Result, Tensor};
+
+use crate::ops::{conv2d, max_pool_2x2, Conv2dGeometry};
+
+/// A layer of the exported graph. Convs and linears are the quantised layers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layer {
+    Conv(Conv),
+    Relu,
+    MaxPool2x2,
+    /// Mean over height and width, then flatten: (b, c, h, w) -> (b, c).
+    GlobalAvgPool,
+    Linear(Linear),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv {
+    pub name: String,
+    /// `[out, in, kh, kw]`, row-major.
+    pub weight: Vec<f32>,
+    pub shape: [usize; 4],
+    pub bias: Option<Vec<f32>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linear {
+    pub name: String,
+    /// `[out, in]`, row-major (PyTorch's layout; ONNX Gemm with transB = 1).
+    pub weight: Vec<f32>,
+    pub out_features: usize,
+    pub in_features: usize,
+    pub bias: Vec<f32>,
+}
+
+/// An encoder ready to export: input `(c, h, w)`, layers in order, output `(b, embed_dim)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldedGraph {
+    pub input_chw: [usize; 3],
+    pub layers: Vec<Layer>,
+    pub embed_dim: usize,
+}
+
+impl Layer {
+    /// The weight name of a quantised layer.
+    pub fn quantized_name(&self) -> Option<&str> {
+        match self {
+            Layer::Conv(c) => Some(&c.name),
+            Layer::Linear(l) => Some(&l.name),
+            _ => None,
+        }
+    }
+}
+
+impl Conv {
+    /// Folds `y = relu?(bn(conv(x)))` with eval-mode statistics into one conv with bias:
+    /// `w' = w * gamma / sqrt(var + eps)` per output channel, `b' = beta + (b - mean) * scale`.
+    pub fn fold_batch_norm(mut self, bn: &BatchNormParams) -> Self {
+        let out = self.shape[0];
+        let per = self.weight.len() / out;
+        let mut bias = self.bias.take().unwrap_or_else(|| vec![0.0; out]);
+        for o in 0..out {
+            let scale = bn.gamma[o] as f64 / (bn.var[o] as f64 + bn.eps).sqrt();
+            self.weight[o * per..(o + 1) * per]
+                .iter_mut()
+                .for_each(|w| *w = (*w as f64 * scale) as f32);
+            bias[o] = (bn.beta[o] as f64 + (bias[o] as f64 - bn.mean[o] as f64) * scale) as f32;
+        }
+        self.bias = Some(bias);
+        self
+    }
+}
+
+/// Eval-mode BatchNorm parameters of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormParams {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub eps: f64,
+}
+
+impl FoldedGraph {
+    /// Runs the graph in candle, calling `observe(layer_index, input)` before every conv and
+    /// linear (the calibrator's hook). Returns the embedding `(b, embed_dim)`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mut observe: impl FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let dev = x.device();
+        let mut x = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = match layer {
+                Layer::Conv(c) => {
+                    observe(i, &x)?;
+                    let w = Tensor::from_slice(&c.weight, c.shape.as_slice(), dev)?;
+                    let geometry = Conv2dGeometry {
+                        stride: c.stride,
+                        padding: c.padding,
+                    };
+                    let y = conv2d(&x, &w, geometry)?;
+                    match &c.bias {
+                        Some(b) => y.broadcast_add(&bias(b, dev)?.reshape((1, (), 1, 1))?)?,
+                        None => y,
+                    }
+                }
+                Layer::Relu => x.relu()?,
+                Layer::MaxPool2x2 => max_pool_2x2(&x)?,
+                Layer::GlobalAvgPool => x.mean((2, 3))?,
+                Layer::Linear(l) => {
+                    observe(i, &x)?;
+                    let w = Tensor::from_slice(&l.weight, (l.out_features, l.in_features), dev)?;
+                    x.matmul(&w.t()?)?.broadcast_add(&bias(&l.bias, dev)?)?
+                }
+            };
+        }
+        Ok(x)
+    }
+
+    /// Number of weights (what the fp32 file mostly consists of).
+    pub fn parameter_count(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                Layer::Conv(c) => c.weight.len() + c.bias.as_ref().map_or(0, Vec::len),
+                Layer::Linear(l) => l.weight.len() + l.bias.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+fn bias(b: &[f32], dev: &Device) -> Result<Tensor> {
+    Tensor::from_slice(b, b.len(), dev)
+}

@@ -1,0 +1,231 @@
+//! `host-train export`: fold BatchNorm, write ONNX in fp32 and QDQ int8 (calibrated on
+//! training images), and a manifest that fixes the preprocessing, in JSON and postcard.
+//!
+//! - [`graph`]: the folded inference graph.
+//! - [`onnx`]: the ONNX writer (prost types from `tract_onnx::pb`).
+//! - [`quantize`]: calibration and per-channel weight quantisation.
+//! - [`verify`]: the parity report (candle vs tract, int8 vs fp32).
+
+mod graph;
+pub mod onnx;
+pub mod quantize;
+pub mod verify;
+
+pub use graph::{BatchNormParams, Conv, FoldedGraph, Layer, Linear};
+
+use std::path::Path;
+
+use candle_core::Device;
+use models::cluster::KMeansParams;
+use models::linalg::l2_normalize_rows;
+use models::manifest::{
+    sha256_hex, Centroids, EmbeddingSpec, EncoderManifest, InputSpec, Layout, ModelFile, Precision,
+    Quantization, TensorQuant, WeightQuant, MANIFEST_VERSION,
+};
+use models::preprocess::{ColorMode, PreprocessSpec, ResizeMode};
+use models::quant::Calibrator;
+use models::rng::Rng;
+use models::MatRef;
+
+use crate::augment::AugmentConfig;
+use crate::dataset::TrainSet;
+use crate::encoders::Encoder;
+use crate::features::extract;
+use crate::pretrain::RunConfig;
+use crate::run_dir::write_atomic;
+use crate::TrainError;
+
+pub const FP32_FILE: &str = "encoder.fp32.onnx";
+pub const INT8_FILE: &str = "encoder.int8.onnx";
+
+/// What `export` does beyond the fp32 graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportConfig {
+    /// Training images the activation ranges are calibrated on (512, as TensorRT suggests).
+    pub calibration_images: usize,
+    pub calibrator: Calibrator,
+    /// k of the k-means centroids stored in the manifest (0: none).
+    pub centroids_k: usize,
+    pub seed: u64,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            calibration_images: 512,
+            calibrator: Calibrator::default(),
+            centroids_k: 10,
+            seed: 0,
+        }
+    }
+}
+
+/// Exports `encoder` (trained with `run`) into the directory `out`; returns its manifest.
+pub fn export(
+    encoder: &dyn Encoder,
+    run: &RunConfig,
+    source_checkpoint: &str,
+    train: &TrainSet,
+    out: &Path,
+    cfg: &ExportConfig,
+) -> Result<EncoderManifest, TrainError> {
+    let (c, h, w) = run.input;
+    let graph = encoder.folded_graph([c, h, w])?;
+    let doc = format!("{:?} encoder from {source_checkpoint}", run.arch);
+    let fp32 = onnx::write_onnx(&graph, None, &doc);
+
+    let batches = calibration_batches(train, cfg)?;
+    let amax = quantize::calibrate(&graph, &batches, cfg.calibrator)?;
+    let quant = quantize::quantize_graph(&graph, &amax);
+    let int8 = onnx::write_onnx(&graph, Some(&quant), &doc);
+
+    let centroids = match cfg.centroids_k {
+        0 => None,
+        k => Some(train_centroids(encoder, train, k, cfg.seed)?),
+    };
+    let arch = serde_json::to_value(run.arch)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let manifest = EncoderManifest {
+        version: MANIFEST_VERSION,
+        arch,
+        source_checkpoint: source_checkpoint.into(),
+        input: InputSpec {
+            name: onnx::INPUT_NAME.into(),
+            layout: Layout::Nchw,
+            channels: c as u32,
+            height: h as u32,
+            width: w as u32,
+        },
+        preprocess: PreprocessSpec {
+            width: w as u32,
+            height: h as u32,
+            color: if c == 3 {
+                ColorMode::Rgb
+            } else {
+                ColorMode::Gray
+            },
+            resize: ResizeMode::ShorterSideCenterCrop,
+            mean: run.normalization.mean.clone(),
+            std: run.normalization.std.clone(),
+            sobel_in_graph: run.sobel,
+        },
+        embedding: EmbeddingSpec {
+            name: onnx::OUTPUT_NAME.into(),
+            dim: graph.embed_dim as u32,
+            l2_normalize: true,
+        },
+        models: vec![
+            model_file(Precision::Fp32, FP32_FILE, &fp32, None),
+            model_file(
+                Precision::Int8,
+                INT8_FILE,
+                &int8,
+                Some(quantization_record(
+                    &graph,
+                    &quant,
+                    cfg,
+                    batches_len(&batches),
+                )),
+            ),
+        ],
+        centroids,
+    };
+    manifest
+        .validate()
+        .map_err(|e| TrainError::Config(format!("exported manifest: {e}")))?;
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    write_atomic(&out.join(FP32_FILE), &fp32)?;
+    write_atomic(&out.join(INT8_FILE), &int8)?;
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    write_atomic(&out.join("manifest.postcard"), &manifest.to_postcard())?;
+    // The JSON manifest last: a directory with it is complete.
+    write_atomic(&out.join("manifest.json"), &json)?;
+    Ok(manifest)
+}
+
+fn batches_len(batches: &[candle_core::Tensor]) -> usize {
+    batches.iter().map(|b| b.dims()[0]).sum()
+}
+
+/// Un-augmented training images, drawn at random (seeded), in batches of 128.
+fn calibration_batches(
+    train: &TrainSet,
+    cfg: &ExportConfig,
+) -> Result<Vec<candle_core::Tensor>, TrainError> {
+    let n = cfg.calibration_images.clamp(1, train.len());
+    let mut rng = Rng::new(cfg.seed ^ 0xCA11_B8A7E);
+    let idx = rng.sample_indices(train.len(), n);
+    idx.chunks(128)
+        .map(|chunk| train.batch(chunk, &AugmentConfig::none(), 0, &Device::Cpu))
+        .collect()
+}
+
+fn train_centroids(
+    encoder: &dyn Encoder,
+    train: &TrainSet,
+    k: usize,
+    seed: u64,
+) -> Result<Centroids, TrainError> {
+    let dim = encoder.embed_dim();
+    let mut emb = extract(encoder, train, 512, &Device::Cpu, "centroids")?;
+    l2_normalize_rows(&mut emb, dim);
+    let fit = KMeansParams::new(k)
+        .seed(seed)
+        .n_redo(3)
+        .check()?
+        .fit(MatRef::new(&emb, dim)?)?;
+    Ok(Centroids {
+        k: k as u32,
+        dim: dim as u32,
+        values: fit.model.centroids().as_slice().to_vec(),
+    })
+}
+
+fn model_file(
+    precision: Precision,
+    file: &str,
+    bytes: &[u8],
+    quantization: Option<Quantization>,
+) -> ModelFile {
+    ModelFile {
+        precision,
+        file: file.into(),
+        bytes: bytes.len() as u64,
+        sha256: sha256_hex(bytes),
+        quantization,
+    }
+}
+
+fn quantization_record(
+    graph: &FoldedGraph,
+    quant: &[Option<quantize::LayerQuant>],
+    cfg: &ExportConfig,
+    images: usize,
+) -> Quantization {
+    let mut activations = Vec::new();
+    let mut weights = Vec::new();
+    let mut input = onnx::INPUT_NAME.to_string();
+    for (i, (layer, q)) in graph.layers.iter().zip(quant).enumerate() {
+        if let (Some(name), Some(q)) = (layer.quantized_name(), q) {
+            activations.push(TensorQuant {
+                tensor: input.clone(),
+                scale: q.input_scale,
+                zero_point: 0,
+            });
+            weights.push(WeightQuant {
+                tensor: format!("{name}.weight"),
+                axis: 0,
+                scales: q.weight_scales.clone(),
+            });
+        }
+        input = format!("t{i}");
+    }
+    Quantization {
+        calibrator: cfg.calibrator,
+        calibration_images: images as u32,
+        activations,
+        weights,
+    }
+}

@@ -1,0 +1,264 @@
+//! Writes a [`FoldedGraph`] as ONNX (opset 13) with the prost types `tract_onnx::pb` exposes,
+//! in fp32 or as QDQ int8: every conv and linear reads its input through a per-tensor
+//! QuantizeLinear/DequantizeLinear pair, and its weight through a per-channel
+//! DequantizeLinear of int8 codes. Biases stay f32, which TensorRT and onnxruntime accept.
+
+use prost::Message;
+use tract_onnx::pb::attribute_proto::AttributeType;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+use tract_onnx::pb::type_proto::{self, Value};
+use tract_onnx::pb::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use super::graph::{FoldedGraph, Layer};
+use super::quantize::LayerQuant;
+
+pub const INPUT_NAME: &str = "images";
+pub const OUTPUT_NAME: &str = "embedding";
+pub const OPSET: i64 = 13;
+/// ONNX IR version 7 goes with opset 13.
+const IR_VERSION: i64 = 7;
+
+/// The ONNX file's bytes. `quant` has one entry per layer (`Some` for convs and linears)
+/// for the QDQ int8 model, or is `None` for fp32.
+pub fn write_onnx(graph: &FoldedGraph, quant: Option<&[Option<LayerQuant>]>, doc: &str) -> Vec<u8> {
+    build_model(graph, quant, doc).encode_to_vec()
+}
+
+pub fn build_model(
+    graph: &FoldedGraph,
+    quant: Option<&[Option<LayerQuant>]>,
+    doc: &str,
+) -> ModelProto {
+    let mut b = GraphBuilder::default();
+    let mut x = INPUT_NAME.to_string();
+    let last = graph.layers.len() - 1;
+    for (i, layer) in graph.layers.iter().enumerate() {
+        let out = if i == last {
+            OUTPUT_NAME.to_string()
+        } else {
+            format!("t{i}")
+        };
+        let q = quant.and_then(|q| q[i].as_ref());
+        match layer {
+            Layer::Conv(c) => {
+                let x_in = b.activation(&x, q);
+                let w = b.weight(&c.name, &c.weight, &c.shape.map(|d| d as i64), q);
+                let mut inputs = vec![x_in, w];
+                if let Some(bias) = &c.bias {
+                    inputs.push(b.f32_init(
+                        &format!("{}.bias", c.name),
+                        &[bias.len() as i64],
+                        bias,
+                    ));
+                }
+                let (kh, kw) = (c.shape[2] as i64, c.shape[3] as i64);
+                let (s, p) = (c.stride as i64, c.padding as i64);
+                b.node(
+                    "Conv",
+                    &c.name,
+                    inputs,
+                    &out,
+                    vec![
+                        ints("kernel_shape", &[kh, kw]),
+                        ints("strides", &[s, s]),
+                        ints("pads", &[p, p, p, p]),
+                    ],
+                );
+            }
+            Layer::Relu => b.node("Relu", &format!("relu{i}"), vec![x], &out, vec![]),
+            Layer::MaxPool2x2 => b.node(
+                "MaxPool",
+                &format!("pool{i}"),
+                vec![x],
+                &out,
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            ),
+            Layer::GlobalAvgPool => {
+                let pooled = format!("{out}.pooled");
+                b.node(
+                    "GlobalAveragePool",
+                    &format!("gap{i}"),
+                    vec![x],
+                    &pooled,
+                    vec![],
+                );
+                b.node(
+                    "Flatten",
+                    &format!("flatten{i}"),
+                    vec![pooled],
+                    &out,
+                    vec![int("axis", 1)],
+                );
+            }
+            Layer::Linear(l) => {
+                let x_in = b.activation(&x, q);
+                let dims = [l.out_features as i64, l.in_features as i64];
+                let w = b.weight(&l.name, &l.weight, &dims, q);
+                let bias = b.f32_init(&format!("{}.bias", l.name), &[l.bias.len() as i64], &l.bias);
+                b.node(
+                    "Gemm",
+                    &l.name,
+                    vec![x_in, w, bias],
+                    &out,
+                    vec![int("transB", 1)],
+                );
+            }
+        }
+        x = out;
+    }
+    let [c, h, w] = graph.input_chw.map(|d| d as i64);
+    let g = GraphProto {
+        name: "encoder".into(),
+        node: b.nodes,
+        initializer: b.initializers,
+        input: vec![value_info(INPUT_NAME, &[None, Some(c), Some(h), Some(w)])],
+        output: vec![value_info(
+            OUTPUT_NAME,
+            &[None, Some(graph.embed_dim as i64)],
+        )],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "deepcluster-edge host-train".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: doc.into(),
+        graph: Some(g),
+        ..Default::default()
+    }
+}
+
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl GraphBuilder {
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: Vec<String>,
+        out: &str,
+        attrs: Vec<AttributeProto>,
+    ) {
+        self.nodes.push(NodeProto {
+            op_type: op.into(),
+            name: name.into(),
+            input: inputs,
+            output: vec![out.into()],
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+
+    /// `x` itself in fp32; in int8, `x` through a per-tensor Q/DQ pair. Returns the name to read.
+    fn activation(&mut self, x: &str, q: Option<&LayerQuant>) -> String {
+        let Some(q) = q else { return x.into() };
+        let scale = self.f32_init(&format!("{x}.scale"), &[], &[q.input_scale]);
+        let zero = self.i8_init(&format!("{x}.zero_point"), &[], &[0]);
+        let (xq, xdq) = (format!("{x}.q"), format!("{x}.dq"));
+        let inputs = vec![x.to_string(), scale, zero];
+        self.node("QuantizeLinear", &xq, inputs.clone(), &xq, vec![]);
+        let inputs = vec![xq, inputs[1].clone(), inputs[2].clone()];
+        self.node("DequantizeLinear", &xdq, inputs, &xdq, vec![]);
+        xdq
+    }
+
+    /// The weight initializer, or int8 codes and a per-channel (axis 0) DequantizeLinear.
+    fn weight(&mut self, layer: &str, w: &[f32], dims: &[i64], q: Option<&LayerQuant>) -> String {
+        let name = format!("{layer}.weight");
+        let Some(q) = q else {
+            return self.f32_init(&name, dims, w);
+        };
+        let out = dims[0];
+        let codes = self.i8_init(&format!("{name}.int8"), dims, &q.weight_codes);
+        let scale = self.f32_init(&format!("{name}.scale"), &[out], &q.weight_scales);
+        let zero = self.i8_init(
+            &format!("{name}.zero_point"),
+            &[out],
+            &vec![0; out as usize],
+        );
+        self.node(
+            "DequantizeLinear",
+            &name,
+            vec![codes, scale, zero],
+            &name,
+            vec![int("axis", 0)],
+        );
+        name
+    }
+
+    fn f32_init(&mut self, name: &str, dims: &[i64], data: &[f32]) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.init(name, dims, DataType::Float, raw)
+    }
+
+    fn i8_init(&mut self, name: &str, dims: &[i64], data: &[i8]) -> String {
+        let raw = data.iter().map(|&v| v as u8).collect();
+        self.init(name, dims, DataType::Int8, raw)
+    }
+
+    fn init(&mut self, name: &str, dims: &[i64], dt: DataType, raw: Vec<u8>) -> String {
+        self.initializers.push(TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: dt as i32,
+            raw_data: raw,
+            ..Default::default()
+        });
+        name.into()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A float tensor's declaration; `None` dims are the free batch dimension.
+fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => dimension::Value::DimValue(*v),
+                None => dimension::Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

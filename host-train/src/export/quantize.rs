@@ -1,0 +1,74 @@
+//! Static post-training quantisation of a [`FoldedGraph`]: calibrate the input range of every
+//! conv and linear on real images, then quantise their weights per output channel.
+
+use candle_core::{Result, Tensor};
+use models::quant::{quantize_per_channel, symmetric_scale, AbsHistogram, Calibrator};
+
+use super::graph::{FoldedGraph, Layer};
+
+/// What the QDQ writer needs for one quantised layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerQuant {
+    /// Per-tensor scale of the layer's input activation (zero point 0).
+    pub input_scale: f32,
+    pub weight_codes: Vec<i8>,
+    /// One scale per output channel.
+    pub weight_scales: Vec<f32>,
+}
+
+/// The clipping range `amax` of every quantised layer's input (`None` for other layers),
+/// measured on `batches` of preprocessed images.
+pub fn calibrate(
+    graph: &FoldedGraph,
+    batches: &[Tensor],
+    calibrator: Calibrator,
+) -> Result<Vec<Option<f32>>> {
+    let n = graph.layers.len();
+    let mut max_abs = vec![0f32; n];
+    for x in batches {
+        graph.forward(x, |i, t| {
+            let m = t.abs()?.max_all()?.to_scalar::<f32>()?;
+            max_abs[i] = max_abs[i].max(m);
+            Ok(())
+        })?;
+    }
+    let quantized = |i: usize| graph.layers[i].quantized_name().is_some();
+    if !calibrator.needs_histogram() {
+        return Ok((0..n).map(|i| quantized(i).then_some(max_abs[i])).collect());
+    }
+    let mut hists: Vec<AbsHistogram> = max_abs
+        .iter()
+        .map(|&m| AbsHistogram::new(AbsHistogram::DEFAULT_BINS, m))
+        .collect();
+    for x in batches {
+        graph.forward(x, |i, t| {
+            hists[i].add(&t.flatten_all()?.to_vec1::<f32>()?);
+            Ok(())
+        })?;
+    }
+    Ok((0..n)
+        .map(|i| quantized(i).then(|| calibrator.amax(max_abs[i], &hists[i])))
+        .collect())
+}
+
+/// Quantises the weights of every conv and linear; `amax` comes from [`calibrate`].
+pub fn quantize_graph(graph: &FoldedGraph, amax: &[Option<f32>]) -> Vec<Option<LayerQuant>> {
+    graph
+        .layers
+        .iter()
+        .zip(amax)
+        .map(|(layer, amax)| {
+            let (w, out) = match layer {
+                Layer::Conv(c) => (&c.weight, c.shape[0]),
+                Layer::Linear(l) => (&l.weight, l.out_features),
+                _ => return None,
+            };
+            let (weight_codes, weight_scales) = quantize_per_channel(w, out);
+            Some(LayerQuant {
+                input_scale: symmetric_scale(amax.unwrap_or(0.0)),
+                weight_codes,
+                weight_scales,
+            })
+        })
+        .collect()
+}
