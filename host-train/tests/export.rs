@@ -1,0 +1,227 @@
+//! Export: BatchNorm folding is exact, the ONNX files round-trip through tract (the edge
+//! runtime's backend) with the parity targets, and bad model files get clear errors.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use edge_runtime::backend::{PrepareOptions, Runtime, TractRuntime};
+use edge_runtime::bundle::{read_manifest, ModelBundle};
+use edge_runtime::EdgeError;
+use host_train::augment::AugmentConfig;
+use host_train::dataset::{load_images, DataSpec, Normalization, TrainSet};
+use host_train::encoders::{Arch, Encoder};
+use host_train::export::verify::{verify, VerifyConfig};
+use host_train::export::{export, ExportConfig, FP32_FILE, INT8_FILE};
+use host_train::pretrain::RunConfig;
+use models::manifest::{EncoderManifest, ManifestError, Precision};
+
+/// An untrained encoder whose BatchNorm running statistics moved away from (0, 1), so
+/// folding has something to fold.
+fn encoder(c: usize, sobel: bool, size: usize) -> (VarMap, Box<dyn Encoder>) {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let enc = Arch::SmallCnn.build(c, 16, sobel, vb).unwrap();
+    for step in 0..5 {
+        let x =
+            Tensor::randn(0.5f32 * step as f32, 2.0, (16, c, size, size), &Device::Cpu).unwrap();
+        enc.embed(&x, true).unwrap();
+    }
+    (vm, enc)
+}
+
+#[test]
+fn batch_norm_folding_is_exact() {
+    for (c, sobel, size) in [(1, false, 28), (1, true, 28), (3, true, 32)] {
+        let (_vm, enc) = encoder(c, sobel, size);
+        let x = Tensor::randn(0f32, 1.0, (8, c, size, size), &Device::Cpu).unwrap();
+        let want = enc.embed(&x, false).unwrap();
+        let graph = enc.folded_graph([c, size, size]).unwrap();
+        let got = graph.forward(&x, |_, _| Ok(())).unwrap();
+        let d = (want - got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d <= 1e-5, "c {c} sobel {sobel}: folded differs by {d}");
+    }
+}
+
+fn fashion_mnist_slice(n: usize) -> (RunConfig, TrainSet, TrainSet) {
+    let dir = models::data::fashion_mnist_dir();
+    assert!(
+        models::data::looks_like_fashion_mnist(&dir),
+        "Fashion-MNIST not in {}: run ./scripts/test",
+        dir.display()
+    );
+    let spec = DataSpec {
+        source: dir.to_string_lossy().into_owned(),
+        size: 28,
+        rgb: false,
+        skip_bad: false,
+        limit: Some(n),
+    };
+    let (train, test) = load_images(&spec).unwrap();
+    let norm = Normalization::measure(&train);
+    let cfg = RunConfig {
+        method: host_train::methods::Method::Deepcluster,
+        arch: Arch::SmallCnn,
+        data: spec,
+        epochs: 0,
+        batch_size: 64,
+        embed_dim: 16,
+        sobel: false,
+        seed: 3,
+        normalization: norm.clone(),
+        input: (1, 28, 28),
+        augment: AugmentConfig::default(),
+        deepcluster: Default::default(),
+        npid: Default::default(),
+    };
+    (
+        cfg,
+        TrainSet::new(train, norm.clone()).unwrap(),
+        TrainSet::new(test.unwrap(), norm).unwrap(),
+    )
+}
+
+fn exported() -> (tempfile::TempDir, Box<dyn Encoder>, TrainSet, TrainSet) {
+    let (cfg, train, test) = fashion_mnist_slice(1200);
+    let (_vm, enc) = encoder(1, false, 28);
+    let dir = tempfile::tempdir().unwrap();
+    let ecfg = ExportConfig {
+        calibration_images: 256,
+        centroids_k: 5,
+        ..Default::default()
+    };
+    export(enc.as_ref(), &cfg, "runs/test", &train, dir.path(), &ecfg).unwrap();
+    (dir, enc, train, test)
+}
+
+#[test]
+fn export_round_trips_through_tract_within_the_parity_targets() {
+    let (dir, enc, train, test) = exported();
+    let manifest = read_manifest(dir.path()).unwrap();
+    // JSON and postcard carry the same manifest; the files match their hashes.
+    let postcard = std::fs::read(dir.path().join("manifest.postcard")).unwrap();
+    assert_eq!(EncoderManifest::from_postcard(&postcard).unwrap(), manifest);
+    for p in [Precision::Fp32, Precision::Int8] {
+        ModelBundle::load(dir.path(), p).unwrap();
+    }
+    let q = manifest.model(Precision::Int8).unwrap();
+    let quant = q.quantization.as_ref().unwrap();
+    // Three convs and the projection, each with an input scale and per-channel weight scales.
+    assert_eq!(quant.activations.len(), 4);
+    assert_eq!(quant.weights[0].scales.len(), 32);
+    assert_eq!(manifest.centroids.as_ref().unwrap().k, 5);
+    assert!(q.bytes * 3 < manifest.model(Precision::Fp32).unwrap().bytes);
+
+    let cfg = VerifyConfig {
+        test_images: 200,
+        train_images: 1200,
+        batch: 64,
+        seed: 1,
+    };
+    let r = verify(enc.as_ref(), dir.path(), &train, &test, &cfg).unwrap();
+    assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");
+    assert!(r.int8_mean_cosine >= 0.99, "{r:?}");
+    assert!(r.knn_fp32.is_some() && r.knn_int8.is_some());
+    assert!(r.table().contains("| candle fp32 vs tract fp32 |"));
+}
+
+fn expect_manifest_error(dir: &std::path::Path, precision: Precision) -> ManifestError {
+    match ModelBundle::load(dir, precision) {
+        Err(EdgeError::Manifest { source, .. }) => source,
+        other => panic!("expected a manifest error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_model_files_get_clear_errors() {
+    let (dir, _enc, _train, _test) = exported();
+    let path = dir.path().join(INT8_FILE);
+    let good = std::fs::read(&path).unwrap();
+
+    // Truncated: the size check names the file.
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    let e = expect_manifest_error(dir.path(), Precision::Int8);
+    assert!(matches!(e, ManifestError::Size { .. }) && e.to_string().contains(INT8_FILE));
+
+    // One byte changed: the hash check refuses it.
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    std::fs::write(&path, &flipped).unwrap();
+    assert!(matches!(
+        expect_manifest_error(dir.path(), Precision::Int8),
+        ManifestError::Hash { .. }
+    ));
+
+    // Truncated, with a manifest rewritten to match it: tract's parse error names the file.
+    let mut manifest = read_manifest(dir.path()).unwrap();
+    let half = &good[..good.len() / 2];
+    std::fs::write(&path, half).unwrap();
+    let entry = manifest
+        .models
+        .iter_mut()
+        .find(|m| m.file == INT8_FILE)
+        .unwrap();
+    entry.bytes = half.len() as u64;
+    entry.sha256 = models::manifest::sha256_hex(half);
+    let write_manifest = |m: &EncoderManifest| {
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            serde_json::to_vec(m).unwrap(),
+        )
+        .unwrap()
+    };
+    write_manifest(&manifest);
+    let bundle = ModelBundle::load(dir.path(), Precision::Int8).unwrap();
+    let e = TractRuntime
+        .prepare(&bundle, &PrepareOptions::default())
+        .err()
+        .expect("a truncated model must not load");
+    assert!(matches!(e, EdgeError::Model { .. }), "{e}");
+    assert!(e.to_string().contains(INT8_FILE), "{e}");
+
+    // A manifest that promises another input size than the graph declares.
+    let mut wrong = read_manifest(dir.path()).unwrap();
+    (wrong.input.height, wrong.input.width) = (32, 32);
+    (wrong.preprocess.height, wrong.preprocess.width) = (32, 32);
+    write_manifest(&wrong);
+    let bundle = ModelBundle::load(dir.path(), Precision::Fp32).unwrap();
+    let e = TractRuntime
+        .prepare(&bundle, &PrepareOptions::default())
+        .err()
+        .expect("a shape mismatch must not load");
+    assert!(
+        matches!(
+            e,
+            EdgeError::Manifest {
+                source: ManifestError::Shape { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains(FP32_FILE), "{e}");
+
+    // The right model, fed the wrong number of values.
+    wrong.input = manifest.input.clone();
+    wrong.preprocess = manifest.preprocess.clone();
+    write_manifest(&wrong);
+    let bundle = ModelBundle::load(dir.path(), Precision::Fp32).unwrap();
+    let run = TractRuntime
+        .prepare(&bundle, &PrepareOptions::default())
+        .unwrap();
+    assert!(matches!(
+        run.run(&[0.0; 10], 1),
+        Err(EdgeError::InputShape { .. })
+    ));
+    assert_eq!(run.run(&vec![0.0; 784], 1).unwrap().len(), 16);
+
+    // A garbled manifest names the manifest.
+    std::fs::write(dir.path().join("manifest.json"), b"{ not json").unwrap();
+    let e = read_manifest(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("manifest.json"), "{e}");
+}
