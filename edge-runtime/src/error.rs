@@ -19,6 +19,8 @@ pub enum EdgeError {
     ManifestJson { path: PathBuf, message: String },
     #[error("{path}: cannot load the model: {message}")]
     Model { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Images { path: PathBuf, message: String },
     #[error("{backend}: {message}")]
     Inference {
         backend: &'static str,

@@ -2,9 +2,12 @@
 //!
 //! - [`bundle`]: an exported model directory (manifest + ONNX files), checked on load.
 //! - [`backend`]: inference backends behind one small `Runtime -> Runnable` trait.
+//! - [`preprocess`]: manifest-driven preprocessing shared by every backend.
 
 pub mod backend;
 pub mod bundle;
 mod error;
+pub mod npy;
+pub mod preprocess;
 
 pub use error::EdgeError;

@@ -1,0 +1,98 @@
+//! `edge-runtime`: run an exported encoder on the board.
+//!
+//! - `embed`: embeddings of a folder of images (or Fashion-MNIST's test split) as `.npy`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use edge_runtime::backend::{PrepareOptions, Runtime, TractRuntime};
+use edge_runtime::bundle::ModelBundle;
+use edge_runtime::npy::npy_f32;
+use edge_runtime::preprocess::Preprocessor;
+use models::manifest::Precision;
+
+#[derive(Debug, Parser)]
+#[command(name = "edge-runtime", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Embed images with an exported model and write them as a .npy array (rows = images).
+    Embed(EmbedArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Int8,
+}
+
+#[derive(Debug, clap::Args)]
+struct EmbedArgs {
+    /// An exported model directory (manifest.json + ONNX files).
+    #[arg(long, default_value = "models/fashion-mnist-small-cnn")]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: PrecisionArg,
+    /// A folder of JPEG/PNG images, a folder of IDX files, or `fashion-mnist` (test split).
+    #[arg(long)]
+    input: String,
+    /// Embed only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Write the raw graph output instead of L2-normalising as the manifest asks.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Embed(args) => embed(&args),
+    }
+}
+
+fn embed(args: &EmbedArgs) -> Result<()> {
+    let precision = match args.precision {
+        PrecisionArg::Fp32 => Precision::Fp32,
+        PrecisionArg::Int8 => Precision::Int8,
+    };
+    let bundle = ModelBundle::load(&args.model, precision)?;
+    let pre = Preprocessor::new(bundle.manifest.preprocess.clone());
+    let mut set = pre.read_source(&args.input, false)?;
+    if let Some(n) = args.limit {
+        set = set.take(n);
+    }
+    let options = PrepareOptions {
+        batch: args.batch,
+        threads: 1,
+    };
+    let run = TractRuntime.prepare(&bundle, &options)?;
+    let dim = run.embed_dim();
+    let mut out = Vec::with_capacity(set.len() * dim);
+    for start in (0..set.len()).step_by(run.batch()) {
+        let end = (start + run.batch()).min(set.len());
+        let x = pre.tensor(&set, start..end)?;
+        out.extend(run.run(&x, end - start)?);
+    }
+    if bundle.manifest.embedding.l2_normalize && !args.raw {
+        models::linalg::l2_normalize_rows(&mut out, dim);
+    }
+    std::fs::write(&args.out, npy_f32(&out, set.len(), dim))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "{} images -> {} ({} x {dim}, {:?})",
+        set.len(),
+        args.out.display(),
+        set.len(),
+        precision
+    );
+    Ok(())
+}

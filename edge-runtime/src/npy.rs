@@ -1,0 +1,39 @@
+//! Writes 2-D f32 arrays as NumPy `.npy` (format 1.0), so Python clients can compare
+//! embeddings without a Rust reader.
+
+use std::io::Write;
+
+/// `.npy` bytes of a row-major `rows x cols` f32 array.
+pub fn npy_f32(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    assert_eq!(data.len(), rows * cols);
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.write_all(&v.to_le_bytes()).expect("Vec write");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_aligned_and_data_follows() {
+        let b = npy_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3);
+        let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+        assert_eq!((10 + hlen) % 64, 0);
+        let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+        assert!(header.contains("'shape': (2, 3)") && header.ends_with('\n'));
+        assert_eq!(&b[10 + hlen..10 + hlen + 4], &1f32.to_le_bytes());
+        assert_eq!(b.len(), 10 + hlen + 24);
+    }
+}

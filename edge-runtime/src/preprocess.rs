@@ -1,0 +1,88 @@
+//! Preprocessing, implemented once and driven by the manifest: every backend receives the
+//! same NCHW f32 tensors that training saw.
+
+use std::path::Path;
+
+use models::data::{
+    load_fashion_mnist, read_image_folder, DataSource, ImageFolderOptions, ImageSet, Split,
+};
+use models::preprocess::PreprocessSpec;
+
+use crate::EdgeError;
+
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    spec: PreprocessSpec,
+}
+
+impl Preprocessor {
+    pub fn new(spec: PreprocessSpec) -> Self {
+        Self { spec }
+    }
+
+    pub fn spec(&self) -> &PreprocessSpec {
+        &self.spec
+    }
+
+    /// Reads a folder of JPEG/PNG images at the manifest's size, colour and resize mode.
+    pub fn read_folder(&self, dir: &Path, skip_bad: bool) -> Result<ImageSet, EdgeError> {
+        let opts = ImageFolderOptions {
+            width: self.spec.width,
+            height: self.spec.height,
+            color: self.spec.color,
+            resize: self.spec.resize,
+            skip_bad,
+        };
+        read_image_folder(dir, &opts).map_err(|e| data_error(dir, e))
+    }
+
+    /// `fashion-mnist`, a folder of IDX files (its test split), or a folder of images.
+    pub fn read_source(&self, source: &str, skip_bad: bool) -> Result<ImageSet, EdgeError> {
+        match DataSource::resolve(source).map_err(|e| data_error(Path::new(source), e))? {
+            DataSource::FashionMnist(dir) => {
+                let set = load_fashion_mnist(&dir, Split::Test).map_err(|e| data_error(&dir, e))?;
+                self.check(&set, &dir)?;
+                Ok(set)
+            }
+            DataSource::ImageFolder(dir) => self.read_folder(&dir, skip_bad),
+        }
+    }
+
+    /// Images `range` of `set` as normalised NCHW f32.
+    pub fn tensor(
+        &self,
+        set: &ImageSet,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, EdgeError> {
+        self.check(set, Path::new("<images>"))?;
+        let len = self.spec.image_len();
+        let mut out = vec![0f32; range.len() * len];
+        for (o, i) in out.chunks_mut(len).zip(range) {
+            self.spec.normalize_into(set.image(i), o);
+        }
+        Ok(out)
+    }
+
+    fn check(&self, set: &ImageSet, source: &Path) -> Result<(), EdgeError> {
+        let want = [
+            self.spec.channels(),
+            self.spec.height as usize,
+            self.spec.width as usize,
+        ];
+        let got = [set.channels, set.height, set.width];
+        if want != got && !set.is_empty() {
+            return Err(EdgeError::Images {
+                path: source.to_path_buf(),
+                message: format!("images are {got:?} (c, h, w), the model takes {want:?}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn data_error(path: &Path, e: models::data::DataError) -> EdgeError {
+    EdgeError::Images {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
