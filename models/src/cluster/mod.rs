@@ -4,7 +4,11 @@
 //! model by Lloyd iterations whose assignment step is the [`AssignStep`] trait, so that
 //! `host-train` can swap in a GPU implementation.
 
+mod online;
 mod params;
+pub use online::{
+    Assignment, Cluster, ClusterChange, OnlineKMeans, OnlineKMeansError, OnlineKMeansParams,
+};
 pub use params::{KMeansInit, KMeansParams, KMeansParamsError, KMeansValidParams};
 
 #[cfg(feature = "std")]
