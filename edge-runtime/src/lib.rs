@@ -1,10 +1,12 @@
 //! edge-runtime: run the exported encoder on the board.
 //!
 //! - [`bundle`]: an exported model directory (manifest + ONNX files), checked on load.
+//! - [`bank`]: the bounded, crash-safe on-device memory bank.
 //! - [`backend`]: inference backends behind one small `Runtime -> Runnable` trait.
 //! - [`preprocess`]: manifest-driven preprocessing shared by every backend.
 
 pub mod backend;
+pub mod bank;
 pub mod bundle;
 mod error;
 pub mod npy;

@@ -1,0 +1,499 @@
+//! The on-device memory bank: a bounded store of embeddings with capture metadata and
+//! cluster ids, persisted so that a crash loses at most the record being written.
+//!
+//! On disk (one directory):
+//! - `segment-NNNNNNNN.log`: append-only [`log::Record`]s, each `[len][crc32][postcard]`;
+//! - `snapshot-NNNNNNNN.bin`: the whole bank as one such record, covering every segment
+//!   numbered below `NNNNNNNN`. Published by write-temp, fsync, rename, fsync-directory.
+//!
+//! Recovery loads the newest snapshot that passes its CRC (falling back to the previous one,
+//! whose segments are kept for exactly that), replays the segments after it, and drops a torn
+//! record at a segment's tail (counted). A damaged segment is copied aside before it is cut,
+//! so no stored byte is thrown away.
+
+mod entry;
+pub mod log;
+
+pub use entry::{BankEntry, CaptureMeta, EmbeddingFormat, StoredEmbedding};
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use models::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+use self::log::{frame, read_records, Record, Stop};
+use crate::EdgeError;
+
+/// Which entry goes when the bank is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Eviction {
+    /// The oldest entry.
+    #[default]
+    Fifo,
+    /// Reservoir sampling (Algorithm R): the bank stays a uniform sample of everything seen.
+    Reservoir,
+    /// The oldest entry of the largest cluster, so rare clusters keep their examples.
+    Diversity,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BankConfig {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    pub format: EmbeddingFormat,
+    pub eviction: Eviction,
+    /// fsync the segment after every append (power-loss safety; kill -9 needs only write).
+    pub fsync: bool,
+    /// Write a snapshot (and start a new segment) after this many records.
+    pub snapshot_every: u64,
+    pub seed: u64,
+}
+
+impl Default for BankConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_bytes: 64 << 20,
+            format: EmbeddingFormat::I8,
+            eviction: Eviction::Fifo,
+            fsync: false,
+            snapshot_every: 50_000,
+            seed: 0,
+        }
+    }
+}
+
+/// What `open` found on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Recovery {
+    pub snapshot: Option<PathBuf>,
+    /// Snapshots that failed their CRC and were skipped.
+    pub corrupt_snapshots: usize,
+    pub replayed_records: usize,
+    /// Segments that ended in a torn record (a crash mid-write), and the bytes dropped.
+    pub torn_tails: usize,
+    pub dropped_bytes: usize,
+    /// Damaged segments copied aside (`*.corrupt`) before being cut.
+    pub preserved: Vec<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    /// Segments numbered from here on come after this snapshot.
+    segment: u64,
+    next_seq: u64,
+    next_cluster_id: u32,
+    seen: u64,
+    entries: Vec<BankEntry>,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Inserted {
+    /// The new entry's seq, or `None` when reservoir sampling passed over it.
+    pub seq: Option<u64>,
+    pub evicted: Vec<u64>,
+}
+
+#[derive(Debug)]
+pub struct MemoryBank {
+    dir: PathBuf,
+    config: BankConfig,
+    entries: Vec<BankEntry>,
+    index: HashMap<u64, usize>,
+    bytes: usize,
+    next_seq: u64,
+    next_cluster_id: u32,
+    seen: u64,
+    segment: u64,
+    file: File,
+    since_snapshot: u64,
+    rng: Rng,
+}
+
+impl MemoryBank {
+    /// Opens (or creates) the bank in `dir` and recovers its state.
+    pub fn open(dir: &Path, config: BankConfig) -> Result<(Self, Recovery), EdgeError> {
+        if config.max_entries == 0 || config.max_bytes == 0 {
+            return Err(EdgeError::Bank {
+                path: dir.to_path_buf(),
+                message: "capacity must be positive".into(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let mut rec = Recovery::default();
+        let (snapshots, segments) = list(dir)?;
+        let mut state = Snapshot {
+            segment: 0,
+            next_seq: 0,
+            next_cluster_id: 0,
+            seen: 0,
+            entries: Vec::new(),
+        };
+        for (_, path) in snapshots.iter().rev() {
+            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+            let (mut snaps, _, stop) = read_records::<Snapshot>(&bytes);
+            if stop.is_none() && snaps.len() == 1 {
+                state = snaps.pop().unwrap();
+                rec.snapshot = Some(path.clone());
+                break;
+            }
+            rec.corrupt_snapshots += 1;
+        }
+        if rec.snapshot.is_none()
+            && rec.corrupt_snapshots > 0
+            && segments.first().is_some_and(|s| s.0 > 0)
+        {
+            return Err(EdgeError::Bank {
+                path: dir.to_path_buf(),
+                message: "every snapshot is corrupt and the segments before them are gone; \
+                          refusing to start empty over stored data"
+                    .into(),
+            });
+        }
+        // Appends always go to a fresh segment, after everything recovered.
+        let last = segments.last().map_or(0, |s| s.0).max(state.segment);
+        let segment = if segments.is_empty() {
+            state.segment
+        } else {
+            last + 1
+        };
+        let mut bank = Self {
+            dir: dir.to_path_buf(),
+            entries: Vec::new(),
+            index: HashMap::new(),
+            bytes: 0,
+            next_seq: state.next_seq,
+            next_cluster_id: state.next_cluster_id,
+            seen: state.seen,
+            segment,
+            file: open_segment(dir, segment)?,
+            since_snapshot: 0,
+            rng: Rng::new(config.seed ^ state.seen),
+            config,
+        };
+        for e in state.entries {
+            bank.put(e);
+        }
+        let replay: Vec<_> = segments
+            .iter()
+            .filter(|(n, _)| *n >= state.segment)
+            .collect();
+        for (_, path) in &replay {
+            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+            let (records, valid, stop) = read_records::<Record>(&bytes);
+            rec.replayed_records += records.len();
+            for r in records {
+                bank.apply(r);
+            }
+            if let Some(stop) = stop {
+                if stop == Stop::Corrupt {
+                    let aside = path.with_extension(format!("log.corrupt-{}", bytes.len()));
+                    std::fs::write(&aside, &bytes).map_err(|e| io(&aside, e))?;
+                    rec.preserved.push(aside);
+                }
+                rec.torn_tails += (stop == Stop::Truncated) as usize;
+                rec.dropped_bytes += bytes.len() - valid;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| io(path, e))?;
+                f.set_len(valid as u64).map_err(|e| io(path, e))?;
+                f.sync_all().map_err(|e| io(path, e))?;
+            }
+        }
+        sync_dir(dir)?;
+        Ok((bank, rec))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes the entries take, as counted against `max_bytes`.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn entries(&self) -> &[BankEntry] {
+        &self.entries
+    }
+
+    pub fn config(&self) -> &BankConfig {
+        &self.config
+    }
+
+    pub fn get(&self, seq: u64) -> Option<&BankEntry> {
+        self.index.get(&seq).map(|&i| &self.entries[i])
+    }
+
+    /// Frames offered to the bank so far (stored or not).
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The first cluster id never handed out (kept across restarts).
+    pub fn next_cluster_id(&self) -> u32 {
+        self.next_cluster_id
+    }
+
+    /// Records that cluster ids below `next` are used.
+    pub fn reserve_cluster_ids(&mut self, next: u32) -> Result<(), EdgeError> {
+        if next > self.next_cluster_id {
+            self.write(&[Record::NextClusterId(next)])?;
+            self.next_cluster_id = next;
+        }
+        Ok(())
+    }
+
+    /// Offers an embedding to the bank; evicts by the policy when full.
+    pub fn insert(
+        &mut self,
+        embedding: &[f32],
+        meta: CaptureMeta,
+        cluster_id: u32,
+    ) -> Result<Inserted, EdgeError> {
+        let seq = self.next_seq;
+        let entry = BankEntry {
+            seq,
+            embedding: StoredEmbedding::encode(embedding, self.config.format),
+            meta,
+            cluster_id,
+        };
+        let mut records = Vec::new();
+        let mut evicted = Vec::new();
+        let full = self.entries.len() >= self.config.max_entries;
+        if full && self.config.eviction == Eviction::Reservoir {
+            // Algorithm R: keep the new frame with probability capacity / seen.
+            let j = self.rng.below(self.seen as usize + 1);
+            if j >= self.entries.len() {
+                self.write(&[Record::Skip])?;
+                self.seen += 1;
+                return Ok(Inserted::default());
+            }
+            evicted.push(self.entries[j].seq);
+        }
+        let mut bytes = self.bytes + entry.bytes();
+        let mut count = self.entries.len() + 1 - evicted.len();
+        while count > self.config.max_entries || bytes > self.config.max_bytes {
+            let Some(victim) = self.victim(&evicted) else {
+                break;
+            };
+            bytes -= self.get(victim).map_or(0, BankEntry::bytes);
+            count -= 1;
+            evicted.push(victim);
+        }
+        records.extend(evicted.iter().map(|&s| Record::Remove(s)));
+        records.push(Record::Add(entry));
+        self.write(&records)?;
+        for r in records {
+            self.apply(r);
+        }
+        self.maybe_snapshot()?;
+        Ok(Inserted {
+            seq: Some(seq),
+            evicted,
+        })
+    }
+
+    /// New cluster ids for stored entries (after re-clustering).
+    pub fn relabel(&mut self, labels: Vec<(u64, u32)>) -> Result<(), EdgeError> {
+        let r = Record::Relabel(labels);
+        self.write(std::slice::from_ref(&r))?;
+        self.apply(r);
+        self.maybe_snapshot()
+    }
+
+    /// Every stored embedding as f32 rows, with their seqs.
+    pub fn embeddings(&self) -> (Vec<f32>, Vec<u64>) {
+        let mut data = Vec::new();
+        let mut seqs = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            data.extend(e.embedding.to_f32());
+            seqs.push(e.seq);
+        }
+        (data, seqs)
+    }
+
+    /// Forces written records to stable storage.
+    pub fn flush(&mut self) -> Result<(), EdgeError> {
+        let path = segment_path(&self.dir, self.segment);
+        self.file.flush().map_err(|e| io(&path, e))?;
+        self.file.sync_data().map_err(|e| io(&path, e))
+    }
+
+    /// Publishes a snapshot and starts a new segment; keeps the previous snapshot and the
+    /// segments after it, so a damaged newest snapshot can fall back without loss.
+    pub fn snapshot(&mut self) -> Result<PathBuf, EdgeError> {
+        self.flush()?;
+        let next = self.segment + 1;
+        let snap = Snapshot {
+            segment: next,
+            next_seq: self.next_seq,
+            next_cluster_id: self.next_cluster_id,
+            seen: self.seen,
+            entries: self.entries.clone(),
+        };
+        let path = self.dir.join(format!("snapshot-{next:08}.bin"));
+        publish(&path, &frame(&snap))?;
+        self.file = open_segment(&self.dir, next)?;
+        self.segment = next;
+        self.since_snapshot = 0;
+        sync_dir(&self.dir)?;
+        // Keep the newest two snapshots and the segments the older of them needs.
+        let (snaps, segs) = list(&self.dir)?;
+        if snaps.len() > 2 {
+            let keep_from = snaps[snaps.len() - 2].0;
+            for (n, p) in snaps.iter().chain(&segs) {
+                if *n < keep_from {
+                    std::fs::remove_file(p).map_err(|e| io(p, e))?;
+                }
+            }
+        }
+        Ok(path)
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), EdgeError> {
+        if self.since_snapshot >= self.config.snapshot_every {
+            self.snapshot()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, records: &[Record]) -> Result<(), EdgeError> {
+        let mut buf = Vec::new();
+        for r in records {
+            buf.extend(frame(r));
+        }
+        let path = || segment_path(&self.dir, self.segment);
+        self.file.write_all(&buf).map_err(|e| io(&path(), e))?;
+        if self.config.fsync {
+            self.file.sync_data().map_err(|e| io(&path(), e))?;
+        }
+        self.since_snapshot += records.len() as u64;
+        Ok(())
+    }
+
+    fn victim(&self, already: &[u64]) -> Option<u64> {
+        let candidates = self.entries.iter().filter(|e| !already.contains(&e.seq));
+        match self.config.eviction {
+            Eviction::Fifo | Eviction::Reservoir => candidates.map(|e| e.seq).min(),
+            Eviction::Diversity => {
+                let mut sizes: HashMap<u32, usize> = HashMap::new();
+                for e in self.entries.iter().filter(|e| !already.contains(&e.seq)) {
+                    *sizes.entry(e.cluster_id).or_default() += 1;
+                }
+                let (&largest, _) = sizes
+                    .iter()
+                    .max_by_key(|(id, n)| (**n, std::cmp::Reverse(**id)))?;
+                candidates
+                    .filter(|e| e.cluster_id == largest)
+                    .map(|e| e.seq)
+                    .min()
+            }
+        }
+    }
+
+    fn apply(&mut self, r: Record) {
+        match r {
+            Record::Add(e) => {
+                self.next_seq = self.next_seq.max(e.seq + 1);
+                self.seen += 1;
+                self.put(e);
+            }
+            Record::Remove(seq) => {
+                if let Some(i) = self.index.remove(&seq) {
+                    let e = self.entries.swap_remove(i);
+                    self.bytes -= e.bytes();
+                    if let Some(moved) = self.entries.get(i) {
+                        self.index.insert(moved.seq, i);
+                    }
+                }
+            }
+            Record::Relabel(labels) => {
+                for (seq, id) in labels {
+                    if let Some(&i) = self.index.get(&seq) {
+                        self.entries[i].cluster_id = id;
+                    }
+                }
+            }
+            Record::NextClusterId(n) => self.next_cluster_id = self.next_cluster_id.max(n),
+            Record::Skip => self.seen += 1,
+        }
+    }
+
+    fn put(&mut self, e: BankEntry) {
+        self.bytes += e.bytes();
+        self.index.insert(e.seq, self.entries.len());
+        self.entries.push(e);
+    }
+}
+
+fn io(path: &Path, source: std::io::Error) -> EdgeError {
+    EdgeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("segment-{n:08}.log"))
+}
+
+fn open_segment(dir: &Path, n: u64) -> Result<File, EdgeError> {
+    let path = segment_path(dir, n);
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io(&path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), EdgeError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+/// Write a temporary file, fsync it, rename it over `path`, fsync the directory.
+fn publish(path: &Path, bytes: &[u8]) -> Result<(), EdgeError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
+    f.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+type Numbered = Vec<(u64, PathBuf)>;
+
+/// Snapshots and segments of `dir`, each sorted by number.
+fn list(dir: &Path) -> Result<(Numbered, Numbered), EdgeError> {
+    let (mut snaps, mut segs) = (Vec::new(), Vec::new());
+    for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let p = e.map_err(|e| io(dir, e))?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let num = |prefix: &str, suffix: &str| {
+            name.strip_prefix(prefix)?
+                .strip_suffix(suffix)?
+                .parse::<u64>()
+                .ok()
+        };
+        if let Some(n) = num("snapshot-", ".bin") {
+            snaps.push((n, p));
+        } else if let Some(n) = num("segment-", ".log") {
+            segs.push((n, p));
+        }
+    }
+    snaps.sort();
+    segs.sort();
+    Ok((snaps, segs))
+}
