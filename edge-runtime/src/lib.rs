@@ -3,6 +3,7 @@
 //! - [`bundle`]: an exported model directory (manifest + ONNX files), checked on load.
 //! - [`bank`]: the bounded, crash-safe on-device memory bank.
 //! - [`backend`]: inference backends behind one small `Runtime -> Runnable` trait.
+//! - [`pipeline`]: frames -> embeddings -> online clusters -> bank and events.
 //! - [`preprocess`]: manifest-driven preprocessing shared by every backend.
 
 pub mod backend;
@@ -10,6 +11,7 @@ pub mod bank;
 pub mod bundle;
 mod error;
 pub mod npy;
+pub mod pipeline;
 pub mod preprocess;
 
 pub use error::EdgeError;

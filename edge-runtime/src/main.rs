@@ -1,6 +1,12 @@
 //! `edge-runtime`: run an exported encoder on the board.
 //!
-//! - `embed`: embeddings of a folder of images (or Fashion-MNIST's test split) as `.npy`.
+//! - `run`: frames in (a folder, image paths on stdin, or Fashion-MNIST's test split as a
+//!   camera stream), cluster events out as JSON Lines, the memory bank on disk.
+//! - `embed`: embeddings of images as a `.npy` array.
+//! - `bank inspect|export|compact`: look after a memory bank.
+
+mod cli_bank;
+mod cli_run;
 
 use std::path::PathBuf;
 
@@ -21,14 +27,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Embed, cluster online and store a stream of frames; JSON Lines events out.
+    Run(cli_run::RunArgs),
     /// Embed images with an exported model and write them as a .npy array (rows = images).
     Embed(EmbedArgs),
+    /// Inspect, export or compact a memory bank.
+    #[command(subcommand)]
+    Bank(cli_bank::BankCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum PrecisionArg {
+pub enum PrecisionArg {
     Fp32,
     Int8,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Int8 => Precision::Int8,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,15 +75,14 @@ struct EmbedArgs {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => cli_run::run(&args),
         Command::Embed(args) => embed(&args),
+        Command::Bank(cmd) => cli_bank::bank(&cmd),
     }
 }
 
 fn embed(args: &EmbedArgs) -> Result<()> {
-    let precision = match args.precision {
-        PrecisionArg::Fp32 => Precision::Fp32,
-        PrecisionArg::Int8 => Precision::Int8,
-    };
+    let precision = args.precision.into();
     let bundle = ModelBundle::load(&args.model, precision)?;
     let pre = Preprocessor::new(bundle.manifest.preprocess.clone());
     let mut set = pre.read_source(&args.input, false)?;

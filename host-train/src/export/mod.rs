@@ -171,9 +171,11 @@ fn train_centroids(
     let dim = encoder.embed_dim();
     let mut emb = extract(encoder, train, 512, &Device::Cpu, "centroids")?;
     l2_normalize_rows(&mut emb, dim);
+    // k-means optima differ by several NMI points on this data; the board starts from the
+    // best of ten.
     let fit = KMeansParams::new(k)
         .seed(seed)
-        .n_redo(3)
+        .n_redo(10)
         .check()?
         .fit(MatRef::new(&emb, dim)?)?;
     Ok(Centroids {

@@ -158,6 +158,31 @@ impl OnlineKMeans {
         Ok(m)
     }
 
+    /// A model restored from saved clusters (ids kept); `next_id` is the first unused id.
+    pub fn from_clusters(
+        dim: usize,
+        params: OnlineKMeansParams,
+        clusters: Vec<Cluster>,
+        next_id: u32,
+    ) -> Result<Self, OnlineKMeansError> {
+        let mut m = Self::new(dim, params)?;
+        if let Some(c) = clusters.iter().find(|c| c.centroid.len() != dim) {
+            return Err(OnlineKMeansError::Dim {
+                expected: dim,
+                actual: c.centroid.len(),
+            });
+        }
+        m.seeding = clusters.is_empty();
+        m.next_id = clusters
+            .iter()
+            .map(|c| c.id + 1)
+            .max()
+            .unwrap_or(0)
+            .max(next_id);
+        m.clusters = clusters;
+        Ok(m)
+    }
+
     pub fn dim(&self) -> usize {
         self.dim
     }

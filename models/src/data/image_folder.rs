@@ -58,6 +58,14 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     Ok(())
 }
 
+/// One image file, brought to the options' size and colour: planar u8 pixels.
+pub fn read_image(path: &Path, opts: &ImageFolderOptions) -> Result<Vec<u8>, DataError> {
+    load_one(path, opts).map_err(|reason| DataError::Decode {
+        path: path.into(),
+        reason,
+    })
+}
+
 fn load_one(path: &Path, opts: &ImageFolderOptions) -> Result<Vec<u8>, String> {
     let img = ImageReader::open(path)
         .map_err(|e| e.to_string())?

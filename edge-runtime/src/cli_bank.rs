@@ -1,0 +1,84 @@
+//! `edge-runtime bank inspect|export|compact`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use edge_runtime::bank::{BankConfig, MemoryBank};
+
+#[derive(Debug, Subcommand)]
+pub enum BankCommand {
+    /// Summary as JSON: entries, bytes, clusters, what recovery found.
+    Inspect {
+        #[arg(long)]
+        bank: PathBuf,
+    },
+    /// Every entry as JSON Lines (seq, cluster, capture metadata, embedding as f32).
+    Export {
+        #[arg(long)]
+        bank: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fold the segments into one fresh snapshot.
+    Compact {
+        #[arg(long)]
+        bank: PathBuf,
+    },
+}
+
+/// Opening with the largest capacities evicts nothing that is stored.
+fn open(dir: &PathBuf) -> Result<(MemoryBank, edge_runtime::bank::Recovery)> {
+    let cfg = BankConfig {
+        max_entries: usize::MAX,
+        max_bytes: usize::MAX,
+        snapshot_every: u64::MAX,
+        ..Default::default()
+    };
+    Ok(MemoryBank::open(dir, cfg)?)
+}
+
+pub fn bank(cmd: &BankCommand) -> Result<()> {
+    match cmd {
+        BankCommand::Inspect { bank } => {
+            let (b, rec) = open(bank)?;
+            let mut clusters: BTreeMap<u32, usize> = BTreeMap::new();
+            for e in b.entries() {
+                *clusters.entry(e.cluster_id).or_default() += 1;
+            }
+            let summary = serde_json::json!({
+                "entries": b.len(),
+                "bytes": b.bytes(),
+                "seen": b.seen(),
+                "next_cluster_id": b.next_cluster_id(),
+                "clusters": clusters,
+                "recovery": rec,
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        BankCommand::Export { bank, out } => {
+            let (b, _) = open(bank)?;
+            let f = std::fs::File::create(out).with_context(|| format!("{}", out.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            for e in b.entries() {
+                let row = serde_json::json!({
+                    "seq": e.seq,
+                    "cluster_id": e.cluster_id,
+                    "meta": e.meta,
+                    "embedding": e.embedding.to_f32(),
+                });
+                writeln!(w, "{row}")?;
+            }
+            w.flush()?;
+            eprintln!("{} entries -> {}", b.len(), out.display());
+        }
+        BankCommand::Compact { bank } => {
+            let (mut b, _) = open(bank)?;
+            let snap = b.snapshot()?;
+            eprintln!("{} entries in {}", b.len(), snap.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! `edge-runtime run`: the streaming pipeline from the command line.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use edge_runtime::backend::{PrepareOptions, TractRuntime};
+use edge_runtime::bank::{BankConfig, CaptureMeta, EmbeddingFormat, Eviction, MemoryBank};
+use edge_runtime::bundle::ModelBundle;
+use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
+use edge_runtime::preprocess::Preprocessor;
+use models::cluster::{KMeansParams, OnlineKMeansParams};
+use models::data::{read_image, ImageFolderOptions, ImageSet};
+use models::metrics::{clustering_accuracy, normalized_mutual_info};
+use models::MatRef;
+
+use crate::PrecisionArg;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[arg(long, default_value = "models/fashion-mnist-small-cnn")]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value = "int8")]
+    precision: PrecisionArg,
+    /// A folder of images, `-` (image paths on stdin, one per line), or `fashion-mnist`
+    /// (its test split as a camera stream).
+    #[arg(long)]
+    input: String,
+    /// The memory bank's directory (created if missing; recovered if it exists).
+    #[arg(long)]
+    bank: PathBuf,
+    /// JSON Lines events go here instead of stdout.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Quality report (needs labelled input): online vs batch k-means, as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 5000)]
+    recluster_every: u64,
+    #[arg(long, default_value_t = 2.0)]
+    novelty_threshold: f32,
+    #[arg(long, default_value_t = 64)]
+    max_clusters: usize,
+    #[arg(long, default_value_t = 100_000)]
+    bank_entries: usize,
+    #[arg(long, default_value_t = 64)]
+    bank_mb: usize,
+    #[arg(long, value_enum, default_value = "i8")]
+    bank_format: FormatArg,
+    #[arg(long, value_enum, default_value = "fifo")]
+    eviction: EvictionArg,
+    /// fsync every bank write (survives power loss, not only a killed process).
+    #[arg(long)]
+    fsync: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    F32,
+    F16,
+    I8,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EvictionArg {
+    Fifo,
+    Reservoir,
+    Diversity,
+}
+
+/// Where frames come from; each yields frames at the manifest's size.
+enum Source {
+    Set(ImageSet, String),
+    Stdin(ImageFolderOptions),
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let bundle = ModelBundle::load(&args.model, args.precision.into())?;
+    let pre = Preprocessor::new(bundle.manifest.preprocess.clone());
+    let bank_cfg = BankConfig {
+        max_entries: args.bank_entries,
+        max_bytes: args.bank_mb << 20,
+        format: match args.bank_format {
+            FormatArg::F32 => EmbeddingFormat::F32,
+            FormatArg::F16 => EmbeddingFormat::F16,
+            FormatArg::I8 => EmbeddingFormat::I8,
+        },
+        eviction: match args.eviction {
+            EvictionArg::Fifo => Eviction::Fifo,
+            EvictionArg::Reservoir => Eviction::Reservoir,
+            EvictionArg::Diversity => Eviction::Diversity,
+        },
+        fsync: args.fsync,
+        ..Default::default()
+    };
+    let (bank, rec) = MemoryBank::open(&args.bank, bank_cfg)?;
+    if rec.torn_tails + rec.corrupt_snapshots + rec.preserved.len() > 0 {
+        eprintln!("bank recovery: {}", serde_json::to_string(&rec)?);
+    }
+    let cfg = PipelineConfig {
+        online: OnlineKMeansParams {
+            novelty_threshold: args.novelty_threshold,
+            max_clusters: args.max_clusters,
+            ..Default::default()
+        },
+        recluster_every: args.recluster_every,
+        seed: 0,
+    };
+    let options = PrepareOptions {
+        batch: args.batch,
+        threads: 1,
+    };
+    let mut pipe = Pipeline::new(&bundle, &TractRuntime, &options, bank, cfg)?;
+    let source = if args.input == "-" {
+        let s = pre.spec();
+        Source::Stdin(ImageFolderOptions {
+            width: s.width,
+            height: s.height,
+            color: s.color,
+            resize: s.resize,
+            skip_bad: false,
+        })
+    } else {
+        Source::Set(pre.read_source(&args.input, false)?, args.input.clone())
+    };
+    let mut out: Box<dyn Write> = match &args.events {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| p.display().to_string())?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let want_report = args.report.is_some();
+    let (mut embeddings, mut assigned, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let t0 = Instant::now();
+    let mut frames_done = 0usize;
+    let emit = |events: Vec<Event>, out: &mut dyn Write, assigned: &mut Vec<u32>| -> Result<()> {
+        for e in events {
+            if let Event::Frame { cluster_id, .. } = &e {
+                assigned.push(*cluster_id);
+            }
+            writeln!(out, "{}", serde_json::to_string(&e)?)?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+    match &source {
+        Source::Set(set, name) => {
+            let n = args.limit.unwrap_or(usize::MAX).min(set.len());
+            for start in (0..n).step_by(pipe.batch()) {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let end = (start + pipe.batch()).min(n);
+                let frames: Vec<Frame> = (start..end)
+                    .map(|i| Frame {
+                        meta: CaptureMeta {
+                            timestamp_ms: now_ms(),
+                            source: set
+                                .paths
+                                .get(i)
+                                .map_or_else(|| name.clone(), |p| p.display().to_string()),
+                            frame_id: i as u64,
+                            thumbnail: None,
+                        },
+                        pixels: set.image(i).to_vec(),
+                    })
+                    .collect();
+                let events = pipe.process(&frames, want_report.then_some(&mut embeddings))?;
+                emit(events, &mut out, &mut assigned)?;
+                if let Some(l) = &set.labels {
+                    labels.extend_from_slice(&l[start..end]);
+                }
+                frames_done = end;
+            }
+        }
+        Source::Stdin(opts) => {
+            let stdin = std::io::stdin();
+            for (i, line) in stdin.lock().lines().enumerate() {
+                if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| i >= n) {
+                    break;
+                }
+                let line = line?;
+                let path = Path::new(line.trim());
+                // A bad frame is reported and skipped; the stream goes on.
+                let pixels = match read_image(path, opts) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("skipped frame {i}: {e}");
+                        continue;
+                    }
+                };
+                let frame = Frame {
+                    meta: CaptureMeta {
+                        timestamp_ms: now_ms(),
+                        source: path.display().to_string(),
+                        frame_id: i as u64,
+                        thumbnail: None,
+                    },
+                    pixels,
+                };
+                let events = pipe.process(&[frame], None)?;
+                emit(events, &mut out, &mut assigned)?;
+                frames_done += 1;
+            }
+        }
+    }
+    // Graceful end (input done, SIGINT or SIGTERM): everything stored is on disk.
+    pipe.snapshot()?;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{frames_done} frames in {secs:.1} s ({:.0} frames/s), {} clusters, bank {} entries{}",
+        frames_done as f64 / secs.max(1e-9),
+        pipe.online().clusters().len(),
+        pipe.bank().len(),
+        if stop.load(Ordering::Relaxed) {
+            " (stopped by signal)"
+        } else {
+            ""
+        }
+    );
+    if let Some(path) = &args.report {
+        if labels.len() != assigned.len() || labels.is_empty() {
+            bail!("--report needs labelled frames (Fashion-MNIST or class sub-folders)");
+        }
+        let dim = pipe.online().dim();
+        let k = bundle
+            .manifest
+            .centroids
+            .as_ref()
+            .map_or(10, |c| c.k as usize);
+        let batch = KMeansParams::new(k)
+            .seed(0)
+            .n_redo(3)
+            .check()?
+            .fit(MatRef::new(&embeddings, dim)?)?;
+        let report = serde_json::json!({
+            "frames": assigned.len(),
+            "online_clusters": pipe.online().clusters().len(),
+            "online_nmi": normalized_mutual_info(&labels, &assigned)?,
+            "online_accuracy": clustering_accuracy(&labels, &assigned)?,
+            "batch_k": k,
+            "batch_nmi": normalized_mutual_info(&labels, &batch.labels)?,
+            "batch_accuracy": clustering_accuracy(&labels, &batch.labels)?,
+            "frames_per_s": frames_done as f64 / secs.max(1e-9),
+        });
+        let ratio = report["online_nmi"].as_f64().unwrap() / report["batch_nmi"].as_f64().unwrap();
+        eprintln!(
+            "online NMI {:.4} (accuracy {:.4}) vs batch k-means NMI {:.4} (accuracy {:.4}): {ratio:.3}x",
+            report["online_nmi"].as_f64().unwrap(),
+            report["online_accuracy"].as_f64().unwrap(),
+            report["batch_nmi"].as_f64().unwrap(),
+            report["batch_accuracy"].as_f64().unwrap(),
+        );
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,306 @@
+//! The streaming pipeline: frames in, batched through the backend, L2-normalised as the
+//! manifest asks, clustered online, stored in the bank, events out. Every
+//! `recluster_every` frames the bank is re-clustered with batch k-means; cluster ids stay
+//! stable through it by Hungarian matching against the online centroids.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use models::cluster::{Cluster, CpuGemmAssign, KMeansParams, OnlineKMeans, OnlineKMeansParams};
+use models::linalg::l2_normalize_rows;
+use models::MatRef;
+use serde::Serialize;
+
+use crate::backend::{PrepareOptions, Runnable, Runtime};
+use crate::bank::{CaptureMeta, MemoryBank};
+use crate::bundle::ModelBundle;
+use crate::preprocess::Preprocessor;
+use crate::EdgeError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    pub online: OnlineKMeansParams,
+    /// Re-cluster the bank after this many frames (0: never).
+    pub recluster_every: u64,
+    pub seed: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            online: OnlineKMeansParams::default(),
+            recluster_every: 5_000,
+            seed: 0,
+        }
+    }
+}
+
+/// A captured frame, already at the manifest's size and colour (planar u8).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub meta: CaptureMeta,
+    pub pixels: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Frame {
+        frame_id: u64,
+        source: String,
+        cluster_id: u32,
+        distance: f32,
+        novelty: f32,
+        novel: bool,
+        /// `opened N` or `merged N into M` when the cluster set changed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        change: Option<String>,
+    },
+    Recluster {
+        entries: usize,
+        clusters: usize,
+        /// Bank entries whose cluster id changed.
+        relabelled: usize,
+        seconds: f64,
+    },
+}
+
+pub struct Pipeline {
+    run: Box<dyn Runnable>,
+    pre: Preprocessor,
+    l2: bool,
+    online: OnlineKMeans,
+    bank: MemoryBank,
+    config: PipelineConfig,
+    since_recluster: u64,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("clusters", &self.online.clusters().len())
+            .field("bank", &self.bank.len())
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// Starts from the bank's clusters if it holds any, else from the manifest's centroids,
+    /// else from the stream's first frames.
+    pub fn new(
+        model: &ModelBundle,
+        runtime: &dyn Runtime,
+        options: &PrepareOptions,
+        bank: MemoryBank,
+        config: PipelineConfig,
+    ) -> Result<Self, EdgeError> {
+        let run = runtime.prepare(model, options)?;
+        let dim = run.embed_dim();
+        let online_err = |e: models::cluster::OnlineKMeansError| EdgeError::Bank {
+            path: model.path.clone(),
+            message: e.to_string(),
+        };
+        let online = if !bank.is_empty() {
+            OnlineKMeans::from_clusters(
+                dim,
+                config.online.clone(),
+                clusters_of(&bank, dim),
+                bank.next_cluster_id(),
+            )
+        } else if let Some(c) = &model.manifest.centroids {
+            OnlineKMeans::with_centroids(dim, config.online.clone(), &c.values)
+        } else {
+            OnlineKMeans::new(dim, config.online.clone())
+        }
+        .map_err(online_err)?;
+        Ok(Self {
+            run,
+            pre: Preprocessor::new(model.manifest.preprocess.clone()),
+            l2: model.manifest.embedding.l2_normalize,
+            online,
+            bank,
+            config,
+            since_recluster: 0,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.run.batch()
+    }
+
+    pub fn bank(&self) -> &MemoryBank {
+        &self.bank
+    }
+
+    pub fn online(&self) -> &OnlineKMeans {
+        &self.online
+    }
+
+    /// Embeds, clusters and stores `frames` (any number; run in backend-sized batches).
+    /// Returns one event per frame, plus a re-clustering event when one ran. `embeddings`
+    /// receives the normalised embeddings when given (for reports).
+    pub fn process(
+        &mut self,
+        frames: &[Frame],
+        mut embeddings: Option<&mut Vec<f32>>,
+    ) -> Result<Vec<Event>, EdgeError> {
+        let len = self.pre.spec().image_len();
+        let dim = self.run.embed_dim();
+        let mut events = Vec::with_capacity(frames.len());
+        for chunk in frames.chunks(self.run.batch()) {
+            let mut x = vec![0f32; chunk.len() * len];
+            for (f, out) in chunk.iter().zip(x.chunks_mut(len)) {
+                if f.pixels.len() != len {
+                    return Err(EdgeError::InputShape {
+                        what: format!("frame {} from {}", f.meta.frame_id, f.meta.source),
+                        expected: len,
+                        actual: f.pixels.len(),
+                    });
+                }
+                self.pre.spec().normalize_into(&f.pixels, out);
+            }
+            let mut emb = self.run.run(&x, chunk.len())?;
+            if self.l2 {
+                l2_normalize_rows(&mut emb, dim);
+            }
+            for (f, e) in chunk.iter().zip(emb.chunks(dim)) {
+                let a = self.online.update(e).map_err(|err| EdgeError::InputShape {
+                    what: err.to_string(),
+                    expected: dim,
+                    actual: e.len(),
+                })?;
+                self.bank.insert(e, f.meta.clone(), a.cluster_id)?;
+                let change = a.change.map(|c| match c {
+                    models::cluster::ClusterChange::Opened(id) => format!("opened {id}"),
+                    models::cluster::ClusterChange::Merged { kept, removed } => {
+                        format!("merged {removed} into {kept}")
+                    }
+                });
+                events.push(Event::Frame {
+                    frame_id: f.meta.frame_id,
+                    source: f.meta.source.clone(),
+                    cluster_id: a.cluster_id,
+                    distance: a.distance,
+                    novelty: a.novelty,
+                    novel: a.novel,
+                    change,
+                });
+            }
+            if let Some(out) = embeddings.as_deref_mut() {
+                out.extend_from_slice(&emb);
+            }
+            self.bank.reserve_cluster_ids(self.online.next_id())?;
+            self.since_recluster += chunk.len() as u64;
+            if self.config.recluster_every > 0
+                && self.since_recluster >= self.config.recluster_every
+            {
+                events.push(self.recluster()?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Batch k-means over the bank (k = the open clusters), ids kept by Hungarian matching.
+    pub fn recluster(&mut self) -> Result<Event, EdgeError> {
+        let t0 = Instant::now();
+        self.since_recluster = 0;
+        let dim = self.online.dim();
+        let (data, seqs) = self.bank.embeddings();
+        let k = self.online.clusters().len().clamp(1, seqs.len().max(1));
+        if seqs.len() < 2 * k {
+            return Ok(Event::Recluster {
+                entries: seqs.len(),
+                clusters: self.online.clusters().len(),
+                relabelled: 0,
+                seconds: 0.0,
+            });
+        }
+        let kerr = |e: String| EdgeError::Bank {
+            path: "re-clustering".into(),
+            message: e,
+        };
+        // Lloyd iterations warm-started from the online centroids: a refinement of the
+        // current clustering, not a new one from random rows.
+        let init: Vec<f32> = self
+            .online
+            .clusters()
+            .iter()
+            .flat_map(|c| c.centroid.iter().copied())
+            .collect();
+        let points = MatRef::new(&data, dim).map_err(|e| kerr(e.to_string()))?;
+        let params = KMeansParams::new(k)
+            .seed(self.config.seed)
+            .check()
+            .map_err(|e| kerr(e.to_string()))?;
+        let (model, _, _) = params
+            .train(
+                &CpuGemmAssign::default(),
+                points,
+                Some(MatRef::new(&init, dim).map_err(|e| kerr(e.to_string()))?),
+            )
+            .map_err(|e| kerr(e.to_string()))?;
+        let (labels, _) = model.predict(points).map_err(|e| kerr(e.to_string()))?;
+        let mut counts = vec![0u64; k];
+        labels.iter().for_each(|&l| counts[l as usize] += 1);
+        let ids = self
+            .online
+            .recluster(model.centroids().as_slice(), &counts)
+            .map_err(|e| kerr(e.to_string()))?;
+        let mut changes = Vec::new();
+        for (&seq, &l) in seqs.iter().zip(&labels) {
+            let id = ids[l as usize];
+            if self.bank.get(seq).is_some_and(|e| e.cluster_id != id) {
+                changes.push((seq, id));
+            }
+        }
+        let relabelled = changes.len();
+        self.bank.relabel(changes)?;
+        self.bank.reserve_cluster_ids(self.online.next_id())?;
+        Ok(Event::Recluster {
+            entries: seqs.len(),
+            clusters: k,
+            relabelled,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn set_novelty_threshold(&mut self, t: f32) -> Result<(), EdgeError> {
+        self.online
+            .set_novelty_threshold(t)
+            .map_err(|e| EdgeError::Bank {
+                path: "novelty threshold".into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Forgets the clusters (ids keep counting up); the bank's entries stay.
+    pub fn reset_clusters(&mut self) {
+        self.online.reset();
+    }
+
+    /// Flushes the bank and publishes a snapshot.
+    pub fn snapshot(&mut self) -> Result<(), EdgeError> {
+        self.bank.snapshot().map(|_| ())
+    }
+}
+
+/// The bank's clusters: mean embedding per cluster id.
+fn clusters_of(bank: &MemoryBank, dim: usize) -> Vec<Cluster> {
+    let mut sums: BTreeMap<u32, (Vec<f32>, u64)> = BTreeMap::new();
+    for e in bank.entries() {
+        let (sum, n) = sums.entry(e.cluster_id).or_insert((vec![0.0; dim], 0));
+        sum.iter_mut()
+            .zip(e.embedding.to_f32())
+            .for_each(|(s, v)| *s += v);
+        *n += 1;
+    }
+    sums.into_iter()
+        .map(|(id, (sum, n))| Cluster {
+            id,
+            centroid: sum.iter().map(|s| s / n as f32).collect(),
+            count: n,
+            seen: 0,
+            radius: 0.0,
+        })
+        .collect()
+}
