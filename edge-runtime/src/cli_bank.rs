@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -27,10 +27,23 @@ pub enum BankCommand {
         #[arg(long)]
         bank: PathBuf,
     },
+    /// Insert synthetic embeddings, printing `acked SEQ` once each insert has been written
+    /// (the crash tests kill this at random moments).
+    #[command(hide = true)]
+    Fill {
+        #[arg(long)]
+        bank: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        #[arg(long, default_value_t = u64::MAX)]
+        count: u64,
+        #[arg(long, default_value_t = 500)]
+        snapshot_every: u64,
+    },
 }
 
 /// Opening with the largest capacities evicts nothing that is stored.
-fn open(dir: &PathBuf) -> Result<(MemoryBank, edge_runtime::bank::Recovery)> {
+fn open(dir: &Path) -> Result<(MemoryBank, edge_runtime::bank::Recovery)> {
     let cfg = BankConfig {
         max_entries: usize::MAX,
         max_bytes: usize::MAX,
@@ -73,6 +86,34 @@ pub fn bank(cmd: &BankCommand) -> Result<()> {
             }
             w.flush()?;
             eprintln!("{} entries -> {}", b.len(), out.display());
+        }
+        BankCommand::Fill {
+            bank,
+            dim,
+            count,
+            snapshot_every,
+        } => {
+            let cfg = BankConfig {
+                max_entries: 1 << 24,
+                max_bytes: usize::MAX,
+                snapshot_every: *snapshot_every,
+                ..Default::default()
+            };
+            let (mut b, _) = MemoryBank::open(bank, cfg)?;
+            let mut rng = models::rng::Rng::new(b.seen());
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            for i in 0..*count {
+                let e: Vec<f32> = (0..*dim).map(|_| rng.next_f64() as f32 - 0.5).collect();
+                let meta = edge_runtime::bank::CaptureMeta {
+                    frame_id: i,
+                    source: "fill".into(),
+                    ..Default::default()
+                };
+                let seq = b.insert(&e, meta, (i % 10) as u32)?.seq;
+                writeln!(out, "acked {}", seq.unwrap_or(u64::MAX))?;
+                out.flush()?;
+            }
         }
         BankCommand::Compact { bank } => {
             let (mut b, _) = open(bank)?;

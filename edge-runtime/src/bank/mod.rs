@@ -113,6 +113,8 @@ pub struct MemoryBank {
     file: File,
     since_snapshot: u64,
     rng: Rng,
+    /// Held (locked) while the bank is open.
+    _lock: File,
 }
 
 impl MemoryBank {
@@ -125,6 +127,15 @@ impl MemoryBank {
             });
         }
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        // One process per bank: a second one would cut the first one's records in flight.
+        let lock_path = dir.join("bank.lock");
+        let lock = File::create(&lock_path).map_err(|e| io(&lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(EdgeError::Bank {
+                path: dir.to_path_buf(),
+                message: "in use by another process (bank.lock is held)".into(),
+            });
+        }
         let mut rec = Recovery::default();
         let (snapshots, segments) = list(dir)?;
         let mut state = Snapshot {
@@ -175,6 +186,7 @@ impl MemoryBank {
             since_snapshot: 0,
             rng: Rng::new(config.seed ^ state.seen),
             config,
+            _lock: lock,
         };
         for e in state.entries {
             bank.put(e);
