@@ -9,7 +9,7 @@ fn meta(i: u64) -> CaptureMeta {
         timestamp_ms: 1_700_000_000_000 + i,
         source: "cam0".into(),
         frame_id: i,
-        thumbnail: (i % 3 == 0).then(|| format!("thumbs/{i}.png")),
+        thumbnail: i.is_multiple_of(3).then(|| format!("thumbs/{i}.png")),
     }
 }
 

@@ -29,7 +29,7 @@ impl<'a, T> MatRef<'a, T> {
         if cols == 0 {
             return Err(ShapeError::ZeroDim);
         }
-        if data.len() % cols != 0 {
+        if !data.len().is_multiple_of(cols) {
             return Err(ShapeError::Ragged {
                 len: data.len(),
                 cols,

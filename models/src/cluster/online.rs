@@ -145,7 +145,7 @@ impl OnlineKMeans {
     ) -> Result<Self, OnlineKMeansError> {
         let mut m = Self::new(dim, params)?;
         m.seeding = false;
-        if centroids.is_empty() || centroids.len() % dim != 0 {
+        if centroids.is_empty() || !centroids.len().is_multiple_of(dim) {
             return Err(OnlineKMeansError::Centroids {
                 values: centroids.len(),
                 dim,
@@ -385,7 +385,7 @@ impl OnlineKMeans {
         counts: &[u64],
     ) -> Result<Vec<u32>, OnlineKMeansError> {
         let d = self.dim;
-        if centroids.is_empty() || centroids.len() % d != 0 || centroids.len() / d != counts.len() {
+        if centroids.is_empty() || !centroids.len().is_multiple_of(d) || centroids.len() / d != counts.len() {
             return Err(OnlineKMeansError::Centroids {
                 values: centroids.len(),
                 dim: d,

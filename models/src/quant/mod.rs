@@ -48,7 +48,7 @@ fn round_half_even(v: f32) -> f32 {
 /// Per-output-channel symmetric int8 weights: `weights` is `channels` rows of equal length
 /// (for a conv, `[out, in, kh, kw]` flattened). Returns the codes and one scale per channel.
 pub fn quantize_per_channel(weights: &[f32], channels: usize) -> (Vec<i8>, Vec<f32>) {
-    assert!(channels > 0 && weights.len() % channels == 0);
+    assert!(channels > 0 && weights.len().is_multiple_of(channels));
     let per = weights.len() / channels;
     let mut codes = Vec::with_capacity(weights.len());
     let mut scales = Vec::with_capacity(channels);
