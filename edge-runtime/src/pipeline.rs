@@ -205,11 +205,11 @@ impl Pipeline {
         let t0 = Instant::now();
         self.since_recluster = 0;
         let dim = self.online.dim();
-        let (data, seqs) = self.bank.embeddings();
-        let k = self.online.clusters().len().clamp(1, seqs.len().max(1));
-        if seqs.len() < 2 * k {
+        let n = self.bank.len();
+        let k = self.online.clusters().len().clamp(1, n.max(1));
+        if n < 2 * k {
             return Ok(Event::Recluster {
-                entries: seqs.len(),
+                entries: n,
                 clusters: self.online.clusters().len(),
                 relabelled: 0,
                 seconds: 0.0,
@@ -219,8 +219,12 @@ impl Pipeline {
             path: "re-clustering".into(),
             message: e,
         };
-        // Lloyd iterations warm-started from the online centroids: a refinement of the
+        // Lloyd iterations on at most 256 entries per centroid (faiss's rule), decoded from
+        // the bank's own format, warm-started from the online centroids: a refinement of the
         // current clustering, not a new one from random rows.
+        let mut rng = models::rng::Rng::new(self.config.seed ^ n as u64);
+        let sample = rng.sample_indices(n, n.min(256 * k));
+        let data = self.bank.decode(&sample);
         let init: Vec<f32> = self
             .online
             .clusters()
@@ -230,6 +234,7 @@ impl Pipeline {
         let points = MatRef::new(&data, dim).map_err(|e| kerr(e.to_string()))?;
         let params = KMeansParams::new(k)
             .seed(self.config.seed)
+            .max_points_per_centroid(None)
             .check()
             .map_err(|e| kerr(e.to_string()))?;
         let (model, _, _) = params
@@ -239,7 +244,17 @@ impl Pipeline {
                 Some(MatRef::new(&init, dim).map_err(|e| kerr(e.to_string()))?),
             )
             .map_err(|e| kerr(e.to_string()))?;
-        let (labels, _) = model.predict(points).map_err(|e| kerr(e.to_string()))?;
+        // Every entry's new cluster, a chunk at a time so memory stays bounded.
+        let mut labels = Vec::with_capacity(n);
+        let all: Vec<usize> = (0..n).collect();
+        for chunk in all.chunks(8192) {
+            let rows = self.bank.decode(chunk);
+            let (l, _) = model
+                .predict(MatRef::new(&rows, dim).map_err(|e| kerr(e.to_string()))?)
+                .map_err(|e| kerr(e.to_string()))?;
+            labels.extend(l);
+        }
+        let seqs: Vec<u64> = self.bank.entries().iter().map(|e| e.seq).collect();
         let mut counts = vec![0u64; k];
         labels.iter().for_each(|&l| counts[l as usize] += 1);
         let ids = self
@@ -257,7 +272,7 @@ impl Pipeline {
         self.bank.relabel(changes)?;
         self.bank.reserve_cluster_ids(self.online.next_id())?;
         Ok(Event::Recluster {
-            entries: seqs.len(),
+            entries: n,
             clusters: k,
             relabelled,
             seconds: t0.elapsed().as_secs_f64(),

@@ -56,8 +56,11 @@ impl Runtime for TractRuntime {
             ));
         }
         let plan = typed.into_runnable().map_err(err)?;
+        let executor = (options.threads > 1)
+            .then(|| tract_linalg::multithread::Executor::multithread(options.threads));
         Ok(Box::new(TractRunnable {
             plan,
+            executor,
             batch,
             chw: [c, h, w],
             dim,
@@ -111,6 +114,8 @@ fn shape_error(
 
 struct TractRunnable {
     plan: Arc<TypedRunnableModel>,
+    /// A private thread pool for tract's matrix products, when more than one thread.
+    executor: Option<tract_linalg::multithread::Executor>,
     batch: usize,
     chw: [usize; 3],
     dim: usize,
@@ -143,7 +148,14 @@ impl Runnable for TractRunnable {
             message: format!("{e:#}"),
         };
         let input = Tensor::from_shape(&[self.batch, c, h, w], &data).map_err(err)?;
-        let out = self.plan.run(tvec!(input.into_tvalue())).map_err(err)?;
+        let inputs = tvec!(input.into_tvalue());
+        let out = match &self.executor {
+            Some(ex) => tract_linalg::multithread::multithread_tract_scope(ex.clone(), || {
+                self.plan.run(inputs)
+            }),
+            None => self.plan.run(inputs),
+        }
+        .map_err(err)?;
         let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
         Ok(view.iter().take(n * self.dim).copied().collect())
     }

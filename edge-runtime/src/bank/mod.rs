@@ -16,7 +16,7 @@ pub mod log;
 
 pub use entry::{BankEntry, CaptureMeta, EmbeddingFormat, StoredEmbedding};
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,7 +81,8 @@ pub struct Recovery {
     pub preserved: Vec<PathBuf>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Written from borrowed entries ([`SnapshotRef`]), read back owned; same postcard layout.
+#[derive(Debug, Deserialize)]
 struct Snapshot {
     /// Segments numbered from here on come after this snapshot.
     segment: u64,
@@ -89,6 +90,15 @@ struct Snapshot {
     next_cluster_id: u32,
     seen: u64,
     entries: Vec<BankEntry>,
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    segment: u64,
+    next_seq: u64,
+    next_cluster_id: u32,
+    seen: u64,
+    entries: &'a [BankEntry],
 }
 
 /// What an insert did.
@@ -105,6 +115,9 @@ pub struct MemoryBank {
     config: BankConfig,
     entries: Vec<BankEntry>,
     index: HashMap<u64, usize>,
+    /// Seqs in order, overall and per cluster, so eviction never scans the bank.
+    order: BTreeSet<u64>,
+    by_cluster: HashMap<u32, BTreeSet<u64>>,
     bytes: usize,
     next_seq: u64,
     next_cluster_id: u32,
@@ -177,6 +190,8 @@ impl MemoryBank {
             dir: dir.to_path_buf(),
             entries: Vec::new(),
             index: HashMap::new(),
+            order: BTreeSet::new(),
+            by_cluster: HashMap::new(),
             bytes: 0,
             next_seq: state.next_seq,
             next_cluster_id: state.next_cluster_id,
@@ -324,6 +339,14 @@ impl MemoryBank {
         self.maybe_snapshot()
     }
 
+    /// The embeddings of the entries at `positions` (indices into [`Self::entries`]) as f32 rows.
+    pub fn decode(&self, positions: &[usize]) -> Vec<f32> {
+        positions
+            .iter()
+            .flat_map(|&i| self.entries[i].embedding.to_f32())
+            .collect()
+    }
+
     /// Every stored embedding as f32 rows, with their seqs.
     pub fn embeddings(&self) -> (Vec<f32>, Vec<u64>) {
         let mut data = Vec::new();
@@ -347,15 +370,15 @@ impl MemoryBank {
     pub fn snapshot(&mut self) -> Result<PathBuf, EdgeError> {
         self.flush()?;
         let next = self.segment + 1;
-        let snap = Snapshot {
+        let snap = SnapshotRef {
             segment: next,
             next_seq: self.next_seq,
             next_cluster_id: self.next_cluster_id,
             seen: self.seen,
-            entries: self.entries.clone(),
+            entries: &self.entries,
         };
         let path = self.dir.join(format!("snapshot-{next:08}.bin"));
-        publish(&path, &frame(&snap))?;
+        publish_record(&path, &snap)?;
         self.file = open_segment(&self.dir, next)?;
         self.segment = next;
         self.since_snapshot = 0;
@@ -395,21 +418,19 @@ impl MemoryBank {
     }
 
     fn victim(&self, already: &[u64]) -> Option<u64> {
-        let candidates = self.entries.iter().filter(|e| !already.contains(&e.seq));
+        let oldest = |set: &BTreeSet<u64>| set.iter().find(|s| !already.contains(s)).copied();
         match self.config.eviction {
-            Eviction::Fifo | Eviction::Reservoir => candidates.map(|e| e.seq).min(),
+            Eviction::Fifo | Eviction::Reservoir => oldest(&self.order),
             Eviction::Diversity => {
-                let mut sizes: HashMap<u32, usize> = HashMap::new();
-                for e in self.entries.iter().filter(|e| !already.contains(&e.seq)) {
-                    *sizes.entry(e.cluster_id).or_default() += 1;
-                }
-                let (&largest, _) = sizes
+                let live = |set: &BTreeSet<u64>| {
+                    set.len() - already.iter().filter(|s| set.contains(s)).count()
+                };
+                let (_, set) = self
+                    .by_cluster
                     .iter()
-                    .max_by_key(|(id, n)| (**n, std::cmp::Reverse(**id)))?;
-                candidates
-                    .filter(|e| e.cluster_id == largest)
-                    .map(|e| e.seq)
-                    .min()
+                    .filter(|(_, set)| live(set) > 0)
+                    .max_by_key(|(id, set)| (live(set), std::cmp::Reverse(**id)))?;
+                oldest(set)
             }
         }
     }
@@ -425,6 +446,8 @@ impl MemoryBank {
                 if let Some(i) = self.index.remove(&seq) {
                     let e = self.entries.swap_remove(i);
                     self.bytes -= e.bytes();
+                    self.order.remove(&seq);
+                    self.unlink_cluster(e.cluster_id, seq);
                     if let Some(moved) = self.entries.get(i) {
                         self.index.insert(moved.seq, i);
                     }
@@ -433,7 +456,9 @@ impl MemoryBank {
             Record::Relabel(labels) => {
                 for (seq, id) in labels {
                     if let Some(&i) = self.index.get(&seq) {
-                        self.entries[i].cluster_id = id;
+                        let old = std::mem::replace(&mut self.entries[i].cluster_id, id);
+                        self.unlink_cluster(old, seq);
+                        self.by_cluster.entry(id).or_default().insert(seq);
                     }
                 }
             }
@@ -442,8 +467,22 @@ impl MemoryBank {
         }
     }
 
+    fn unlink_cluster(&mut self, cluster: u32, seq: u64) {
+        if let Some(set) = self.by_cluster.get_mut(&cluster) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_cluster.remove(&cluster);
+            }
+        }
+    }
+
     fn put(&mut self, e: BankEntry) {
         self.bytes += e.bytes();
+        self.order.insert(e.seq);
+        self.by_cluster
+            .entry(e.cluster_id)
+            .or_default()
+            .insert(e.seq);
         self.index.insert(e.seq, self.entries.len());
         self.entries.push(e);
     }
@@ -475,14 +514,47 @@ fn sync_dir(dir: &Path) -> Result<(), EdgeError> {
         .map_err(|e| io(dir, e))
 }
 
-/// Write a temporary file, fsync it, rename it over `path`, fsync the directory.
-fn publish(path: &Path, bytes: &[u8]) -> Result<(), EdgeError> {
+/// Streams one framed record (`[len][crc32][postcard]`) into a temporary file without
+/// building it in memory, fsyncs it, renames it over `path`, and fsyncs the directory.
+fn publish_record<T: Serialize>(path: &Path, value: &T) -> Result<(), EdgeError> {
+    use std::io::{Seek, SeekFrom};
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
+    let err = |e: std::io::Error| io(&tmp, e);
+    let file = File::create(&tmp).map_err(err)?;
+    let mut w = CrcWriter {
+        inner: std::io::BufWriter::new(file),
+        crc: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    w.inner.write_all(&[0; log::HEADER]).map_err(err)?;
+    postcard::to_io(value, &mut w).map_err(|e| io(&tmp, std::io::Error::other(e)))?;
+    let (len, crc) = (w.len as u32, w.crc.finalize());
+    let mut file = w.inner.into_inner().map_err(|e| err(e.into_error()))?;
+    file.seek(SeekFrom::Start(0)).map_err(err)?;
+    file.write_all(&len.to_le_bytes()).map_err(err)?;
+    file.write_all(&crc.to_le_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Counts and checksums what passes through.
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 type Numbered = Vec<(u64, PathBuf)>;

@@ -1,0 +1,209 @@
+//! `cargo bench -p edge-runtime --bench edge` (or `./scripts/bench-edge`, which also runs the
+//! Python onnxruntime reference side by side): inference latency and throughput of the default
+//! model, online clustering update time, and the peak RSS of a 100k-entry int8 bank.
+//! Prints a table and writes `target/bench/edge.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use edge_runtime::backend::{PrepareOptions, Runtime, TractRuntime};
+use edge_runtime::bank::{BankConfig, CaptureMeta, EmbeddingFormat, MemoryBank};
+use edge_runtime::bundle::ModelBundle;
+use edge_runtime::preprocess::Preprocessor;
+use models::cluster::{OnlineKMeans, OnlineKMeansParams};
+use models::manifest::Precision;
+use models::rng::Rng;
+use serde_json::{json, Value};
+
+const RSS_CHILD: &str = "EDGE_BENCH_RSS_CHILD";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
+}
+
+fn main() {
+    if std::env::var_os(RSS_CHILD).is_some() {
+        return rss_child();
+    }
+    let model = workspace().join("models/fashion-mnist-small-cnn");
+    let mut rows = Vec::new();
+    println!("| backend | precision | batch | threads | p50 ms | p99 ms | frames/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for precision in [Precision::Fp32, Precision::Int8] {
+        for batch in [1, 16] {
+            for threads in [1, 2] {
+                rows.push(tract_row(&model, precision, batch, threads));
+            }
+        }
+    }
+    if let Some(python) = std::env::var_os("PYTHON") {
+        let out = Command::new(python)
+            .arg(workspace().join("edge-runtime/benches/reference/ort_bench.py"))
+            .arg(&model)
+            .arg(models::data::fashion_mnist_dir())
+            .output()
+            .expect("run the onnxruntime reference");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ort: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        for r in ort {
+            print_row(&r);
+            rows.push(r);
+        }
+    } else {
+        println!("(PYTHON not set: no onnxruntime reference; ./scripts/bench-edge sets it)");
+    }
+
+    let mut updates = serde_json::Map::new();
+    println!("\n| online k-means update, d = 128 | us per frame |\n|---|---|");
+    for k in [10, 100, 1000] {
+        let us = cluster_update_us(k, 128);
+        println!("| k = {k} | {us:.2} |");
+        updates.insert(k.to_string(), json!(us));
+    }
+
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe).env(RSS_CHILD, "1").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    println!("\npeak RSS with a bank of 100,000 int8 entries (d = 128): {rss:.1} MB");
+
+    let report = json!({
+        "inference": rows,
+        "cluster_update_us": updates,
+        "rss_mb_100k": rss,
+        "threads_available": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    let dir = workspace().join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("edge.json"),
+        serde_json::to_vec_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    println!("wrote target/bench/edge.json");
+}
+
+fn print_row(r: &Value) {
+    println!(
+        "| {} | {} | {} | {} | {:.3} | {:.3} | {:.0} |",
+        r["backend"].as_str().unwrap(),
+        r["precision"].as_str().unwrap(),
+        r["batch"],
+        r["threads"],
+        r["p50_ms"].as_f64().unwrap(),
+        r["p99_ms"].as_f64().unwrap(),
+        r["fps"].as_f64().unwrap()
+    );
+}
+
+/// Latency of one run (a batch), over at least 2 s or 200 runs after a warm-up.
+fn tract_row(model: &Path, precision: Precision, batch: usize, threads: usize) -> Value {
+    let bundle = ModelBundle::load(model, precision).unwrap();
+    let pre = Preprocessor::new(bundle.manifest.preprocess.clone());
+    let set = pre
+        .read_source(models::data::fashion_mnist_dir().to_str().unwrap(), false)
+        .unwrap()
+        .take(1024);
+    let options = PrepareOptions { batch, threads };
+    let run = TractRuntime.prepare(&bundle, &options).unwrap();
+    let inputs: Vec<Vec<f32>> = (0..set.len() / batch)
+        .map(|i| pre.tensor(&set, i * batch..(i + 1) * batch).unwrap())
+        .collect();
+    for x in inputs.iter().take(20) {
+        run.run(x, batch).unwrap();
+    }
+    let mut times = Vec::new();
+    let t0 = Instant::now();
+    while times.len() < 200 || t0.elapsed().as_secs_f64() < 2.0 {
+        let x = &inputs[times.len() % inputs.len()];
+        let t = Instant::now();
+        run.run(x, batch).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if times.len() >= 20_000 {
+            break;
+        }
+    }
+    let total: f64 = times.iter().sum();
+    times.sort_by(f64::total_cmp);
+    let row = json!({
+        "backend": "tract",
+        "precision": format!("{precision:?}").to_lowercase(),
+        "batch": batch,
+        "threads": threads,
+        "p50_ms": times[times.len() / 2],
+        "p99_ms": times[times.len() * 99 / 100],
+        "fps": (times.len() * batch) as f64 / (total / 1e3),
+    });
+    print_row(&row);
+    row
+}
+
+fn unit(rng: &mut Rng, d: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// Mean time of `OnlineKMeans::update` with k clusters, on random unit vectors.
+fn cluster_update_us(k: usize, d: usize) -> f64 {
+    let mut rng = Rng::new(k as u64);
+    let centroids: Vec<f32> = (0..k).flat_map(|_| unit(&mut rng, d)).collect();
+    let params = OnlineKMeansParams {
+        max_clusters: k,
+        ..Default::default()
+    };
+    let mut m = OnlineKMeans::with_centroids(d, params, &centroids).unwrap();
+    let frames: Vec<Vec<f32>> = (0..4096).map(|_| unit(&mut rng, d)).collect();
+    let n = 50_000;
+    for f in frames.iter().take(1000) {
+        m.update(f).unwrap();
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        std::hint::black_box(m.update(&frames[i % frames.len()]).unwrap());
+    }
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+/// In a fresh process: fill a bank with 100k int8 entries, print the peak RSS in MB.
+fn rss_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BankConfig {
+        max_entries: 100_000,
+        format: EmbeddingFormat::I8,
+        ..Default::default()
+    };
+    let (mut bank, _) = MemoryBank::open(dir.path(), cfg).unwrap();
+    let mut rng = Rng::new(3);
+    for i in 0..100_000u64 {
+        let e = unit(&mut rng, 128);
+        let meta = CaptureMeta {
+            timestamp_ms: i,
+            source: "cam0".into(),
+            frame_id: i,
+            thumbnail: None,
+        };
+        bank.insert(&e, meta, (i % 100) as u32).unwrap();
+    }
+    assert_eq!(bank.len(), 100_000);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    println!("{}", kb / 1024.0);
+}
