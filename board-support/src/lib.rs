@@ -1,6 +1,10 @@
 //! board-support: the microcontroller side of deepcluster-edge.
 //!
-//! Only the skeleton exists so far (issue 6 adds the postcard wire protocol and the
-//! embedded-hal drivers). It is `no_std` and needs no allocator, and the test command
-//! checks that it builds for `thumbv7em-none-eabihf`.
+//! - [`wire`]: the link protocol between the Linux board and the MCU (postcard messages, a
+//!   version byte and sequence number, CRC-32, COBS framing), with a streaming decoder that
+//!   recovers after garbage. The byte layout is written down in `WIRE.md`.
+//!
+//! `no_std`, no allocator; `cargo check --target thumbv7em-none-eabihf` is part of the tests.
 #![cfg_attr(not(test), no_std)]
+
+pub mod wire;
