@@ -199,11 +199,6 @@ fn rss_child() {
         bank.insert(&e, meta, (i % 100) as u32).unwrap();
     }
     assert_eq!(bank.len(), 100_000);
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    println!("{}", kb / 1024.0);
+    let mb = edge_runtime::memory::proc_status_mb("VmHWM").expect("Linux /proc");
+    println!("{mb}");
 }

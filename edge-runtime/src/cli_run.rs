@@ -235,11 +235,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             bail!("--report needs labelled frames (Fashion-MNIST or class sub-folders)");
         }
         let dim = pipe.online().dim();
-        let k = bundle
-            .manifest
-            .centroids
-            .as_ref()
-            .map_or(10, |c| c.k as usize);
+        let k = bundle.manifest.centroid_count_or(10);
         let batch = KMeansParams::new(k)
             .seed(0)
             .n_redo(3)

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod bank;
 pub mod bundle;
 mod error;
+pub mod memory;
 pub mod npy;
 pub mod pipeline;
 pub mod preprocess;

@@ -6,13 +6,7 @@ use models::cluster::{OnlineKMeans, OnlineKMeansParams};
 use models::rng::Rng;
 
 fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb / 1024.0
+    edge_runtime::memory::proc_status_mb("VmRSS").expect("Linux /proc")
 }
 
 #[test]

@@ -213,6 +213,11 @@ impl EncoderManifest {
             .ok_or(ManifestError::NoModel(precision))
     }
 
+    /// k of the stored centroids, or `default` when there are none.
+    pub fn centroid_count_or(&self, default: usize) -> usize {
+        self.centroids.as_ref().map_or(default, |c| c.k as usize)
+    }
+
     /// `[channels, height, width]` of one input image.
     pub fn input_chw(&self) -> [usize; 3] {
         [

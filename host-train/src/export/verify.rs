@@ -210,11 +210,7 @@ pub fn verify(
         }
     }
 
-    let kmeans_k = fp32
-        .manifest
-        .centroids
-        .as_ref()
-        .map_or(10, |c| c.k as usize);
+    let kmeans_k = fp32.manifest.centroid_count_or(10);
     // The same seed draws the same starting rows for both, so the two runs differ only by
     // what quantisation changed.
     let params = KMeansParams::new(kmeans_k)
