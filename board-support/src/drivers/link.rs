@@ -1,0 +1,80 @@
+//! The link transport over any embedded-io byte stream (a UART, USB-CDC, a pty in tests):
+//! numbered, framed messages out; decoded envelopes in.
+
+use embedded_io::{Read, Write};
+
+use crate::wire::{
+    encode, Envelope, FrameDecoder, Message, WireError, MAX_FRAME, PROTOCOL_VERSION,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LinkError<E> {
+    Io(E),
+    Wire(WireError),
+    /// The stream ended (read returned 0 bytes).
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Link<T> {
+    io: T,
+    decoder: FrameDecoder,
+    next_seq: u16,
+}
+
+impl<T: Read + Write> Link<T> {
+    pub fn new(io: T) -> Self {
+        Self {
+            io,
+            decoder: FrameDecoder::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// Sends `message` with the next sequence number, which it returns (for matching acks).
+    pub fn send(&mut self, message: Message) -> Result<u16, LinkError<T::Error>> {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.send_with_seq(seq, message)?;
+        Ok(seq)
+    }
+
+    /// Sends with a given sequence number (a retry keeps its number).
+    pub fn send_with_seq(&mut self, seq: u16, message: Message) -> Result<(), LinkError<T::Error>> {
+        let mut buf = [0u8; MAX_FRAME];
+        let envelope = Envelope {
+            version: PROTOCOL_VERSION,
+            seq,
+            message,
+        };
+        let frame = encode(&envelope, &mut buf).map_err(LinkError::Wire)?;
+        self.io.write_all(frame).map_err(LinkError::Io)?;
+        self.io.flush().map_err(LinkError::Io)
+    }
+
+    /// Reads until one frame completes. A damaged frame is returned as `Wire` error; the
+    /// decoder has already resynchronised, so the caller just reads again.
+    pub fn receive(&mut self) -> Result<Envelope, LinkError<T::Error>> {
+        let mut byte = [0u8; 1];
+        loop {
+            if self.io.read(&mut byte).map_err(LinkError::Io)? == 0 {
+                return Err(LinkError::Closed);
+            }
+            if let Some(r) = self.decoder.push(byte[0]) {
+                return r.map_err(LinkError::Wire);
+            }
+        }
+    }
+
+    /// Starts over after the peer (or this side) reset: sequence numbers from 0, no partial
+    /// frame.
+    pub fn reset(&mut self) {
+        self.next_seq = 0;
+        self.decoder.reset();
+    }
+
+    pub fn release(self) -> T {
+        self.io
+    }
+}
