@@ -21,6 +21,8 @@ pub enum EdgeError {
     Model { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Images { path: PathBuf, message: String },
+    #[error("clustering: {0}")]
+    Clustering(String),
     #[error("{path}: memory bank: {message}")]
     Bank { path: PathBuf, message: String },
     #[error("{backend}: {message}")]

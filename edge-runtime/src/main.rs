@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use edge_runtime::backend::{PrepareOptions, Runtime, TractRuntime};
+use edge_runtime::backend::{embed_images, PrepareOptions, Runtime, TractRuntime};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::npy::npy_f32;
 use edge_runtime::preprocess::Preprocessor;
@@ -95,12 +95,7 @@ fn embed(args: &EmbedArgs) -> Result<()> {
     };
     let run = TractRuntime.prepare(&bundle, &options)?;
     let dim = run.embed_dim();
-    let mut out = Vec::with_capacity(set.len() * dim);
-    for start in (0..set.len()).step_by(run.batch()) {
-        let end = (start + run.batch()).min(set.len());
-        let x = pre.tensor(&set, start..end)?;
-        out.extend(run.run(&x, end - start)?);
-    }
+    let mut out = embed_images(run.as_ref(), &pre, &set)?;
     if bundle.manifest.embedding.l2_normalize && !args.raw {
         models::linalg::l2_normalize_rows(&mut out, dim);
     }

@@ -96,10 +96,6 @@ impl Pipeline {
     ) -> Result<Self, EdgeError> {
         let run = runtime.prepare(model, options)?;
         let dim = run.embed_dim();
-        let online_err = |e: models::cluster::OnlineKMeansError| EdgeError::Bank {
-            path: model.path.clone(),
-            message: e.to_string(),
-        };
         let online = if !bank.is_empty() {
             OnlineKMeans::from_clusters(
                 dim,
@@ -112,7 +108,7 @@ impl Pipeline {
         } else {
             OnlineKMeans::new(dim, config.online.clone())
         }
-        .map_err(online_err)?;
+        .map_err(clustering)?;
         Ok(Self {
             run,
             pre: Preprocessor::new(model.manifest.preprocess.clone()),
@@ -164,11 +160,7 @@ impl Pipeline {
                 l2_normalize_rows(&mut emb, dim);
             }
             for (f, e) in chunk.iter().zip(emb.chunks(dim)) {
-                let a = self.online.update(e).map_err(|err| EdgeError::InputShape {
-                    what: err.to_string(),
-                    expected: dim,
-                    actual: e.len(),
-                })?;
+                let a = self.online.update(e).map_err(clustering)?;
                 self.bank.insert(e, f.meta.clone(), a.cluster_id)?;
                 let change = a.change.map(|c| match c {
                     models::cluster::ClusterChange::Opened(id) => format!("opened {id}"),
@@ -215,10 +207,6 @@ impl Pipeline {
                 seconds: 0.0,
             });
         }
-        let kerr = |e: String| EdgeError::Bank {
-            path: "re-clustering".into(),
-            message: e,
-        };
         // Lloyd iterations on at most 256 entries per centroid (faiss's rule), decoded from
         // the bank's own format, warm-started from the online centroids: a refinement of the
         // current clustering, not a new one from random rows.
@@ -231,27 +219,27 @@ impl Pipeline {
             .iter()
             .flat_map(|c| c.centroid.iter().copied())
             .collect();
-        let points = MatRef::new(&data, dim).map_err(|e| kerr(e.to_string()))?;
+        let points = MatRef::new(&data, dim).map_err(clustering)?;
         let params = KMeansParams::new(k)
             .seed(self.config.seed)
             .max_points_per_centroid(None)
             .check()
-            .map_err(|e| kerr(e.to_string()))?;
+            .map_err(clustering)?;
         let (model, _, _) = params
             .train(
                 &CpuGemmAssign::default(),
                 points,
-                Some(MatRef::new(&init, dim).map_err(|e| kerr(e.to_string()))?),
+                Some(MatRef::new(&init, dim).map_err(clustering)?),
             )
-            .map_err(|e| kerr(e.to_string()))?;
+            .map_err(clustering)?;
         // Every entry's new cluster, a chunk at a time so memory stays bounded.
         let mut labels = Vec::with_capacity(n);
         let all: Vec<usize> = (0..n).collect();
         for chunk in all.chunks(8192) {
             let rows = self.bank.decode(chunk);
             let (l, _) = model
-                .predict(MatRef::new(&rows, dim).map_err(|e| kerr(e.to_string()))?)
-                .map_err(|e| kerr(e.to_string()))?;
+                .predict(MatRef::new(&rows, dim).map_err(clustering)?)
+                .map_err(clustering)?;
             labels.extend(l);
         }
         let seqs: Vec<u64> = self.bank.entries().iter().map(|e| e.seq).collect();
@@ -260,7 +248,7 @@ impl Pipeline {
         let ids = self
             .online
             .recluster(model.centroids().as_slice(), &counts)
-            .map_err(|e| kerr(e.to_string()))?;
+            .map_err(clustering)?;
         let mut changes = Vec::new();
         for (&seq, &l) in seqs.iter().zip(&labels) {
             let id = ids[l as usize];
@@ -280,12 +268,7 @@ impl Pipeline {
     }
 
     pub fn set_novelty_threshold(&mut self, t: f32) -> Result<(), EdgeError> {
-        self.online
-            .set_novelty_threshold(t)
-            .map_err(|e| EdgeError::Bank {
-                path: "novelty threshold".into(),
-                message: e.to_string(),
-            })
+        self.online.set_novelty_threshold(t).map_err(clustering)
     }
 
     /// Forgets the clusters (ids keep counting up); the bank's entries stay.
@@ -297,6 +280,10 @@ impl Pipeline {
     pub fn snapshot(&mut self) -> Result<(), EdgeError> {
         self.bank.snapshot().map(|_| ())
     }
+}
+
+fn clustering(e: impl std::fmt::Display) -> EdgeError {
+    EdgeError::Clustering(e.to_string())
 }
 
 /// The bank's clusters: mean embedding per cluster id.

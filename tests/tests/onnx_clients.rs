@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edge_runtime::backend::{PrepareOptions, Runtime, TractRuntime};
+use edge_runtime::backend::{embed_images, PrepareOptions, Runtime, TractRuntime};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::npy::npy_f32;
 use edge_runtime::preprocess::Preprocessor;
@@ -46,14 +46,7 @@ fn onnx_checker_and_onnxruntime_agree_with_tract() {
             threads: 1,
         };
         let run = TractRuntime.prepare(&bundle, &options).unwrap();
-        let mut emb = Vec::new();
-        for start in (0..set.len()).step_by(64) {
-            let end = (start + 64).min(set.len());
-            emb.extend(
-                run.run(&pre.tensor(&set, start..end).unwrap(), end - start)
-                    .unwrap(),
-            );
-        }
+        let emb = embed_images(run.as_ref(), &pre, &set).unwrap();
         let path = out.path().join(format!("{precision:?}.npy"));
         std::fs::write(&path, npy_f32(&emb, set.len(), run.embed_dim())).unwrap();
         npys.push(path);

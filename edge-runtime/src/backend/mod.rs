@@ -8,7 +8,10 @@ mod tract;
 #[cfg(feature = "tract")]
 pub use self::tract::TractRuntime;
 
+use models::data::ImageSet;
+
 use crate::bundle::ModelBundle;
+use crate::preprocess::Preprocessor;
 use crate::EdgeError;
 
 /// How to prepare a model.
@@ -46,4 +49,19 @@ pub trait Runnable: Send {
     /// `images` holds `n <= batch()` preprocessed images (NCHW f32); returns `n` embeddings,
     /// row-major, exactly as the graph computes them (not normalised).
     fn run(&self, images: &[f32], n: usize) -> Result<Vec<f32>, EdgeError>;
+}
+
+/// Every image of `set`, preprocessed by `pre` and run in batches of `run.batch()`: raw
+/// embeddings, row-major.
+pub fn embed_images(
+    run: &dyn Runnable,
+    pre: &Preprocessor,
+    set: &ImageSet,
+) -> Result<Vec<f32>, EdgeError> {
+    let mut out = Vec::with_capacity(set.len() * run.embed_dim());
+    for start in (0..set.len()).step_by(run.batch()) {
+        let end = (start + run.batch()).min(set.len());
+        out.extend(run.run(&pre.tensor(set, start..end)?, end - start)?);
+    }
+    Ok(out)
 }

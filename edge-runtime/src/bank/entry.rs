@@ -46,14 +46,6 @@ impl StoredEmbedding {
         }
     }
 
-    pub fn dim(&self) -> usize {
-        match self {
-            Self::F32(v) => v.len(),
-            Self::F16(v) => v.len(),
-            Self::I8 { codes, .. } => codes.len(),
-        }
-    }
-
     /// Bytes of the values themselves.
     pub fn payload_bytes(&self) -> usize {
         match self {

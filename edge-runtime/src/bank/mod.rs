@@ -347,17 +347,6 @@ impl MemoryBank {
             .collect()
     }
 
-    /// Every stored embedding as f32 rows, with their seqs.
-    pub fn embeddings(&self) -> (Vec<f32>, Vec<u64>) {
-        let mut data = Vec::new();
-        let mut seqs = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
-            data.extend(e.embedding.to_f32());
-            seqs.push(e.seq);
-        }
-        (data, seqs)
-    }
-
     /// Forces written records to stable storage.
     pub fn flush(&mut self) -> Result<(), EdgeError> {
         let path = segment_path(&self.dir, self.segment);
