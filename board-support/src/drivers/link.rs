@@ -4,7 +4,7 @@
 use embedded_io::{Read, Write};
 
 use crate::wire::{
-    encode, Envelope, FrameDecoder, Message, WireError, MAX_FRAME, PROTOCOL_VERSION,
+    write_frame, Envelope, FrameDecoder, FrameWriteError, Message, WireError, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +42,15 @@ impl<T: Read + Write> Link<T> {
 
     /// Sends with a given sequence number (a retry keeps its number).
     pub fn send_with_seq(&mut self, seq: u16, message: Message) -> Result<(), LinkError<T::Error>> {
-        let mut buf = [0u8; MAX_FRAME];
         let envelope = Envelope {
             version: PROTOCOL_VERSION,
             seq,
             message,
         };
-        let frame = encode(&envelope, &mut buf).map_err(LinkError::Wire)?;
-        self.io.write_all(frame).map_err(LinkError::Io)?;
-        self.io.flush().map_err(LinkError::Io)
+        write_frame(&mut self.io, &envelope).map_err(|e| match e {
+            FrameWriteError::Io(e) => LinkError::Io(e),
+            FrameWriteError::Wire(e) => LinkError::Wire(e),
+        })
     }
 
     /// Reads until one frame completes. A damaged frame is returned as `Wire` error; the

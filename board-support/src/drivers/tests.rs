@@ -4,6 +4,7 @@ use embedded_hal_mock::eh1::delay::{CheckedDelay, NoopDelay, Transaction as Dela
 use embedded_hal_mock::eh1::digital::{Mock as PinMock, State, Transaction as Pin};
 
 use super::*;
+use crate::test_pipe::Pipe;
 use crate::wire::{Message, WireError};
 
 #[test]
@@ -53,37 +54,6 @@ fn frame_sync_reports_each_rising_edge_once() {
     let edges: std::vec::Vec<bool> = (0..4).map(|_| sync.poll().unwrap()).collect();
     assert_eq!(edges, [true, false, false, true]);
     sync.release().done();
-}
-
-/// A byte pipe: what is written can be read back.
-#[derive(Default)]
-struct Pipe {
-    data: std::collections::VecDeque<u8>,
-}
-
-impl embedded_io::ErrorType for Pipe {
-    type Error = core::convert::Infallible;
-}
-
-impl embedded_io::Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        let n = buf.len().min(self.data.len());
-        for b in buf.iter_mut().take(n) {
-            *b = self.data.pop_front().unwrap();
-        }
-        Ok(n)
-    }
-}
-
-impl embedded_io::Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        self.data.extend(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
 }
 
 #[test]

@@ -7,8 +7,7 @@ use super::WireError;
 
 #[derive(Debug)]
 pub struct FrameDecoder {
-    buf: [u8; MAX_FRAME],
-    len: usize,
+    buf: heapless::Vec<u8, MAX_FRAME>,
     /// Skipping an over-long frame until its delimiter.
     overflowed: bool,
 }
@@ -22,41 +21,37 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     pub const fn new() -> Self {
         Self {
-            buf: [0; MAX_FRAME],
-            len: 0,
+            buf: heapless::Vec::new(),
             overflowed: false,
         }
     }
 
     /// Drops any partial frame (after a link reset).
     pub fn reset(&mut self) {
-        self.len = 0;
+        self.buf.clear();
         self.overflowed = false;
     }
 
     /// Takes one byte; returns a result when it completed a frame.
     pub fn push(&mut self, byte: u8) -> Option<Result<Envelope, WireError>> {
         if byte != 0 {
-            if self.len == self.buf.len() {
+            if !self.overflowed && self.buf.push(byte).is_err() {
                 self.overflowed = true;
-                self.len = 0;
-            }
-            if !self.overflowed {
-                self.buf[self.len] = byte;
-                self.len += 1;
+                self.buf.clear();
             }
             return None;
         }
-        let (len, overflowed) = (self.len, self.overflowed);
-        self.reset();
-        if overflowed {
+        if self.overflowed {
+            self.reset();
             return Some(Err(WireError::TooLong));
         }
-        if len == 0 {
+        if self.buf.is_empty() {
             // Back-to-back delimiters: a sender may start with one to flush the line.
             return None;
         }
-        Some(decode(&mut self.buf[..len]))
+        let result = decode(&mut self.buf);
+        self.reset();
+        Some(result)
     }
 
     /// Feeds `bytes`, calling `on_frame` for every completed frame.

@@ -58,3 +58,22 @@ pub fn decode(cobs_bytes: &mut [u8]) -> Result<Envelope, WireError> {
     }
     Ok(env)
 }
+
+/// Encodes one envelope and writes the whole frame to `io` (every sender goes through here).
+pub fn write_frame<W: embedded_io::Write>(
+    io: &mut W,
+    envelope: &Envelope,
+) -> Result<(), FrameWriteError<W::Error>> {
+    let mut buf = [0u8; MAX_FRAME];
+    let frame = encode(envelope, &mut buf).map_err(FrameWriteError::Wire)?;
+    io.write_all(frame).map_err(FrameWriteError::Io)?;
+    io.flush().map_err(FrameWriteError::Io)
+}
+
+/// Why [`write_frame`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FrameWriteError<E> {
+    Io(E),
+    Wire(WireError),
+}

@@ -39,18 +39,20 @@ pub enum NackCode {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Message {
-    /// Opens (or re-opens, after a reset) a session: the sender's range of versions.
+    /// Opens (or re-opens, after a reset) a session: the sender's range of versions. Answered
+    /// by `Welcome` (or `Nack { UnsupportedVersion }`).
     Hello {
         role: Role,
         min_version: u8,
         max_version: u8,
     },
-    /// MCU -> board is a request; board -> MCU asks the MCU to fire the camera.
+    /// Board -> MCU: fire the camera now (the board's own capture schedule).
     CaptureTrigger {
         frame_id: u32,
         exposure_us: u32,
     },
-    /// The camera delivered frame `frame_id`.
+    /// MCU -> board: the camera finished exposing frame `frame_id` (its frame-sync edge); the
+    /// board reads it and answers, in the end, with a `ClusterEvent`.
     FrameReady {
         frame_id: u32,
     },
@@ -76,6 +78,12 @@ pub enum Message {
         seq: u16,
         code: NackCode,
     },
+    /// The answer to a `Hello`: the version both sides speak from now on. A separate message
+    /// (not a `Hello` back) so that two sides greeting at once cannot answer each other forever.
+    Welcome {
+        role: Role,
+        version: u8,
+    },
 }
 
 impl Message {
@@ -83,7 +91,10 @@ impl Message {
     pub fn needs_ack(&self) -> bool {
         matches!(
             self,
-            Message::ClusterEvent { .. } | Message::Command(_) | Message::CaptureTrigger { .. }
+            Message::ClusterEvent { .. }
+                | Message::Command(_)
+                | Message::CaptureTrigger { .. }
+                | Message::FrameReady { .. }
         )
     }
 }

@@ -5,7 +5,7 @@ mod frame;
 mod message;
 
 pub use decoder::FrameDecoder;
-pub use frame::{decode, encode, Envelope, MAX_BODY, MAX_FRAME};
+pub use frame::{decode, encode, write_frame, Envelope, FrameWriteError, MAX_BODY, MAX_FRAME};
 pub use message::{Command, Message, NackCode, Role, PROTOCOL_VERSION};
 
 /// Why a frame was not accepted.
