@@ -18,6 +18,10 @@ use crate::wire::{Command, Message, NackCode, Role, WireError};
 pub struct CompanionConfig {
     /// A `Status` message this often while connected.
     pub status_every_ms: u32,
+    /// The first frame id of this boot. Firmware with a reset counter (a backup register)
+    /// can start each boot in its own range, so that events resent after a reset for frames
+    /// of the previous boot cannot be mistaken for new ones.
+    pub first_frame_id: u32,
     pub session: SessionConfig,
 }
 
@@ -25,6 +29,7 @@ impl Default for CompanionConfig {
     fn default() -> Self {
         Self {
             status_every_ms: 1000,
+            first_frame_id: 0,
             session: SessionConfig::default(),
         }
     }
@@ -139,7 +144,7 @@ where
             config,
             boot_ms: now_ms,
             last_status_ms: now_ms,
-            next_frame_id: 0,
+            next_frame_id: config.first_frame_id,
             exposing: Deque::new(),
             exposed: Deque::new(),
             temperature_centi_c: 0,

@@ -4,15 +4,17 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use edge_runtime::backend::{PrepareOptions, TractRuntime};
 use edge_runtime::bank::{BankConfig, CaptureMeta, EmbeddingFormat, Eviction, MemoryBank};
 use edge_runtime::bundle::ModelBundle;
+use edge_runtime::link::{self, BoardLink, LinkConfig, LinkEvent, ServeOptions};
 use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
 use edge_runtime::preprocess::Preprocessor;
+use edge_runtime::EdgeError;
 use models::cluster::{KMeansParams, OnlineKMeansParams};
 use models::data::{read_image, ImageFolderOptions, ImageSet};
 use models::metrics::{clustering_accuracy, normalized_mutual_info};
@@ -60,6 +62,21 @@ pub struct RunArgs {
     /// fsync every bank write (survives power loss, not only a killed process).
     #[arg(long)]
     fsync: bool,
+    /// The MCU companion's serial device (e.g. /dev/ttyACM0): a ClusterEvent goes to it for
+    /// every frame; its commands (snapshot, reset clusters, novelty threshold) come back.
+    #[arg(long)]
+    link: Option<String>,
+    #[arg(long, default_value_t = 115_200)]
+    link_baud: u32,
+    /// Frames are paced by the MCU: each FrameReady takes the next input image.
+    #[arg(long, requires = "link")]
+    link_frames: bool,
+    /// With --link-frames: ask the MCU for a frame every N ms (else it keeps its own schedule).
+    #[arg(long, requires = "link_frames")]
+    trigger_every_ms: Option<u64>,
+    /// With --link-frames: stop when the MCU has said nothing for N seconds.
+    #[arg(long, requires = "link_frames")]
+    link_idle_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -145,18 +162,57 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let (mut embeddings, mut assigned, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     let t0 = Instant::now();
     let mut frames_done = 0usize;
+    let link = match &args.link {
+        Some(port) => Some(BoardLink::open(
+            port,
+            LinkConfig {
+                baud: args.link_baud,
+                ..Default::default()
+            },
+        )?),
+        None => None,
+    };
     let emit = |events: Vec<Event>, out: &mut dyn Write, assigned: &mut Vec<u32>| -> Result<()> {
         for e in events {
             if let Event::Frame { cluster_id, .. } = &e {
                 assigned.push(*cluster_id);
+            }
+            if let Some(m) = link.as_ref().and_then(|_| link::cluster_event(&e)) {
+                link.as_ref().map_or(Ok(()), |l| l.send(m))?;
             }
             writeln!(out, "{}", serde_json::to_string(&e)?)?;
         }
         out.flush()?;
         Ok(())
     };
-    match &source {
-        Source::Set(set, name) => {
+    match (&source, &link) {
+        (source, Some(l)) if args.link_frames => {
+            let options = ServeOptions {
+                trigger_every: args.trigger_every_ms.map(Duration::from_millis),
+                exposure_us: 5000,
+                limit: args.limit,
+                idle_timeout: args.link_idle_s.map(Duration::from_secs_f64),
+            };
+            let mut frames = FrameReader::new(source);
+            let mut write_event = |v: &serde_json::Value| -> Result<(), EdgeError> {
+                writeln!(out, "{v}")
+                    .and_then(|_| out.flush())
+                    .map_err(|e| EdgeError::Io {
+                        path: args.events.clone().unwrap_or_else(|| "stdout".into()),
+                        source: e,
+                    })
+            };
+            let summary = link::serve(
+                &mut pipe,
+                l,
+                &mut |frame_id| frames.next(frame_id),
+                &options,
+                &stop,
+                &mut write_event,
+            )?;
+            frames_done = summary.frames;
+        }
+        (Source::Set(set, name), _) => {
             let n = args.limit.unwrap_or(usize::MAX).min(set.len());
             for start in (0..n).step_by(pipe.batch()) {
                 if stop.load(Ordering::Relaxed) {
@@ -179,13 +235,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     .collect();
                 let events = pipe.process(&frames, want_report.then_some(&mut embeddings))?;
                 emit(events, &mut out, &mut assigned)?;
+                take_commands(link.as_ref(), &mut pipe, &mut out)?;
                 if let Some(l) = &set.labels {
                     labels.extend_from_slice(&l[start..end]);
                 }
                 frames_done = end;
             }
         }
-        Source::Stdin(opts) => {
+        (Source::Stdin(opts), _) => {
             let stdin = std::io::stdin();
             for (i, line) in stdin.lock().lines().enumerate() {
                 if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| i >= n) {
@@ -212,12 +269,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 };
                 let events = pipe.process(&[frame], None)?;
                 emit(events, &mut out, &mut assigned)?;
+                take_commands(link.as_ref(), &mut pipe, &mut out)?;
                 frames_done += 1;
             }
         }
     }
     // Graceful end (input done, SIGINT or SIGTERM): everything stored is on disk.
     pipe.snapshot()?;
+    if let Some(l) = link {
+        let port = l.port().to_string();
+        let (stats, unacked) = l.close(Duration::from_secs(2));
+        eprintln!(
+            "link {port}: {} handshakes, {} acknowledged, {unacked} unacknowledged, {} resent, {} damaged frames",
+            stats.handshakes, stats.delivered, stats.retransmits, stats.damaged
+        );
+    }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "{frames_done} frames in {secs:.1} s ({:.0} frames/s), {} clusters, bank {} entries{}",
@@ -262,6 +328,88 @@ pub fn run(args: &RunArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// Carries out the commands the MCU sent since the last batch.
+fn take_commands(link: Option<&BoardLink>, pipe: &mut Pipeline, out: &mut dyn Write) -> Result<()> {
+    let Some(link) = link else { return Ok(()) };
+    while let Some(event) = link.try_recv() {
+        if let LinkEvent::Command(c) = event {
+            link::apply_command(pipe, c)?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "event": "command", "command": format!("{c:?}") })
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One frame at a time from a source, for frames paced by the MCU.
+struct FrameReader<'a> {
+    source: &'a Source,
+    next: usize,
+    stdin: Option<std::io::Lines<std::io::StdinLock<'static>>>,
+}
+
+impl<'a> FrameReader<'a> {
+    fn new(source: &'a Source) -> Self {
+        Self {
+            source,
+            next: 0,
+            stdin: matches!(source, Source::Stdin(_)).then(|| std::io::stdin().lock().lines()),
+        }
+    }
+
+    /// The next capture, labelled with the MCU's frame id; `None` when the input is done.
+    fn next(&mut self, frame_id: u32) -> Option<Result<Frame, EdgeError>> {
+        let meta = |source: String| CaptureMeta {
+            timestamp_ms: now_ms(),
+            source,
+            frame_id: u64::from(frame_id),
+            thumbnail: None,
+        };
+        match (self.source, &mut self.stdin) {
+            (Source::Set(set, name), _) => {
+                let i = self.next;
+                self.next += 1;
+                (i < set.len()).then(|| {
+                    Ok(Frame {
+                        meta: meta(
+                            set.paths
+                                .get(i)
+                                .map_or_else(|| name.clone(), |p| p.display().to_string()),
+                        ),
+                        pixels: set.image(i).to_vec(),
+                    })
+                })
+            }
+            (Source::Stdin(opts), Some(lines)) => loop {
+                let line = match lines.next()? {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return Some(Err(EdgeError::Io {
+                            path: "stdin".into(),
+                            source: e,
+                        }))
+                    }
+                };
+                let path = Path::new(line.trim());
+                match read_image(path, opts) {
+                    Ok(pixels) => {
+                        return Some(Ok(Frame {
+                            meta: meta(path.display().to_string()),
+                            pixels,
+                        }))
+                    }
+                    // A bad frame is reported and skipped; the stream goes on.
+                    Err(e) => eprintln!("skipped frame {frame_id}: {e}"),
+                }
+            },
+            (Source::Stdin(_), None) => None,
+        }
+    }
 }
 
 fn now_ms() -> u64 {

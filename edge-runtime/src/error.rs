@@ -30,6 +30,8 @@ pub enum EdgeError {
         backend: &'static str,
         message: String,
     },
+    #[error("{port}: MCU link: {message}")]
+    Link { port: String, message: String },
     #[error("input has {actual} values, expected {expected} ({what})")]
     InputShape {
         what: String,

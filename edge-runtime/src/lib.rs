@@ -3,6 +3,7 @@
 //! - [`bundle`]: an exported model directory (manifest + ONNX files), checked on load.
 //! - [`bank`]: the bounded, crash-safe on-device memory bank.
 //! - [`backend`]: inference backends behind one small `Runtime -> Runnable` trait.
+//! - [`link`]: the serial link to the microcontroller companion (board-support's protocol).
 //! - [`pipeline`]: frames -> embeddings -> online clusters -> bank and events.
 //! - [`preprocess`]: manifest-driven preprocessing shared by every backend.
 
@@ -10,6 +11,7 @@ pub mod backend;
 pub mod bank;
 pub mod bundle;
 mod error;
+pub mod link;
 pub mod memory;
 pub mod npy;
 pub mod pipeline;

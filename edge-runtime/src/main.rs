@@ -74,6 +74,7 @@ struct EmbedArgs {
 }
 
 fn main() -> Result<()> {
+    StderrLog::install();
     match Cli::parse().command {
         Command::Run(args) => cli_run::run(&args),
         Command::Embed(args) => embed(&args),
@@ -109,4 +110,34 @@ fn embed(args: &EmbedArgs) -> Result<()> {
         precision
     );
     Ok(())
+}
+
+/// `log` records to stderr, at the level `RUST_LOG` names (error, warn, info, debug, trace;
+/// warn by default): the link's and board-support's logs.
+struct StderrLog;
+
+impl StderrLog {
+    fn install() {
+        let level = std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(log::LevelFilter::Warn);
+        if log::set_logger(&StderrLog).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("[{} {}] {}", record.level(), record.target(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
 }

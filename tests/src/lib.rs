@@ -1,4 +1,7 @@
-//! Helpers shared by the integration tests in `tests/tests/`.
+//! Helpers shared by the integration tests in `tests/tests/`: the Fashion-MNIST location and
+//! the simulated MCU of the hardware-in-the-loop tests ([`sim`]).
+
+pub mod sim;
 
 use std::path::PathBuf;
 
