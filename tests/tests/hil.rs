@@ -75,7 +75,15 @@ fn simulate(script: McuScript) -> (McuLog, ServeSummary, usize, f32) {
     .unwrap();
     let log = mcu.join().expect("the simulated MCU panicked");
     let threshold = pipe.online().params().novelty_threshold;
-    let (_, unacked) = link.close(Duration::from_secs(2));
+    let (board_stats, unacked) = link.close(Duration::from_secs(2));
+    eprintln!(
+        "MCU: {} frames fired, {} events, {} damaged bytes on the line, sessions {:?}\n\
+         board: {summary:?}, {board_stats:?}, {unacked} unacknowledged",
+        log.fired.len(),
+        log.events.len(),
+        log.damaged_bytes,
+        log.stats
+    );
     (log, summary, unacked, threshold)
 }
 
