@@ -36,9 +36,38 @@ fn main() {
     for precision in [Precision::Fp32, Precision::Int8] {
         for batch in [1, 16] {
             for threads in [1, 2] {
-                rows.push(tract_row(&model, precision, batch, threads));
+                rows.push(backend_row(
+                    &TractRuntime,
+                    "tract",
+                    &model,
+                    precision,
+                    batch,
+                    threads,
+                ));
             }
         }
+    }
+    // The same loop through the Rust `ort` backend (feature `ort`, ORT_DYLIB_PATH): onnxruntime
+    // without Python in between.
+    #[cfg(feature = "ort")]
+    match edge_runtime::backend::OrtRuntime::from_env() {
+        Ok(ort) => {
+            for precision in [Precision::Fp32, Precision::Int8] {
+                for batch in [1, 16] {
+                    for threads in [1, 2] {
+                        rows.push(backend_row(
+                            &ort,
+                            "ort (Rust)",
+                            &model,
+                            precision,
+                            batch,
+                            threads,
+                        ));
+                    }
+                }
+            }
+        }
+        Err(e) => println!("(no Rust ort rows: {e})"),
     }
     if let Some(python) = std::env::var_os("PYTHON") {
         let out = Command::new(python)
@@ -109,7 +138,14 @@ fn print_row(r: &Value) {
 }
 
 /// Latency of one run (a batch), over at least 2 s or 200 runs after a warm-up.
-fn tract_row(model: &Path, precision: Precision, batch: usize, threads: usize) -> Value {
+fn backend_row(
+    runtime: &dyn Runtime,
+    label: &str,
+    model: &Path,
+    precision: Precision,
+    batch: usize,
+    threads: usize,
+) -> Value {
     let bundle = ModelBundle::load(model, precision).unwrap();
     let pre = Preprocessor::new(bundle.manifest.preprocess.clone());
     let set = pre
@@ -117,7 +153,7 @@ fn tract_row(model: &Path, precision: Precision, batch: usize, threads: usize) -
         .unwrap()
         .take(1024);
     let options = PrepareOptions { batch, threads };
-    let run = TractRuntime.prepare(&bundle, &options).unwrap();
+    let run = runtime.prepare(&bundle, &options).unwrap();
     let inputs: Vec<Vec<f32>> = (0..set.len() / batch)
         .map(|i| pre.tensor(&set, i * batch..(i + 1) * batch).unwrap())
         .collect();
@@ -138,7 +174,7 @@ fn tract_row(model: &Path, precision: Precision, batch: usize, threads: usize) -
     let total: f64 = times.iter().sum();
     times.sort_by(f64::total_cmp);
     let row = json!({
-        "backend": "tract",
+        "backend": label,
         "precision": format!("{precision:?}").to_lowercase(),
         "batch": batch,
         "threads": threads,

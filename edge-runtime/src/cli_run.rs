@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use edge_runtime::backend::{PrepareOptions, TractRuntime};
+use edge_runtime::backend::PrepareOptions;
 use edge_runtime::bank::{BankConfig, CaptureMeta, EmbeddingFormat, Eviction, MemoryBank};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::link::{self, BoardLink, LinkConfig, LinkEvent, ServeOptions};
@@ -20,7 +20,7 @@ use models::data::{read_image, ImageFolderOptions, ImageSet};
 use models::metrics::{clustering_accuracy, normalized_mutual_info};
 use models::MatRef;
 
-use crate::PrecisionArg;
+use crate::{BackendArg, PrecisionArg};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -28,6 +28,8 @@ pub struct RunArgs {
     model: PathBuf,
     #[arg(long, value_enum, default_value = "int8")]
     precision: PrecisionArg,
+    #[arg(long, value_enum, default_value = "tract")]
+    backend: BackendArg,
     /// A folder of images, `-` (image paths on stdin, one per line), or `fashion-mnist`
     /// (its test split as a camera stream).
     #[arg(long)]
@@ -139,7 +141,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         batch: args.batch,
         threads: 1,
     };
-    let mut pipe = Pipeline::new(&bundle, &TractRuntime, &options, bank, cfg)?;
+    let runtime = args.backend.runtime()?;
+    let mut pipe = Pipeline::new(&bundle, runtime.as_ref(), &options, bank, cfg)?;
     let source = if args.input == "-" {
         let s = pre.spec();
         Source::Stdin(ImageFolderOptions {

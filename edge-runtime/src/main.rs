@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+#[cfg(feature = "ort")]
+use edge_runtime::backend::OrtRuntime;
 use edge_runtime::backend::{embed_images, PrepareOptions, Runtime, TractRuntime};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::npy::npy_f32;
@@ -51,6 +53,26 @@ impl From<PrecisionArg> for Precision {
     }
 }
 
+/// Which inference backend runs the model.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    /// Pure Rust (default).
+    Tract,
+    /// onnxruntime, loaded from `ORT_DYLIB_PATH` (built with `--features ort`).
+    #[cfg(feature = "ort")]
+    Ort,
+}
+
+impl BackendArg {
+    pub fn runtime(self) -> Result<Box<dyn Runtime>> {
+        Ok(match self {
+            BackendArg::Tract => Box::new(TractRuntime),
+            #[cfg(feature = "ort")]
+            BackendArg::Ort => Box::new(OrtRuntime::from_env()?),
+        })
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct EmbedArgs {
     /// An exported model directory (manifest.json + ONNX files).
@@ -58,6 +80,8 @@ struct EmbedArgs {
     model: PathBuf,
     #[arg(long, value_enum, default_value = "fp32")]
     precision: PrecisionArg,
+    #[arg(long, value_enum, default_value = "tract")]
+    backend: BackendArg,
     /// A folder of JPEG/PNG images, a folder of IDX files, or `fashion-mnist` (test split).
     #[arg(long)]
     input: String,
@@ -94,7 +118,7 @@ fn embed(args: &EmbedArgs) -> Result<()> {
         batch: args.batch,
         threads: 1,
     };
-    let run = TractRuntime.prepare(&bundle, &options)?;
+    let run = args.backend.runtime()?.prepare(&bundle, &options)?;
     let dim = run.embed_dim();
     let mut out = embed_images(run.as_ref(), &pre, &set)?;
     if bundle.manifest.embedding.l2_normalize && !args.raw {

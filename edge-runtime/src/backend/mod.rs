@@ -5,6 +5,11 @@
 #[cfg(feature = "tract")]
 mod tract;
 
+#[cfg(feature = "ort")]
+mod ort;
+
+#[cfg(feature = "ort")]
+pub use self::ort::OrtRuntime;
 #[cfg(feature = "tract")]
 pub use self::tract::TractRuntime;
 

@@ -1,0 +1,172 @@
+//! onnxruntime through the `ort` crate, loaded at run time: [`OrtRuntime::new`] (or
+//! `ORT_DYLIB_PATH`) points at a `libonnxruntime.so`, such as the one in the PyPI wheel
+//! (`site-packages/onnxruntime/capi/libonnxruntime.so.*`). Nothing is downloaded or linked at
+//! build time, so the default build stays pure Rust.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::{PrepareOptions, Runnable, Runtime};
+use crate::bundle::ModelBundle;
+use crate::EdgeError;
+
+const NAME: &str = "onnxruntime";
+
+fn inference_error(e: impl std::fmt::Display) -> EdgeError {
+    EdgeError::Inference {
+        backend: NAME,
+        message: e.to_string(),
+    }
+}
+
+/// onnxruntime allows one environment per process, and a library once loaded stays.
+static LOADED: OnceLock<OrtRuntime> = OnceLock::new();
+
+#[derive(Debug, Clone)]
+pub struct OrtRuntime {
+    env: Environment,
+    library: PathBuf,
+}
+
+impl OrtRuntime {
+    /// Loads onnxruntime from `library`; later calls with the same path share it, and a
+    /// different path is refused (one library per process).
+    pub fn new(library: &Path) -> Result<Self, EdgeError> {
+        if let Some(loaded) = LOADED.get() {
+            if loaded.library == library {
+                return Ok(loaded.clone());
+            }
+            return Err(EdgeError::Model {
+                path: library.to_path_buf(),
+                message: format!(
+                    "onnxruntime is already loaded from {}; one library per process",
+                    loaded.library.display()
+                ),
+            });
+        }
+        let env = ort::init_from(library)
+            .map_err(|e| EdgeError::Model {
+                path: library.to_path_buf(),
+                message: format!("cannot load onnxruntime: {e}"),
+            })?
+            .with_name("edge-runtime")
+            .build()
+            .map_err(inference_error)?;
+        let runtime = Self {
+            env,
+            library: library.to_path_buf(),
+        };
+        // Two threads racing here: the loser's environment is dropped, the winner's kept.
+        Ok(LOADED.get_or_init(|| runtime).clone())
+    }
+
+    /// The library named by `ORT_DYLIB_PATH`.
+    pub fn from_env() -> Result<Self, EdgeError> {
+        let path = std::env::var_os("ORT_DYLIB_PATH").ok_or_else(|| EdgeError::Inference {
+            backend: NAME,
+            message: "set ORT_DYLIB_PATH to a libonnxruntime.so (pip install onnxruntime ships \
+                      one in onnxruntime/capi/)"
+                .into(),
+        })?;
+        Self::new(Path::new(&path))
+    }
+
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+}
+
+impl Runtime for OrtRuntime {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn prepare(
+        &self,
+        model: &ModelBundle,
+        options: &PrepareOptions,
+    ) -> Result<Box<dyn Runnable>, EdgeError> {
+        let model_error = |e: String| EdgeError::Model {
+            path: model.path.clone(),
+            message: e,
+        };
+        let session = Session::builder(&self.env)
+            .map_err(|e| model_error(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| model_error(e.to_string()))?
+            .with_intra_threads(options.threads.max(1))
+            .map_err(|e| model_error(e.to_string()))?
+            .commit_from_memory(&model.bytes)
+            .map_err(|e| model_error(e.to_string()))?;
+        let (inputs, outputs) = (session.inputs(), session.outputs());
+        if inputs.len() != 1 || outputs.len() != 1 {
+            return Err(model_error(format!(
+                "expected one input and one output, found {} and {}",
+                inputs.len(),
+                outputs.len()
+            )));
+        }
+        let input = inputs[0].name().to_string();
+        Ok(Box::new(OrtRunnable {
+            session: Mutex::new(session),
+            input,
+            batch: options.batch.max(1),
+            chw: model.manifest.input_chw(),
+            dim: model.manifest.embedding.dim as usize,
+        }))
+    }
+}
+
+struct OrtRunnable {
+    /// `Session::run` takes `&mut self`; one run at a time, as with tract's plan.
+    session: Mutex<Session>,
+    input: String,
+    batch: usize,
+    chw: [usize; 3],
+    dim: usize,
+}
+
+impl Runnable for OrtRunnable {
+    fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn embed_dim(&self) -> usize {
+        self.dim
+    }
+
+    fn run(&self, images: &[f32], n: usize) -> Result<Vec<f32>, EdgeError> {
+        let [c, h, w] = self.chw;
+        let expected = n * c * h * w;
+        if n == 0 || n > self.batch || images.len() != expected {
+            return Err(EdgeError::InputShape {
+                what: format!("{n} images of {c}x{h}x{w} (batch {})", self.batch),
+                expected,
+                actual: images.len(),
+            });
+        }
+        // The exported graph's batch is symbolic: a short last batch needs no padding.
+        let tensor =
+            Tensor::from_array(([n, c, h, w], images.to_vec())).map_err(inference_error)?;
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let outputs = session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(inference_error)?;
+        let (_, values) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(inference_error)?;
+        if values.len() != n * self.dim {
+            return Err(EdgeError::InputShape {
+                what: "onnxruntime output".into(),
+                expected: n * self.dim,
+                actual: values.len(),
+            });
+        }
+        Ok(values.to_vec())
+    }
+}
