@@ -40,3 +40,9 @@ python_env() {
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" >&2
     echo "$PWD/$venv/bin/python"
 }
+
+# The libonnxruntime.so inside the onnxruntime wheel of the given venv python, for the `ort`
+# backend (which loads it at run time through ORT_DYLIB_PATH).
+ort_dylib() {
+    "$1" -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])'
+}
