@@ -11,7 +11,7 @@ use heapless::Deque;
 
 use crate::drivers::{CameraTrigger, FrameSync, Pattern, StatusLed};
 use crate::session::{Session, SessionConfig, SessionError, SessionEvent};
-use crate::wire::{Command, Message, NackCode, Role, WireError};
+use crate::wire::{Command, Message, Role, WireError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -39,41 +39,14 @@ impl Default for CompanionConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Activity {
-    Connected {
-        version: u8,
-        peer_restarted: bool,
-    },
-    /// The camera fired for `frame_id`.
-    Triggered {
-        frame_id: u32,
-    },
-    /// The board has the frame.
-    FrameReady {
-        frame_id: u32,
-    },
-    /// A cluster event, acknowledged and now on the LED.
-    ClusterEvent {
-        frame_id: u32,
-        cluster_id: u32,
-        distance: f32,
-        novel: bool,
-    },
-    /// The board acknowledged a message of ours.
-    Delivered {
-        seq: u16,
-        message: Message,
-    },
-    /// The board refused a message of ours.
-    Refused {
-        seq: u16,
-        message: Message,
-        code: NackCode,
-    },
-    Status {
-        uptime_ms: u32,
-        temperature_centi_c: i16,
-        bank_fill_permille: u16,
-    },
+    /// The camera fired for `frame_id`, because the board asked.
+    Triggered { frame_id: u32 },
+    /// The frame-sync edge came; `FrameReady` is on its way to the board.
+    FrameReady { frame_id: u32 },
+    /// Everything else the link did: the handshake, a message from the board (a
+    /// `ClusterEvent` is acknowledged and already on the LED), an ack or refusal of ours, a
+    /// damaged frame.
+    Session(SessionEvent),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,22 +139,12 @@ where
         let Some(event) = self.session.push(byte, now_ms, tx)? else {
             return Ok(None);
         };
-        Ok(match event {
-            SessionEvent::Connected {
-                version,
-                peer_restarted,
-                ..
-            } => Some(Activity::Connected {
-                version,
-                peer_restarted,
-            }),
-            SessionEvent::Received { message, .. } => self.on_message(message, now_ms)?,
-            SessionEvent::Delivered { seq, message } => Some(Activity::Delivered { seq, message }),
-            SessionEvent::Refused { seq, message, code } => {
-                Some(Activity::Refused { seq, message, code })
+        if let SessionEvent::Received { message, .. } = event {
+            if let Some(activity) = self.on_message(message, now_ms)? {
+                return Ok(Some(activity));
             }
-            SessionEvent::Damaged(_) => None,
-        })
+        }
+        Ok(Some(Activity::Session(event)))
     }
 
     /// The main-loop tick: LED pattern, resends, the frame-sync input, periodic status.
@@ -269,17 +232,15 @@ where
         (self.camera, self.led, self.sync)
     }
 
+    /// Acts on a message from the board; a camera fired at its request is reported as such.
     fn on_message(
         &mut self,
         message: Message,
         now_ms: u32,
     ) -> Result<Option<Activity>, CompanionError> {
-        Ok(match message {
+        match message {
             Message::ClusterEvent {
-                frame_id,
-                cluster_id,
-                distance,
-                novel,
+                cluster_id, novel, ..
             } => {
                 let pattern = if novel {
                     Pattern::Novelty
@@ -287,35 +248,20 @@ where
                     Pattern::Cluster(cluster_id)
                 };
                 self.led.play(pattern, now_ms).map_err(pin_error)?;
-                Some(Activity::ClusterEvent {
-                    frame_id,
-                    cluster_id,
-                    distance,
-                    novel,
-                })
             }
             // The board asks for a frame (its own schedule). Too many in flight: skip this one;
             // the board's ClusterEvent for it never comes and its schedule goes on.
             Message::CaptureTrigger { frame_id, .. } => match self.fire(frame_id) {
-                Ok(()) => Some(Activity::Triggered { frame_id }),
+                Ok(()) => return Ok(Some(Activity::Triggered { frame_id })),
                 Err(CompanionError::OutboxFull) => {
-                    warn!("board trigger {} skipped: frames in flight", frame_id);
-                    None
+                    warn!("board trigger {} skipped: frames in flight", frame_id)
                 }
                 Err(e) => return Err(e),
             },
-            Message::Status {
-                uptime_ms,
-                temperature_centi_c,
-                bank_fill_permille,
-            } => Some(Activity::Status {
-                uptime_ms,
-                temperature_centi_c,
-                bank_fill_permille,
-            }),
-            // Commands go to the board; handshake and acks are the session's.
-            _ => None,
-        })
+            // Status is only reported; commands go to the board.
+            _ => {}
+        }
+        Ok(None)
     }
 }
 

@@ -189,8 +189,8 @@ impl<const N: usize> Session<N> {
             // Cannot fail: checked above.
             let _ = self.outbox.push_back(pending);
         }
-        if self.is_connected() {
-            self.transmit(seq, message, tx)?;
+        if let Some(version) = self.version {
+            self.write(version, seq, message, tx)?;
         }
         Ok(seq)
     }
@@ -422,16 +422,6 @@ impl<const N: usize> Session<N> {
             max_version: PROTOCOL_VERSION,
         };
         self.write(PROTOCOL_VERSION, seq, hello, tx)
-    }
-
-    fn transmit<W: Write>(
-        &mut self,
-        seq: u16,
-        message: Message,
-        tx: &mut W,
-    ) -> Result<(), SessionError<W::Error>> {
-        let version = self.version.unwrap_or(PROTOCOL_VERSION);
-        self.write(version, seq, message, tx)
     }
 
     fn write<W: Write>(

@@ -180,8 +180,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
             if let Event::Frame { cluster_id, .. } = &e {
                 assigned.push(*cluster_id);
             }
-            if let Some(m) = link.as_ref().and_then(|_| link::cluster_event(&e)) {
-                link.as_ref().map_or(Ok(()), |l| l.send(m))?;
+            if let (Some(l), Some(m)) = (&link, link::cluster_event(&e)) {
+                l.send(m)?;
             }
             writeln!(out, "{}", serde_json::to_string(&e)?)?;
         }
@@ -223,18 +223,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 }
                 let end = (start + pipe.batch()).min(n);
                 let frames: Vec<Frame> = (start..end)
-                    .map(|i| Frame {
-                        meta: CaptureMeta {
-                            timestamp_ms: now_ms(),
-                            source: set
-                                .paths
-                                .get(i)
-                                .map_or_else(|| name.clone(), |p| p.display().to_string()),
-                            frame_id: i as u64,
-                            thumbnail: None,
-                        },
-                        pixels: set.image(i).to_vec(),
-                    })
+                    .map(|i| set_frame(set, name, i, i as u64))
                     .collect();
                 let events = pipe.process(&frames, want_report.then_some(&mut embeddings))?;
                 emit(events, &mut out, &mut assigned)?;
@@ -261,15 +250,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                         continue;
                     }
                 };
-                let frame = Frame {
-                    meta: CaptureMeta {
-                        timestamp_ms: now_ms(),
-                        source: path.display().to_string(),
-                        frame_id: i as u64,
-                        thumbnail: None,
-                    },
-                    pixels,
-                };
+                let frame = captured(path.display().to_string(), i as u64, pixels);
                 let events = pipe.process(&[frame], None)?;
                 emit(events, &mut out, &mut assigned)?;
                 take_commands(link.as_ref(), &mut pipe, &mut out)?;
@@ -333,17 +314,34 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// A frame just captured from `source`.
+fn captured(source: String, frame_id: u64, pixels: Vec<u8>) -> Frame {
+    Frame {
+        meta: CaptureMeta {
+            timestamp_ms: now_ms(),
+            source,
+            frame_id,
+            thumbnail: None,
+        },
+        pixels,
+    }
+}
+
+/// Image `i` of a set (its file path as the source, else the set's name).
+fn set_frame(set: &ImageSet, name: &str, i: usize, frame_id: u64) -> Frame {
+    let source = set
+        .paths
+        .get(i)
+        .map_or_else(|| name.to_string(), |p| p.display().to_string());
+    captured(source, frame_id, set.image(i).to_vec())
+}
+
 /// Carries out the commands the MCU sent since the last batch.
 fn take_commands(link: Option<&BoardLink>, pipe: &mut Pipeline, out: &mut dyn Write) -> Result<()> {
     let Some(link) = link else { return Ok(()) };
     while let Some(event) = link.try_recv() {
         if let LinkEvent::Command(c) = event {
-            link::apply_command(pipe, c)?;
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({ "event": "command", "command": format!("{c:?}") })
-            )?;
+            writeln!(out, "{}", link::apply_command(pipe, c)?)?;
         }
     }
     Ok(())
@@ -367,26 +365,11 @@ impl<'a> FrameReader<'a> {
 
     /// The next capture, labelled with the MCU's frame id; `None` when the input is done.
     fn next(&mut self, frame_id: u32) -> Option<Result<Frame, EdgeError>> {
-        let meta = |source: String| CaptureMeta {
-            timestamp_ms: now_ms(),
-            source,
-            frame_id: u64::from(frame_id),
-            thumbnail: None,
-        };
         match (self.source, &mut self.stdin) {
             (Source::Set(set, name), _) => {
                 let i = self.next;
                 self.next += 1;
-                (i < set.len()).then(|| {
-                    Ok(Frame {
-                        meta: meta(
-                            set.paths
-                                .get(i)
-                                .map_or_else(|| name.clone(), |p| p.display().to_string()),
-                        ),
-                        pixels: set.image(i).to_vec(),
-                    })
-                })
+                (i < set.len()).then(|| Ok(set_frame(set, name, i, u64::from(frame_id))))
             }
             (Source::Stdin(opts), Some(lines)) => loop {
                 let line = match lines.next()? {
@@ -401,10 +384,11 @@ impl<'a> FrameReader<'a> {
                 let path = Path::new(line.trim());
                 match read_image(path, opts) {
                     Ok(pixels) => {
-                        return Some(Ok(Frame {
-                            meta: meta(path.display().to_string()),
+                        return Some(Ok(captured(
+                            path.display().to_string(),
+                            u64::from(frame_id),
                             pixels,
-                        }))
+                        )))
                     }
                     // A bad frame is reported and skipped; the stream goes on.
                     Err(e) => eprintln!("skipped frame {frame_id}: {e}"),

@@ -27,14 +27,18 @@ struct Mcu {
 }
 
 impl Mcu {
+    /// Greets at once. Broken pipe until the CLI has opened its end; the Hello is resent
+    /// until answered.
     fn new(mut master: TTYPort) -> Self {
         master.set_timeout(Duration::from_millis(5)).unwrap();
-        Self {
+        let mut mcu = Self {
             session: Session::new(Role::Mcu, SessionConfig { retry_ms: 50 }),
             io: FromStd::new(master),
             epoch: Instant::now(),
             events: Vec::new(),
-        }
+        };
+        let _ = mcu.session.connect(0, &mut mcu.io);
+        mcu
     }
 
     fn now(&self) -> u32 {
@@ -68,9 +72,13 @@ impl Mcu {
     }
 }
 
-fn spawn(args: &[&str]) -> Child {
+/// `edge-runtime run` on Fashion-MNIST with a bank in `dir`, linked to the pty `port`.
+fn spawn_run(dir: &Path, port: &str, extra: &[&str]) -> Child {
+    let (model, bank) = (model_dir(), dir.join("bank"));
     Process::new(env!("CARGO_BIN_EXE_edge-runtime"))
-        .args(args)
+        .args(["run", "--model", &model, "--input", "fashion-mnist"])
+        .args(["--bank", bank.to_str().unwrap(), "--link", port])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -103,27 +111,13 @@ fn frames_paced_by_the_mcu_come_back_as_cluster_events() {
     let dir = tempfile::tempdir().unwrap();
     let (master, name) = pty();
     let events = dir.path().join("events.jsonl");
-    let (bank, ev) = (dir.path().join("bank"), events.display().to_string());
-    let model = model_dir();
-    let child = spawn(&[
-        "run",
-        "--model",
-        &model,
-        "--input",
-        "fashion-mnist",
-        "--bank",
-        bank.to_str().unwrap(),
-        "--events",
-        &ev,
-        "--link",
+    let ev = events.display().to_string();
+    let child = spawn_run(
+        dir.path(),
         &name,
-        "--link-frames",
-        "--link-idle-s",
-        "1",
-    ]);
+        &["--events", &ev, "--link-frames", "--link-idle-s", "1"],
+    );
     let mut mcu = Mcu::new(master);
-    // Broken pipe until the CLI has opened its end; the Hello is resent until answered.
-    let _ = mcu.session.connect(0, &mut mcu.io);
     mcu.pump(Duration::from_secs(20), |m| m.session.is_connected());
     assert!(mcu.session.is_connected(), "no handshake with the CLI");
     for id in 100..105 {
@@ -154,24 +148,8 @@ fn frames_paced_by_the_mcu_come_back_as_cluster_events() {
 fn a_free_running_stream_sends_an_event_per_frame() {
     let dir = tempfile::tempdir().unwrap();
     let (master, name) = pty();
-    let bank = dir.path().join("bank");
-    let model = model_dir();
-    let child = spawn(&[
-        "run",
-        "--model",
-        &model,
-        "--input",
-        "fashion-mnist",
-        "--limit",
-        "30",
-        "--bank",
-        bank.to_str().unwrap(),
-        "--link",
-        &name,
-    ]);
+    let child = spawn_run(dir.path(), &name, &["--limit", "30"]);
     let mut mcu = Mcu::new(master);
-    // Broken pipe until the CLI has opened its end; the Hello is resent until answered.
-    let _ = mcu.session.connect(0, &mut mcu.io);
     mcu.pump(Duration::from_secs(30), |m| m.events.len() == 30);
     mcu.pump(Duration::from_millis(200), |_| false);
     let err = finish(child);

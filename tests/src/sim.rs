@@ -6,13 +6,13 @@
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::io::{ErrorKind, Read, Write};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use board_support::companion::{Activity, Companion, CompanionConfig};
 use board_support::drivers::{CameraTrigger, FrameSync, StatusLed};
-use board_support::session::SessionStats;
+use board_support::session::{SessionEvent, SessionStats};
 use board_support::wire::{Command, Message};
 use embedded_hal::delay::DelayNs;
 use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
@@ -21,7 +21,7 @@ use serialport::TTYPort;
 /// An output pin that counts its rising edges.
 #[derive(Debug, Clone, Default)]
 pub struct SimOut {
-    high: Arc<AtomicU32>,
+    high: Arc<AtomicBool>,
     pub rises: Arc<AtomicU32>,
 }
 
@@ -31,12 +31,12 @@ impl ErrorType for SimOut {
 
 impl OutputPin for SimOut {
     fn set_low(&mut self) -> Result<(), Infallible> {
-        self.high.store(0, Ordering::Relaxed);
+        self.high.store(false, Ordering::Relaxed);
         Ok(())
     }
 
     fn set_high(&mut self) -> Result<(), Infallible> {
-        if self.high.swap(1, Ordering::Relaxed) == 0 {
+        if !self.high.swap(true, Ordering::Relaxed) {
             self.rises.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -325,23 +325,30 @@ pub fn run_mcu(mut port: TTYPort, script: &McuScript) -> McuLog {
 }
 
 fn record(log: &mut McuLog, activity: Activity) {
-    match activity {
-        Activity::Connected { .. } => log.handshakes += 1,
-        Activity::ClusterEvent {
-            frame_id,
-            cluster_id,
-            novel,
+    let Activity::Session(event) = activity else {
+        return;
+    };
+    match event {
+        SessionEvent::Connected { .. } => log.handshakes += 1,
+        SessionEvent::Received {
+            message:
+                Message::ClusterEvent {
+                    frame_id,
+                    cluster_id,
+                    novel,
+                    ..
+                },
             ..
         } if !log.events.iter().any(|e| e.0 == frame_id) => {
             log.events.push((frame_id, cluster_id, novel));
         }
-        Activity::Delivered {
+        SessionEvent::Delivered {
             message: Message::FrameReady { frame_id },
             ..
         } => {
             log.announced.insert(frame_id);
         }
-        Activity::Delivered {
+        SessionEvent::Delivered {
             message: Message::Command(_),
             ..
         } => log.commands_delivered += 1,

@@ -56,6 +56,33 @@ pub trait Runnable: Send {
     fn run(&self, images: &[f32], n: usize) -> Result<Vec<f32>, EdgeError>;
 }
 
+/// The fixed shapes a prepared model runs with; every backend checks its input here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchShape {
+    pub batch: usize,
+    pub chw: [usize; 3],
+    pub dim: usize,
+}
+
+impl BatchShape {
+    pub fn image_len(&self) -> usize {
+        self.chw.iter().product()
+    }
+
+    /// `images` must hold `n <= batch` images.
+    pub fn check(&self, images: &[f32], n: usize) -> Result<(), EdgeError> {
+        let per = self.image_len();
+        if n > self.batch || images.len() != n * per {
+            return Err(EdgeError::InputShape {
+                what: format!("{n} images of {:?}, batch {}", self.chw, self.batch),
+                expected: n.min(self.batch) * per,
+                actual: images.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Every image of `set`, preprocessed by `pre` and run in batches of `run.batch()`: raw
 /// embeddings, row-major.
 pub fn embed_images(

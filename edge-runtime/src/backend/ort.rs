@@ -11,7 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{PrepareOptions, Runnable, Runtime};
+use super::{BatchShape, PrepareOptions, Runnable, Runtime};
 use crate::bundle::ModelBundle;
 use crate::EdgeError;
 
@@ -115,9 +115,11 @@ impl Runtime for OrtRuntime {
         Ok(Box::new(OrtRunnable {
             session: Mutex::new(session),
             input,
-            batch: options.batch.max(1),
-            chw: model.manifest.input_chw(),
-            dim: model.manifest.embedding.dim as usize,
+            shape: BatchShape {
+                batch: options.batch.max(1),
+                chw: model.manifest.input_chw(),
+                dim: model.manifest.embedding.dim as usize,
+            },
         }))
     }
 }
@@ -126,30 +128,28 @@ struct OrtRunnable {
     /// `Session::run` takes `&mut self`; one run at a time, as with tract's plan.
     session: Mutex<Session>,
     input: String,
-    batch: usize,
-    chw: [usize; 3],
-    dim: usize,
+    shape: BatchShape,
 }
 
 impl Runnable for OrtRunnable {
     fn batch(&self) -> usize {
-        self.batch
+        self.shape.batch
     }
 
     fn embed_dim(&self) -> usize {
-        self.dim
+        self.shape.dim
     }
 
     fn run(&self, images: &[f32], n: usize) -> Result<Vec<f32>, EdgeError> {
-        let [c, h, w] = self.chw;
-        let expected = n * c * h * w;
-        if n == 0 || n > self.batch || images.len() != expected {
-            return Err(EdgeError::InputShape {
-                what: format!("{n} images of {c}x{h}x{w} (batch {})", self.batch),
-                expected,
-                actual: images.len(),
-            });
+        self.shape.check(images, n)?;
+        if n == 0 {
+            return Ok(Vec::new()); // onnxruntime has no use for an empty batch.
         }
+        let BatchShape {
+            chw: [c, h, w],
+            dim,
+            ..
+        } = self.shape;
         // The exported graph's batch is symbolic: a short last batch needs no padding.
         let tensor =
             Tensor::from_array(([n, c, h, w], images.to_vec())).map_err(inference_error)?;
@@ -160,10 +160,10 @@ impl Runnable for OrtRunnable {
         let (_, values) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(inference_error)?;
-        if values.len() != n * self.dim {
+        if values.len() != n * dim {
             return Err(EdgeError::InputShape {
                 what: "onnxruntime output".into(),
-                expected: n * self.dim,
+                expected: n * dim,
                 actual: values.len(),
             });
         }

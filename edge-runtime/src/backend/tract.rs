@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{PrepareOptions, Runnable, Runtime};
+use super::{BatchShape, PrepareOptions, Runnable, Runtime};
 use crate::bundle::ModelBundle;
 use crate::EdgeError;
 
@@ -61,9 +61,11 @@ impl Runtime for TractRuntime {
         Ok(Box::new(TractRunnable {
             plan,
             executor,
-            batch,
-            chw: [c, h, w],
-            dim,
+            shape: BatchShape {
+                batch,
+                chw: [c, h, w],
+                dim,
+            },
         }))
     }
 }
@@ -116,38 +118,30 @@ struct TractRunnable {
     plan: Arc<TypedRunnableModel>,
     /// A private thread pool for tract's matrix products, when more than one thread.
     executor: Option<tract_linalg::multithread::Executor>,
-    batch: usize,
-    chw: [usize; 3],
-    dim: usize,
+    shape: BatchShape,
 }
 
 impl Runnable for TractRunnable {
     fn batch(&self) -> usize {
-        self.batch
+        self.shape.batch
     }
 
     fn embed_dim(&self) -> usize {
-        self.dim
+        self.shape.dim
     }
 
     fn run(&self, images: &[f32], n: usize) -> Result<Vec<f32>, EdgeError> {
-        let per = self.chw.iter().product::<usize>();
-        if n > self.batch || images.len() != n * per {
-            return Err(EdgeError::InputShape {
-                what: format!("{n} images of {:?}, batch {}", self.chw, self.batch),
-                expected: n.min(self.batch) * per,
-                actual: images.len(),
-            });
-        }
+        self.shape.check(images, n)?;
+        let BatchShape { batch, chw, dim } = self.shape;
         // Shapes are concrete: pad a short batch with zeros and drop the extra rows after.
         let mut data = images.to_vec();
-        data.resize(self.batch * per, 0.0);
-        let [c, h, w] = self.chw;
+        data.resize(batch * self.shape.image_len(), 0.0);
+        let [c, h, w] = chw;
         let err = |e: TractError| EdgeError::Inference {
             backend: NAME,
             message: format!("{e:#}"),
         };
-        let input = Tensor::from_shape(&[self.batch, c, h, w], &data).map_err(err)?;
+        let input = Tensor::from_shape(&[batch, c, h, w], &data).map_err(err)?;
         let inputs = tvec!(input.into_tvalue());
         let out = match &self.executor {
             Some(ex) => tract_linalg::multithread::multithread_tract_scope(ex.clone(), || {
@@ -157,6 +151,6 @@ impl Runnable for TractRunnable {
         }
         .map_err(err)?;
         let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
-        Ok(view.iter().take(n * self.dim).copied().collect())
+        Ok(view.iter().take(n * dim).copied().collect())
     }
 }

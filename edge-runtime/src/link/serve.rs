@@ -51,16 +51,17 @@ pub fn cluster_event(event: &Event) -> Option<Message> {
     }
 }
 
-/// Carries out a command from the MCU.
-pub fn apply_command(pipe: &mut Pipeline, command: Command) -> Result<(), EdgeError> {
+/// Carries out a command from the MCU; returns the event line that records it.
+pub fn apply_command(
+    pipe: &mut Pipeline,
+    command: Command,
+) -> Result<serde_json::Value, EdgeError> {
     match command {
-        Command::Snapshot => pipe.snapshot(),
-        Command::ResetClusters => {
-            pipe.reset_clusters();
-            Ok(())
-        }
-        Command::SetNoveltyThreshold(t) => pipe.set_novelty_threshold(t),
+        Command::Snapshot => pipe.snapshot()?,
+        Command::ResetClusters => pipe.reset_clusters(),
+        Command::SetNoveltyThreshold(t) => pipe.set_novelty_threshold(t)?,
     }
+    Ok(json!({ "event": "command", "command": format!("{command:?}") }))
 }
 
 /// Runs until `stop`, the input runs out (`next_frame` returns `None`), `limit` frames or the
@@ -114,9 +115,8 @@ pub fn serve(
                 summary.frames += 1;
             }
             LinkEvent::Command(c) => {
-                apply_command(pipe, c)?;
+                on_event(&apply_command(pipe, c)?)?;
                 summary.commands += 1;
-                on_event(&json!({ "event": "command", "command": format!("{c:?}") }))?;
             }
             LinkEvent::Connected {
                 version,
