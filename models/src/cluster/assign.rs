@@ -38,7 +38,9 @@ pub trait AssignStep: Sync {
     ) -> Result<(), AssignError>;
 }
 
-pub(crate) fn check_shapes(
+/// The checks every [`AssignStep`] makes: points and centroids of one dimension, one output
+/// entry per point.
+pub fn check_shapes(
     points: MatRef<'_>,
     centroids: MatRef<'_>,
     labels: &[u32],

@@ -21,6 +21,8 @@ mod kmeans;
 mod split;
 
 #[cfg(feature = "std")]
-pub use assign::{AssignError, AssignStep, BruteForceAssign, CpuGemmAssign, PointNorms};
+pub use assign::{
+    check_shapes, AssignError, AssignStep, BruteForceAssign, CpuGemmAssign, PointNorms,
+};
 #[cfg(feature = "std")]
 pub use kmeans::{IterStats, KMeans, KMeansError, KMeansFit};

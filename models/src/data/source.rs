@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::fashion_mnist::looks_like_fashion_mnist;
-use super::{DataError, FASHION_MNIST_DEFAULT_DIR};
+use super::fashion_mnist::{fashion_mnist_dir, looks_like_fashion_mnist};
+use super::DataError;
 
 /// Where images come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,11 +16,11 @@ pub enum DataSource {
 }
 
 impl DataSource {
-    /// `fashion-mnist` is the Debian package's directory; a path is IDX files if it holds
-    /// them, an image folder otherwise.
+    /// `fashion-mnist` is `$FASHION_MNIST_DIR` or the Debian package's directory; a path is
+    /// IDX files if it holds them, an image folder otherwise.
     pub fn resolve(spec: &str) -> Result<Self, DataError> {
         if spec == "fashion-mnist" {
-            return Ok(Self::FashionMnist(PathBuf::from(FASHION_MNIST_DEFAULT_DIR)));
+            return Ok(Self::FashionMnist(fashion_mnist_dir()));
         }
         let path = Path::new(spec);
         if !path.is_dir() {
@@ -37,13 +37,16 @@ impl DataSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::FASHION_MNIST_DEFAULT_DIR;
 
     #[test]
     fn resolves_names_idx_folders_and_image_folders() {
-        assert_eq!(
-            DataSource::resolve("fashion-mnist").unwrap(),
-            DataSource::FashionMnist(FASHION_MNIST_DEFAULT_DIR.into())
-        );
+        if std::env::var_os("FASHION_MNIST_DIR").is_none() {
+            assert_eq!(
+                DataSource::resolve("fashion-mnist").unwrap(),
+                DataSource::FashionMnist(FASHION_MNIST_DEFAULT_DIR.into())
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().to_str().unwrap();
         assert_eq!(
