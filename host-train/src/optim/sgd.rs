@@ -99,10 +99,25 @@ impl Optimizer for SgdMomentum {
         let p = self.params;
         for (var, buf) in self.vars.iter().zip(self.buffers.iter_mut()) {
             let Some(grad) = grads.get(var) else { continue };
+            #[cfg(feature = "cuda")]
+            if var.device().is_cuda() && var.dtype() == candle_core::DType::F32 {
+                // Two fused kernels per variable instead of seven candle ops.
+                let b = match buf.take() {
+                    Some(b) => b,
+                    None => var.as_tensor().zeros_like()?,
+                };
+                fused::step(var, &b, &grad.contiguous()?, p)?;
+                *buf = Some(b);
+                continue;
+            }
+            // A variable's gradient can still hold the step's graph (candle detaches only the
+            // gradients of intermediate nodes); a momentum buffer built on it would keep every
+            // step's activations alive.
+            let (grad, w) = (grad.detach(), var.as_tensor().detach());
             let g = if p.weight_decay != 0.0 {
-                (grad + (var.as_tensor() * p.weight_decay)?)?
+                (grad + (w * p.weight_decay)?)?
             } else {
-                grad.clone()
+                grad
             };
             let b = match buf.take() {
                 Some(b) if p.momentum != 0.0 => ((b * p.momentum)? + g)?,
@@ -112,6 +127,136 @@ impl Optimizer for SgdMomentum {
             *buf = Some(b);
         }
         Ok(())
+    }
+}
+
+/// The update on CUDA: `sgd.cu`'s two kernels, in place on the buffer and the variable.
+#[cfg(feature = "cuda")]
+mod fused {
+    use candle_core::cuda::cudarc::driver::PushKernelArg;
+    use candle_core::cuda::WrapErr;
+    use candle_core::{
+        bail, CpuStorage, CudaStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var,
+    };
+
+    use super::SgdParams;
+    use crate::cuda_kernels::{elementwise, function};
+
+    const SOURCE: &str = include_str!("sgd.cu");
+
+    pub fn step(var: &Var, buf: &Tensor, grad: &Tensor, p: SgdParams) -> Result<()> {
+        buf.inplace_op3(
+            grad,
+            var.as_tensor(),
+            &Momentum {
+                momentum: p.momentum as f32,
+                weight_decay: p.weight_decay as f32,
+            },
+        )?;
+        var.as_tensor()
+            .inplace_op2(buf, &Descend { lr: p.lr as f32 })
+    }
+
+    fn check(l: &Layout, n: usize) -> Result<()> {
+        if !l.is_contiguous() || l.start_offset() != 0 || l.shape().elem_count() != n {
+            bail!("fused SGD needs contiguous operands of {n} values, got {l:?}");
+        }
+        Ok(())
+    }
+
+    struct Momentum {
+        momentum: f32,
+        weight_decay: f32,
+    }
+
+    impl InplaceOp3 for Momentum {
+        fn name(&self) -> &'static str {
+            "sgd-momentum"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &mut CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<()> {
+            bail!("sgd-momentum runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            buf: &mut CudaStorage,
+            bl: &Layout,
+            grad: &CudaStorage,
+            gl: &Layout,
+            w: &CudaStorage,
+            wl: &Layout,
+        ) -> Result<()> {
+            let n = bl.shape().elem_count();
+            check(bl, n)?;
+            check(gl, n)?;
+            check(wl, n)?;
+            let dev = buf.device.clone();
+            let func = function(&dev, "dce_sgd", SOURCE, "sgd_momentum")?;
+            let (g, w) = (grad.as_cuda_slice::<f32>()?, w.as_cuda_slice::<f32>()?);
+            let b_slice = buf.as_cuda_slice_mut::<f32>()?;
+            let n_i = n as i32;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
+            b.arg(b_slice)
+                .arg(g)
+                .arg(w)
+                .arg(&self.momentum)
+                .arg(&self.weight_decay)
+                .arg(&n_i);
+            unsafe { b.launch(elementwise(n)) }.w()?;
+            Ok(())
+        }
+    }
+
+    struct Descend {
+        lr: f32,
+    }
+
+    impl InplaceOp2 for Descend {
+        fn name(&self) -> &'static str {
+            "sgd-descend"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &mut CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<()> {
+            bail!("sgd-descend runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            w: &mut CudaStorage,
+            wl: &Layout,
+            buf: &CudaStorage,
+            bl: &Layout,
+        ) -> Result<()> {
+            let n = wl.shape().elem_count();
+            check(wl, n)?;
+            check(bl, n)?;
+            let dev = w.device.clone();
+            let func = function(&dev, "dce_sgd", SOURCE, "sgd_descend")?;
+            let b_slice = buf.as_cuda_slice::<f32>()?;
+            let w_slice = w.as_cuda_slice_mut::<f32>()?;
+            let n_i = n as i32;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
+            b.arg(w_slice).arg(b_slice).arg(&self.lr).arg(&n_i);
+            unsafe { b.launch(elementwise(n)) }.w()?;
+            Ok(())
+        }
     }
 }
 
@@ -145,6 +290,21 @@ mod tests {
             assert!((got[0] as f64 - want).abs() < 1e-6, "{} vs {want}", got[0]);
         }
         assert_eq!(opt.buffers().len(), 1);
+    }
+
+    #[test]
+    fn momentum_buffers_hold_no_graph() {
+        let p = Var::from_slice(&[1.0f32, -2.0], 2, &Device::Cpu).unwrap();
+        let x = Var::from_slice(&[3.0f32, 4.0], 2, &Device::Cpu).unwrap();
+        let mut opt = SgdMomentum::new(vec![p.clone()], SgdParams::default()).unwrap();
+        // d(sum(p * x^2))/dp = x^2: computed from x, so it carries x's graph.
+        let loss = (p.as_tensor() * x.as_tensor().sqr().unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        opt.backward_step(&loss).unwrap();
+        let buf = opt.buffers()[0].as_ref().unwrap();
+        assert!(!buf.track_op());
     }
 
     #[test]
