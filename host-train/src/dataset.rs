@@ -158,7 +158,7 @@ mod tests {
 pub struct DataSpec {
     /// `fashion-mnist`, a folder of IDX files, or a folder of images.
     pub source: String,
-    /// Side of the square images read from a folder.
+    /// Side of the square images read from a folder; Fashion-MNIST is zero-padded to it.
     pub size: u32,
     pub rgb: bool,
     pub skip_bad: bool,
@@ -172,10 +172,20 @@ pub fn load_images(spec: &DataSpec) -> Result<(ImageSet, Option<ImageSet>), Trai
         load_fashion_mnist, read_image_folder, ColorMode, DataSource, ImageFolderOptions, Split,
     };
     let (mut train, mut test) = match DataSource::resolve(&spec.source)? {
-        DataSource::FashionMnist(dir) => (
-            load_fashion_mnist(&dir, Split::Train)?,
-            Some(load_fashion_mnist(&dir, Split::Test)?),
-        ),
+        DataSource::FashionMnist(dir) => {
+            let pad = |set: ImageSet| {
+                set.pad_to(spec.size as usize).ok_or_else(|| {
+                    TrainError::Config(format!(
+                        "--size {} is smaller than Fashion-MNIST's 28x28 images",
+                        spec.size
+                    ))
+                })
+            };
+            (
+                pad(load_fashion_mnist(&dir, Split::Train)?)?,
+                Some(pad(load_fashion_mnist(&dir, Split::Test)?)?),
+            )
+        }
         DataSource::ImageFolder(dir) => {
             let opts = ImageFolderOptions {
                 width: spec.size,

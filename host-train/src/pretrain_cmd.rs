@@ -21,7 +21,8 @@ pub struct DataArgs {
     /// `fashion-mnist`, a folder of Fashion-MNIST IDX files, or a folder of JPEG/PNG images.
     #[arg(long, default_value = "fashion-mnist")]
     data: String,
-    /// Side of the square images read from a folder.
+    /// Side of the square images read from a folder; Fashion-MNIST's 28x28 images are
+    /// zero-padded to it (32 for CIFAR-style networks such as resnet18).
     #[arg(long, default_value_t = 28)]
     size: u32,
     /// Read folders of images as RGB instead of grayscale.
@@ -104,7 +105,7 @@ fn device(spec: &str) -> Result<Device> {
     }
     if let Some(n) = spec.strip_prefix("cuda:") {
         let n: usize = n.parse().with_context(|| format!("bad device {spec}"))?;
-        return Device::new_cuda(n)
+        return host_train::device::cuda(n)
             .with_context(|| format!("{spec}: is host-train built with --features cuda?"));
     }
     bail!("unknown device {spec}: use cpu or cuda:N")

@@ -1,12 +1,14 @@
-//! BatchNorm2d + ReLU as one layer. Training on CPU f32 uses the fused op; other devices use
-//! candle ops with the same maths; evaluation uses the running statistics. Parameter names
-//! are candle-nn's (`weight`, `bias`, `running_mean`, `running_var`).
+//! BatchNorm2d + ReLU as one layer (or BatchNorm2d alone, for the last norm of a residual
+//! branch). Training on CPU f32 uses the fused op; other devices use candle ops with the same
+//! maths, and keep the running statistics on the device so that no step waits for a copy
+//! back. Evaluation uses the running statistics. Parameter names are candle-nn's (`weight`,
+//! `bias`, `running_mean`, `running_var`).
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::export::BatchNormParams;
-use crate::ops::{batch_norm_relu_train, BatchStats};
+use crate::ops::batch_norm_relu_train;
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -17,10 +19,20 @@ pub struct BnRelu {
     bias: Tensor,
     running_mean: Var,
     running_var: Var,
+    relu: bool,
 }
 
 impl BnRelu {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_relu(channels, true, vb)
+    }
+
+    /// BatchNorm2d with no ReLU after it.
+    pub fn without_relu(channels: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_relu(channels, false, vb)
+    }
+
+    fn with_relu(channels: usize, relu: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
         // Variables of the VarMap, so checkpoints carry them; they never receive gradients.
@@ -33,6 +45,7 @@ impl BnRelu {
             bias,
             running_mean,
             running_var,
+            relu,
         })
     }
 
@@ -51,46 +64,65 @@ impl BnRelu {
         if !train {
             let scale = (&self.weight / (self.running_var.as_tensor() + EPS)?.sqrt()?)?;
             let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-            return x
+            let y = x
                 .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
-                .broadcast_add(&shift.reshape((1, (), 1, 1))?)?
-                .relu();
+                .broadcast_add(&shift.reshape((1, (), 1, 1))?)?;
+            return if self.relu { y.relu() } else { Ok(y) };
         }
-        let (y, stats) = if x.device().is_cpu() && x.dtype() == DType::F32 {
-            batch_norm_relu_train(x, &self.weight, &self.bias, EPS)?
+        let n = x.elem_count() / x.dim(1)?;
+        let y = if self.relu && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let (y, s) = batch_norm_relu_train(x, &self.weight, &self.bias, EPS)?;
+            let dev = x.device();
+            let (mean, var) = (Tensor::new(s.mean, dev)?, Tensor::new(s.var, dev)?);
+            self.update_running(&mean, &var, n)?;
+            y
+        } else if cfg!(feature = "cudnn") && x.device().is_cuda() && x.dtype() == DType::F32 {
+            #[cfg(feature = "cudnn")]
+            {
+                let (y, mean, var) = crate::ops::cudnn_batch_norm::batch_norm_train(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    EPS,
+                )?;
+                self.update_running(&mean, &var, n)?;
+                if self.relu {
+                    y.relu()?
+                } else {
+                    y
+                }
+            }
+            #[cfg(not(feature = "cudnn"))]
+            unreachable!("guarded by cfg!(feature = \"cudnn\")")
         } else {
-            self.train_with_candle_ops(x)?
+            let (y, mean, var) = self.train_with_candle_ops(x)?;
+            self.update_running(&mean.flatten_all()?, &var.flatten_all()?, n)?;
+            y
         };
-        self.update_running(&stats, x.elem_count() / x.dim(1)?)?;
         Ok(y)
     }
 
-    /// PyTorch's update: momentum 0.1, unbiased batch variance.
-    fn update_running(&self, s: &BatchStats, n: usize) -> Result<()> {
-        let dev = self.running_mean.device();
-        let mean = Tensor::new(s.mean.as_slice(), dev)?;
-        let unbiased = n as f64 / (n as f64 - 1.0);
-        let var = (Tensor::new(s.var.as_slice(), dev)? * unbiased)?;
+    /// Running statistics move `MOMENTUM` of the way to the batch's (variance unbiased).
+    fn update_running(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
+        let unbiased = n as f64 / (n as f64 - 1.0).max(1.0);
+        let (mean, var) = (mean.detach(), (var.detach() * unbiased)?);
         let rm = ((self.running_mean.as_tensor() * (1.0 - MOMENTUM))? + (mean * MOMENTUM)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - MOMENTUM))? + (var * MOMENTUM)?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)
     }
 
-    fn train_with_candle_ops(&self, x: &Tensor) -> Result<(Tensor, BatchStats)> {
+    /// Output, batch mean and biased batch variance (both (1, c, 1, 1)).
+    fn train_with_candle_ops(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
         let xhat = centred.broadcast_div(&(&var + EPS)?.sqrt()?)?;
         let y = xhat
             .broadcast_mul(&self.weight.reshape((1, (), 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?
-            .relu()?;
-        let stats = BatchStats {
-            mean: mean.flatten_all()?.to_vec1()?,
-            var: var.flatten_all()?.to_vec1()?,
-        };
-        Ok((y, stats))
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        let y = if self.relu { y.relu()? } else { y };
+        Ok((y, mean, var))
     }
 }
 
@@ -110,7 +142,8 @@ mod tests {
         let x = Var::from_tensor(&(Tensor::randn(1f32, 3.0, (8, 4, 3, 3), &dev).unwrap())).unwrap();
         let r = Tensor::randn(0f32, 1.0, (8, 4, 3, 3), &dev).unwrap();
         let y_fused = layer.forward_t(x.as_tensor(), true).unwrap();
-        let (y_ops, stats) = layer.train_with_candle_ops(x.as_tensor()).unwrap();
+        let (y_ops, mean, _) = layer.train_with_candle_ops(x.as_tensor()).unwrap();
+        let mean: Vec<f32> = mean.flatten_all().unwrap().to_vec1().unwrap();
         let diff = max_abs_diff(&y_fused, &y_ops);
         assert!(diff < 1e-5);
         let g1 = (&y_fused * &r)
@@ -129,7 +162,7 @@ mod tests {
         assert!(gd < 1e-4);
         // One training step moved the running mean 10% of the way to the batch mean.
         let rm: Vec<f32> = layer.running_mean.as_tensor().to_vec1().unwrap();
-        assert!((rm[0] - 0.1 * stats.mean[0]).abs() < 1e-5);
+        assert!((rm[0] - 0.1 * mean[0]).abs() < 1e-5);
         // Eval normalises with the running statistics, not the batch's.
         let y_eval = layer.forward_t(x.as_tensor(), false).unwrap();
         let de = max_abs_diff(&y_eval, &y_fused);

@@ -2,10 +2,12 @@
 //! with a `Config` that implements `Default`.
 
 mod bn_relu;
+mod resnet18;
 mod small_cnn;
 mod sobel;
 
 pub use bn_relu::BnRelu;
+pub use resnet18::{ResNet18, ResNet18Config};
 pub use small_cnn::{SmallCnn, SmallCnnConfig};
 pub use sobel::SobelFront;
 
@@ -45,11 +47,32 @@ impl Encoder for SmallCnn {
     }
 }
 
+impl Encoder for ResNet18 {
+    fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_t(x, train)
+    }
+    fn embed_dim(&self) -> usize {
+        self.config().embed_dim
+    }
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.features_t(x, train)
+    }
+    fn feature_dim(&self) -> usize {
+        self.config().widths[3]
+    }
+    fn folded_graph(&self, _input_chw: [usize; 3]) -> Result<FoldedGraph> {
+        // The export graph is a chain of layers; residual sums are not in it yet.
+        candle_core::bail!("export supports small-cnn only; resnet18 has residual connections")
+    }
+}
+
 /// The architectures `--arch` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
     SmallCnn,
+    /// CIFAR-style ResNet-18 for 32x32 inputs (`--size 32` pads Fashion-MNIST).
+    Resnet18,
 }
 
 impl Arch {
@@ -63,6 +86,15 @@ impl Arch {
         Ok(match self {
             Arch::SmallCnn => Box::new(SmallCnn::new(
                 SmallCnnConfig {
+                    in_channels,
+                    embed_dim,
+                    sobel,
+                    ..Default::default()
+                },
+                vb,
+            )?),
+            Arch::Resnet18 => Box::new(ResNet18::new(
+                ResNet18Config {
                     in_channels,
                     embed_dim,
                     sobel,

@@ -70,6 +70,17 @@ pub fn export(
     cfg: &ExportConfig,
 ) -> Result<EncoderManifest, TrainError> {
     let (c, h, w) = run.input;
+    if matches!(
+        models::data::DataSource::resolve(&run.data.source),
+        Ok(models::data::DataSource::FashionMnist(_))
+    ) && (h, w) != (28, 28)
+    {
+        // The manifest's resize modes cannot say "zero-pad": the board would stretch instead.
+        return Err(TrainError::Config(format!(
+            "the run was trained on Fashion-MNIST zero-padded to {h}x{w}; \
+             the manifest can only describe 28x28 Fashion-MNIST inputs"
+        )));
+    }
     let graph = encoder.folded_graph([c, h, w])?;
     let doc = format!("{:?} encoder from {source_checkpoint}", run.arch);
     let fp32 = onnx::write_onnx(&graph, None, &doc);
