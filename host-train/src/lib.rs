@@ -8,7 +8,11 @@
 //! - [`pretrain`]: the loop with run directory, checkpoints, resume and evaluation.
 
 pub mod augment;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
 pub mod dataset;
+pub mod device;
+pub mod device_kmeans;
 pub mod encoders;
 mod error;
 pub mod eval;

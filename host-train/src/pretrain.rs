@@ -236,8 +236,13 @@ pub fn pretrain(
                 let feats = feats
                     .as_deref()
                     .ok_or_else(|| TrainError::Config("DeepCluster needs features".into()))?;
-                let clustering =
-                    deepcluster::cluster(feats, encoder.embed_dim(), &cfg.deepcluster, seed)?;
+                let clustering = deepcluster::cluster(
+                    feats,
+                    encoder.embed_dim(),
+                    &cfg.deepcluster,
+                    seed,
+                    device,
+                )?;
                 write_gallery(
                     &train.images,
                     &clustering.labels,

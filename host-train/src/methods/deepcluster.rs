@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
 use crate::dataset::TrainSet;
+use crate::device_kmeans::CandleAssign;
 use crate::encoders::Encoder;
 use crate::optim::{SgdMomentum, SgdParams};
 use crate::progress::Progress;
@@ -65,24 +66,31 @@ pub struct Clustering {
     pub non_empty: usize,
 }
 
-/// PCA-whitening to `pca_dim`, L2 normalisation, k-means without sub-sampling.
+/// PCA-whitening to `pca_dim`, L2 normalisation, k-means without sub-sampling. k-means'
+/// assignment step runs on `device` (the GPU when training runs there).
 pub fn cluster(
     features: &[f32],
     dim: usize,
     cfg: &DeepClusterConfig,
     seed: u64,
+    device: &Device,
 ) -> Result<Clustering, TrainError> {
     let n = features.len() / dim;
     let d_out = cfg.pca_dim.min(dim).min(n.saturating_sub(1)).max(1);
     let pca = PcaParams::new(d_out).fit(MatRef::new(features, dim)?)?;
     let mut x = pca.transform(MatRef::new(features, dim)?)?;
     l2_normalize_rows(&mut x, d_out);
-    let fit = KMeansParams::new(cfg.k.min(n))
+    let params = KMeansParams::new(cfg.k.min(n))
         .max_iter(cfg.kmeans_iters)
         .max_points_per_centroid(None)
         .seed(seed)
-        .check()?
-        .fit(MatRef::new(&x, d_out)?)?;
+        .check()?;
+    let x = MatRef::new(&x, d_out)?;
+    let fit = if device.is_cpu() {
+        params.fit(x)?
+    } else {
+        params.fit_with(&CandleAssign::new(device), x)?
+    };
     let mut sizes = vec![0usize; cfg.k.min(n)];
     fit.labels.iter().for_each(|&l| sizes[l as usize] += 1);
     tracing::info!(
@@ -203,10 +211,19 @@ pub fn train_epoch(
         let grads = l.backward()?;
         encoder_opt.step(&grads)?;
         head_opt.step(&grads)?;
-        losses.push(l.to_scalar::<f32>()? as f64);
+        // Read back once per epoch: a read per batch would stall the GPU's queue.
+        losses.push(l.detach());
         bar.inc(idx.len() as u64);
     }
     bar.finish();
+    let losses: Vec<f64> = match losses.is_empty() {
+        true => Vec::new(),
+        false => Tensor::stack(&losses, 0)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+    };
     Ok(EpochStats::from_batch_losses(
         &losses,
         order.len(),
@@ -255,7 +272,7 @@ mod tests {
             pca_dim: 4,
             ..Default::default()
         };
-        let c = cluster(&x, 4, &cfg, 0).unwrap();
+        let c = cluster(&x, 4, &cfg, 0, &Device::Cpu).unwrap();
         assert_eq!(c.non_empty, 3);
         let truth: Vec<u32> = (0..300).map(|i| (i % 3) as u32).collect();
         let nmi = models::metrics::normalized_mutual_info(&truth, &c.labels).unwrap();
