@@ -9,7 +9,7 @@ use super::contiguous_f32;
 use super::im2col::{col2im_add_at, im2col_at, ConvShape};
 
 /// Stride and zero padding, the same on both axes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Conv2dGeometry {
     pub stride: usize,
     pub padding: usize,
@@ -25,9 +25,14 @@ impl Default for Conv2dGeometry {
 }
 
 /// `x` (b, c, h, w) convolved with `weight` (oc, c, kh, kw): the fast op on CPU f32 tensors,
-/// candle's own `conv2d` elsewhere (CUDA).
+/// cuDNN on CUDA f32 tensors with the `cudnn` feature, candle's own `conv2d` elsewhere.
 pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Conv2dGeometry) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+    let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    #[cfg(feature = "cudnn")]
+    if x.device().is_cuda() && f32s {
+        return super::cudnn_conv::conv2d(x, weight, geometry);
+    }
+    if x.device().is_cpu() && f32s {
         x.contiguous()?
             .apply_op2(&weight.contiguous()?, Conv2dForward(geometry))
     } else {

@@ -2,11 +2,16 @@
 //!
 //! candle 0.11's CPU conv backward (`conv_transpose2d`) is a plain loop; these ops run
 //! convolutions as im2col + blocked GEMM (the `gemm` crate, via `models::linalg`) and
-//! spread the batch over rayon. On other devices the wrappers fall back to candle's ops.
+//! spread the batch over rayon. On other devices the wrappers fall back to candle's ops, or,
+//! with the `cudnn` feature, run convolutions and batch-norm through cuDNN.
 
 mod batch_norm_relu;
 mod conv2d;
 mod cross_entropy;
+#[cfg(feature = "cudnn")]
+pub mod cudnn_batch_norm;
+#[cfg(feature = "cudnn")]
+pub mod cudnn_conv;
 mod im2col;
 mod max_pool;
 
