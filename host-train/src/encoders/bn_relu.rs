@@ -76,24 +76,13 @@ impl BnRelu {
             let (mean, var) = (Tensor::new(s.mean, dev)?, Tensor::new(s.var, dev)?);
             self.update_running(&mean, &var, n)?;
             y
-        } else if cfg!(feature = "cudnn") && x.device().is_cuda() && x.dtype() == DType::F32 {
-            #[cfg(feature = "cudnn")]
-            {
-                let (y, mean, var) = crate::ops::cudnn_batch_norm::batch_norm_train(
-                    x,
-                    &self.weight,
-                    &self.bias,
-                    EPS,
-                )?;
-                self.update_running(&mean, &var, n)?;
-                if self.relu {
-                    y.relu()?
-                } else {
-                    y
-                }
+        } else if let Some((y, mean, var)) = self.train_with_cudnn(x)? {
+            self.update_running(&mean, &var, n)?;
+            if self.relu {
+                y.relu()?
+            } else {
+                y
             }
-            #[cfg(not(feature = "cudnn"))]
-            unreachable!("guarded by cfg!(feature = \"cudnn\")")
         } else {
             let (y, mean, var) = self.train_with_candle_ops(x)?;
             self.update_running(&mean.flatten_all()?, &var.flatten_all()?, n)?;
@@ -110,6 +99,21 @@ impl BnRelu {
         let rv = ((self.running_var.as_tensor() * (1.0 - MOMENTUM))? + (var * MOMENTUM)?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)
+    }
+
+    /// cuDNN's batch-norm on CUDA f32 tensors: output before the ReLU, batch mean and biased
+    /// batch variance; `None` elsewhere.
+    #[cfg(feature = "cudnn")]
+    fn train_with_cudnn(&self, x: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        if !x.device().is_cuda() || x.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        crate::ops::cudnn_batch_norm::batch_norm_train(x, &self.weight, &self.bias, EPS).map(Some)
+    }
+
+    #[cfg(not(feature = "cudnn"))]
+    fn train_with_cudnn(&self, _x: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        Ok(None)
     }
 
     /// Output, batch mean and biased batch variance (both (1, c, 1, 1)).
@@ -169,5 +173,28 @@ mod tests {
         assert!(de > 0.1);
         // And the running statistics live in the VarMap, for checkpoints.
         assert!(vm.data().lock().unwrap().contains_key("running_var"));
+    }
+
+    #[test]
+    fn without_relu_keeps_negative_outputs_with_zero_mean_and_unit_variance() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let layer =
+            BnRelu::without_relu(3, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let x = Tensor::randn(2f32, 3.0, (6, 3, 4, 4), &dev).unwrap();
+        let y = layer.forward_t(&x, true).unwrap();
+        let mean: Vec<f32> = y.mean((0, 2, 3)).unwrap().to_vec1().unwrap();
+        let var: Vec<f32> = y.sqr().unwrap().mean((0, 2, 3)).unwrap().to_vec1().unwrap();
+        for (m, v) in mean.iter().zip(&var) {
+            assert!(
+                m.abs() < 1e-5 && (v - 1.0).abs() < 1e-3,
+                "mean {m}, var {v}"
+            );
+        }
+        let y_relu = BnRelu::new(3, VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev))
+            .unwrap()
+            .forward_t(&x, true)
+            .unwrap();
+        assert!(max_abs_diff(&y.relu().unwrap(), &y_relu) < 1e-5);
     }
 }
