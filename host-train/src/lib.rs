@@ -22,6 +22,7 @@ pub mod gallery;
 pub mod methods;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod pretrain;
 mod progress;
 pub mod run_dir;

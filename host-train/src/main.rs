@@ -33,6 +33,8 @@ enum Command {
     Eval(pretrain_cmd::EvalArgs),
     /// Export a run's encoder for the board: ONNX fp32 and QDQ int8, and a manifest.
     Export(export_cmd::ExportArgs),
+    /// Redraw a run's plots/metrics.png from its metrics.jsonl.
+    Plot(pretrain_cmd::PlotArgs),
 }
 
 fn main() -> Result<()> {
@@ -56,5 +58,6 @@ fn main() -> Result<()> {
         Command::Pretrain(args) => pretrain_cmd::pretrain(&args),
         Command::Eval(args) => pretrain_cmd::eval(&args),
         Command::Export(args) => export_cmd::export(&args),
+        Command::Plot(args) => pretrain_cmd::plot(&args),
     }
 }

@@ -179,7 +179,8 @@ pub fn pretrain(
     let mut emit = |row: MetricsRow| -> Result<(), TrainError> {
         run.append_metrics(&row)?;
         log(&row);
-        Ok(())
+        // Redrawn from the file, so a resumed run's plot holds its earlier epochs too.
+        crate::plot::write_metrics_plot(&run.read_metrics()?, &run.path("plots/metrics.png"))
     };
 
     let mut last_eval = None;

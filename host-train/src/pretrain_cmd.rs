@@ -223,6 +223,22 @@ fn print_row(row: &MetricsRow, t0: std::time::Instant) {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A run directory written by `host-train pretrain` (only its metrics.jsonl is read).
+    #[arg(long)]
+    checkpoint: PathBuf,
+}
+
+pub fn plot(args: &PlotArgs) -> Result<()> {
+    let run = RunDir::open(&args.checkpoint)?;
+    let rows: Vec<MetricsRow> = run.read_metrics()?;
+    let out = run.path("plots/metrics.png");
+    host_train::plot::write_metrics_plot(&rows, &out)?;
+    println!("{} ({} rows)", out.display(), rows.len());
+    Ok(())
+}
+
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let dev = device(&args.device)?;
     let run = RunDir::open(&args.checkpoint)?;

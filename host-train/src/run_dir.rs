@@ -68,6 +68,26 @@ impl RunDir {
         f.write_all(&line).map_err(|e| TrainError::io(&p, e))
     }
 
+    /// Every row of `metrics.jsonl` (none if the file does not exist yet).
+    pub fn read_metrics<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, TrainError> {
+        let p = self.path("metrics.jsonl");
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(TrainError::io(&p, e)),
+        };
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| TrainError::Checkpoint {
+                    path: p.clone(),
+                    reason: format!("line {}: {e}", i + 1),
+                })
+            })
+            .collect()
+    }
+
     /// Model weights, optimiser momentum (keyed by variable name) and any extra tensors.
     pub fn save_checkpoint(
         &self,

@@ -71,11 +71,7 @@ fn train_run(
 }
 
 fn rows(run: &RunDir) -> Vec<MetricsRow> {
-    std::fs::read_to_string(run.path("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    run.read_metrics().unwrap()
 }
 
 fn train_losses(rows: &[MetricsRow]) -> Vec<(usize, f64)> {
@@ -140,6 +136,9 @@ fn deepcluster_loss_falls_and_the_checkpoint_reloads_to_the_same_outputs() {
         }
     }
     assert!(done.last_eval.is_some());
+    // The per-epoch plot is there and is a real image.
+    let plot = image::open(run.path("plots/metrics.png")).unwrap();
+    assert!(plot.width() > 100 && plot.height() > 100);
 
     assert_reloads_to_same_outputs(&run, done.encoder.as_ref(), &train);
 }
