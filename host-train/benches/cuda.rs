@@ -130,8 +130,17 @@ fn checks(dev: &Device, table: &mut Vec<String>) -> BenchResult<Value> {
     let mut out = json!({});
     #[cfg(feature = "cudnn")]
     {
-        let [y, dx, dw] = host_train::ops::cudnn_conv::parity_check(dev)?;
-        println!("cuDNN conv vs candle conv, relative error: y {y:.2e}, dx {dx:.2e}, dw {dw:.2e}");
+        use host_train::ops::cudnn_conv::{parity_check, set_allow_tf32};
+        set_allow_tf32(false);
+        let exact = parity_check(dev)?;
+        set_allow_tf32(true);
+        println!("cuDNN conv in f32 (TF32 off) vs candle conv, relative error: {exact:?}");
+        if exact.iter().any(|v| v.is_nan() || *v >= 1e-5) {
+            return Err(format!("cuDNN f32 conv differs from candle's: {exact:?}").into());
+        }
+        out["cudnn_conv_f32_rel_error"] = json!(exact);
+        let [y, dx, dw] = parity_check(dev)?;
+        println!("cuDNN conv (TF32 allowed) vs candle conv, relative error: y {y:.2e}, dx {dx:.2e}, dw {dw:.2e}");
         for (name, v) in [("y", y), ("dx", dx), ("dw", dw)] {
             // TF32 tensor cores round operands to 10 mantissa bits: ~1e-3 relative.
             if v.is_nan() || v >= 5e-3 {
@@ -444,6 +453,22 @@ fn eval_throughput(dev: &Device) -> BenchResult<f64> {
 fn train(dev: &Device, table: &mut Vec<String>) -> BenchResult<Value> {
     let step = train_step_throughput(dev)?;
     let eval = eval_throughput(dev)?;
+    #[cfg(feature = "cudnn")]
+    let step_f32 = {
+        use host_train::ops::cudnn_conv::set_allow_tf32;
+        set_allow_tf32(false);
+        let s = train_step_throughput(dev)?;
+        set_allow_tf32(true);
+        table.push(row(
+            "the same step, convolutions in exact f32 (TF32 off)",
+            "images/s",
+            s,
+            None,
+        ));
+        s
+    };
+    #[cfg(not(feature = "cudnn"))]
+    let step_f32 = step;
     let torch = pytorch(
         "cuda_train_pytorch.py",
         &["--batch".into(), BATCH.to_string()],
@@ -522,6 +547,7 @@ fn train(dev: &Device, table: &mut Vec<String>) -> BenchResult<Value> {
     ));
     Ok(json!({
         "step_img_per_s": step,
+        "step_f32_convolutions_img_per_s": step_f32,
         "eval_img_per_s": eval,
         "pytorch": torch,
         "epoch": {"images": set.len(), "extract_s": extract_s, "cluster_s": cluster_s,
