@@ -74,6 +74,10 @@ pub struct PretrainArgs {
     /// NPID softmax temperature (default 0.07, or 0.1 for at most 10k images).
     #[arg(long)]
     temperature: Option<f64>,
+    /// NPID with NCE and this many noise samples per batch (the paper's 4096) instead of the
+    /// full softmax over the whole memory bank.
+    #[arg(long, default_value_t = 0)]
+    nce_noise: usize,
     #[arg(long, default_value_t = 1234)]
     seed: u64,
     /// `cpu` or `cuda:N` (CUDA needs the `cuda` feature).
@@ -156,6 +160,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
                 NpidConfig {
                     lr: args.lr.unwrap_or(d.lr),
                     temperature: args.temperature,
+                    nce_noise: args.nce_noise,
                     ..d
                 }
             },

@@ -219,3 +219,42 @@ fn npid_loss_falls_the_bank_is_saved_and_a_run_resumes_with_it() {
     train_run(&more, &train, None, &run, true);
     assert_eq!(train_losses(&rows(&run)).len(), 4);
 }
+
+#[test]
+fn npid_with_nce_trains_and_refuses_more_noise_than_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let (mut cfg, train, _) = config_for(Method::Npid, 3);
+    cfg.npid.nce_noise = 256;
+    train_run(&cfg, &train, None, &run, false);
+    let losses = train_losses(&rows(&run));
+    assert_eq!(losses.len(), 3);
+    assert!(losses.iter().all(|l| l.1.is_finite()), "{losses:?}");
+    // Z comes from the first batch, against a random bank, so the loss rises during the
+    // first epoch as the bank fills with embeddings; once it holds them, the loss falls
+    // within every epoch (on this data by 10-25%).
+    for r in &rows(&run) {
+        if let MetricsRow::Train {
+            epoch,
+            loss_start,
+            loss_end,
+            ..
+        } = r
+        {
+            if *epoch > 1 {
+                assert!(
+                    loss_end < loss_start,
+                    "epoch {epoch}: NCE loss {loss_start} -> {loss_end}"
+                );
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    cfg.npid.nce_noise = 1000;
+    let err = pretrain(&cfg, &train, None, &run, &Device::Cpu, false, &mut |_| {})
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.to_string().contains("noise samples"), "{err}");
+}

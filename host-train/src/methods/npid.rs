@@ -3,9 +3,16 @@
 //! softmax P(i | v) = exp(m_i . v / tau) / Z scores each batch against the whole bank, and
 //! the bank rows of the batch move towards the new embeddings with momentum 0.5.
 //!
-//! This is the full softmax (the paper's "LinearAverage"). Its cost grows with N; NCE with
-//! m noise samples for large N is not implemented yet, so data sets above
-//! `full_softmax_max_n` are refused rather than silently slow.
+//! Two losses: the full softmax (the paper's "LinearAverage"), whose cost grows with N, and
+//! noise-contrastive estimation with m noise samples (`nce_noise`, the paper's m = 4096;
+//! eq. 5-7): h(i, v) = P(i|v) / (P(i|v) + m/N), loss -log h(i, v) - sum over the noise
+//! samples of log(1 - h(j, v)), with Z estimated once, from the first batch, as N times the
+//! mean of exp(v . m_j / tau) over its noise samples, then held fixed. The noise rows are drawn
+//! once per batch and shared by its images (one GEMM instead of a gather per image). Sets
+//! above `full_softmax_max_n` need NCE. With Z taken against the random initial bank (as the
+//! reference implementation does), the NCE loss rises during the first epoch, while the bank
+//! fills with embeddings that resemble each other more than random rows do; within later
+//! epochs it falls.
 
 use candle_core::{Device, Tensor, D};
 use candle_nn::Optimizer;
@@ -33,6 +40,9 @@ pub struct NpidConfig {
     pub weight_decay: f64,
     /// Largest data set trained with the full softmax.
     pub full_softmax_max_n: usize,
+    /// Noise samples per batch for NCE; 0 trains with the full softmax.
+    #[serde(default)]
+    pub nce_noise: usize,
 }
 
 impl Default for NpidConfig {
@@ -44,6 +54,7 @@ impl Default for NpidConfig {
             momentum: 0.9,
             weight_decay: 5e-4,
             full_softmax_max_n: 200_000,
+            nce_noise: 0,
         }
     }
 }
@@ -68,6 +79,9 @@ impl NpidConfig {
 pub struct MemoryBank {
     pub rows: Vec<f32>,
     pub dim: usize,
+    /// NCE's log Z, estimated on the first batch that needs it (not saved: a resumed run
+    /// estimates it again).
+    pub nce_log_z: Option<f64>,
 }
 
 impl MemoryBank {
@@ -78,7 +92,21 @@ impl MemoryBank {
         let rows = (0..n * dim)
             .map(|_| ((2.0 * rng.next_f64() - 1.0) * s) as f32)
             .collect();
-        Self { rows, dim }
+        Self {
+            rows,
+            dim,
+            nce_log_z: None,
+        }
+    }
+
+    /// The rows `indices`, as an (indices.len(), dim) tensor.
+    fn gather(&self, indices: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+        let d = self.dim;
+        let mut out = Vec::with_capacity(indices.len() * d);
+        for &i in indices {
+            out.extend_from_slice(&self.rows[i * d..(i + 1) * d]);
+        }
+        Tensor::from_vec(out, (indices.len(), d), device)
     }
 
     pub fn len(&self) -> usize {
@@ -131,10 +159,16 @@ pub fn train_epoch(
             encoder.embed_dim()
         )));
     }
-    if n > cfg.full_softmax_max_n {
+    if n > cfg.full_softmax_max_n && cfg.nce_noise == 0 {
         return Err(TrainError::Config(format!(
-            "{n} images exceed full_softmax_max_n = {}: NCE for large sets is not implemented yet",
+            "{n} images exceed full_softmax_max_n = {}: train with NCE (--nce-noise 4096)",
             cfg.full_softmax_max_n
+        )));
+    }
+    if cfg.nce_noise >= n {
+        return Err(TrainError::Config(format!(
+            "NCE needs fewer noise samples ({}) than images ({n})",
+            cfg.nce_noise
         )));
     }
     let t0 = std::time::Instant::now();
@@ -150,10 +184,24 @@ pub fn train_epoch(
         let x = set.batch(idx, augment, seed ^ ((b as u64) << 20), device)?;
         let v = l2_normalize(&encoder.embed(&x, true)?)?;
         // The bank is a constant here: gradients reach the encoder through v only.
-        let m = Tensor::from_slice(&bank.rows, (n, bank.dim), device)?;
-        let logits = (v.matmul(&m.t()?)? * inv_t)?;
-        let target = Tensor::from_iter(idx.iter().map(|&i| i as u32), device)?;
-        let l = crate::ops::cross_entropy(&logits, &target)?;
+        let l = if cfg.nce_noise > 0 {
+            let noise = bank.gather(&rng.sample_indices(n, cfg.nce_noise), device)?;
+            let positives = bank.gather(idx, device)?;
+            let log_z = match bank.nce_log_z {
+                Some(z) => z,
+                None => {
+                    let z = estimate_log_z(&v, &noise, inv_t, n)?;
+                    tracing::info!(log_z = z, "NCE normalising constant");
+                    *bank.nce_log_z.insert(z)
+                }
+            };
+            nce_loss(&v, &positives, &noise, inv_t, log_z, n)?
+        } else {
+            let m = Tensor::from_slice(&bank.rows, (n, bank.dim), device)?;
+            let logits = (v.matmul(&m.t()?)? * inv_t)?;
+            let target = Tensor::from_iter(idx.iter().map(|&i| i as u32), device)?;
+            crate::ops::cross_entropy(&logits, &target)?
+        };
         opt.backward_step(&l)?;
         let vs: Vec<f32> = v.flatten_all()?.to_vec1()?;
         bank.update(idx, &vs, cfg.bank_momentum as f32);
@@ -168,6 +216,45 @@ pub fn train_epoch(
     ))
 }
 
+/// log Z = log(N * mean_j exp(v . m_j / tau)) over a batch and its noise rows.
+fn estimate_log_z(v: &Tensor, noise: &Tensor, inv_t: f64, n: usize) -> Result<f64, TrainError> {
+    let s = (v.detach().matmul(&noise.t()?)? * inv_t)?;
+    // log-mean-exp, shifted by the maximum so that exp cannot overflow.
+    let max = s.max_all()?.to_scalar::<f32>()? as f64;
+    let mean = (s - max)?.exp()?.mean_all()?.to_scalar::<f32>()? as f64;
+    Ok((n as f64).ln() + max + mean.ln())
+}
+
+/// The NCE loss of a batch: `v` (b, d) embeddings, `positives` (b, d) their bank rows,
+/// `noise` (m, d) bank rows drawn uniformly, P(j|v) = exp(v . m_j / tau - log Z), noise
+/// density 1/N. Returns the mean over the batch of
+/// -log h(i, v) - sum_j log(1 - h(j, v)), h(j, v) = P(j|v) / (P(j|v) + m/N).
+pub fn nce_loss(
+    v: &Tensor,
+    positives: &Tensor,
+    noise: &Tensor,
+    inv_t: f64,
+    log_z: f64,
+    n: usize,
+) -> candle_core::Result<Tensor> {
+    let m = noise.dim(0)?;
+    let log_c = (m as f64 / n as f64).ln();
+    // log P for the positives (b) and the noise (b, m).
+    let lp_pos = (((v * positives)?.sum(1)? * inv_t)? - log_z)?;
+    let lp_noise = ((v.matmul(&noise.t()?)? * inv_t)? - log_z)?;
+    // log(P + c) = log(exp(lp) + exp(log_c)), as a stable log-sum-exp of two terms.
+    let log_sum = |lp: &Tensor| -> candle_core::Result<Tensor> {
+        let hi = lp.maximum(log_c)?;
+        let lo = lp.minimum(log_c)?;
+        let tail = ((lo - &hi)?.exp()? + 1.0)?.log()?;
+        hi + tail
+    };
+    // -log h(i, v) = log(P + c) - log P; -log(1 - h(j, v)) = log(P + c) - log c.
+    let pos = (log_sum(&lp_pos)? - &lp_pos)?;
+    let neg = (log_sum(&lp_noise)? - log_c)?.sum(1)?;
+    (pos + neg)?.mean_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +262,7 @@ mod tests {
     #[test]
     fn bank_rows_move_halfway_and_stay_unit_length() {
         let mut bank = MemoryBank {
+            nce_log_z: None,
             rows: vec![1.0, 0.0, 0.0, 1.0],
             dim: 2,
         };
@@ -200,5 +288,49 @@ mod tests {
         let x = Tensor::new(&[[3.0f32, 4.0], [1.0, 0.0]], &Device::Cpu).unwrap();
         let y: Vec<Vec<f32>> = l2_normalize(&x).unwrap().to_vec2().unwrap();
         assert!((y[0][0] - 0.6).abs() < 1e-6 && (y[0][1] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nce_loss_matches_the_formula_by_hand() {
+        let dev = Device::Cpu;
+        let v = Tensor::new(&[[0.6f32, 0.8], [1.0, 0.0]], &dev).unwrap();
+        let pos = Tensor::new(&[[0.0f32, 1.0], [1.0, 0.0]], &dev).unwrap();
+        let noise = Tensor::new(&[[1.0f32, 0.0], [0.0, -1.0], [0.6, -0.8]], &dev).unwrap();
+        let (inv_t, log_z, n) = (1.0 / 0.5, 3.0, 100);
+        let got: f32 = nce_loss(&v, &pos, &noise, inv_t, log_z, n)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        // By hand, in f64: P = exp(s / tau - log Z), c = m / N.
+        let c = 3.0 / 100.0;
+        let p = |s: f64| (s * inv_t - log_z).exp();
+        let vs = [[0.6, 0.8], [1.0, 0.0]];
+        let ps = [[0.0, 1.0], [1.0, 0.0]];
+        let ns = [[1.0, 0.0], [0.0, -1.0], [0.6, -0.8]];
+        let dot = |a: &[f64; 2], b: &[f64; 2]| a[0] * b[0] + a[1] * b[1];
+        let mut want = 0.0;
+        for i in 0..2 {
+            let pp = p(dot(&vs[i], &ps[i]));
+            want -= (pp / (pp + c)).ln();
+            for nj in &ns {
+                let pn = p(dot(&vs[i], nj));
+                want -= (1.0 - pn / (pn + c)).ln();
+            }
+        }
+        want /= 2.0;
+        assert!(
+            (got as f64 - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+    }
+
+    #[test]
+    fn log_z_is_the_log_of_n_times_the_mean_exponential() {
+        let dev = Device::Cpu;
+        let v = Tensor::new(&[[1.0f32, 0.0]], &dev).unwrap();
+        let noise = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let got = estimate_log_z(&v, &noise, 10.0, 50).unwrap();
+        let want = (50.0 * (10f64.exp() + 1.0) / 2.0).ln();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 }
