@@ -14,6 +14,7 @@ use crate::eval::{evaluate, EvalReport};
 use crate::features::extract;
 use crate::gallery::{write_gallery, GalleryConfig};
 use crate::methods::deepcluster::{self, DeepClusterConfig};
+use crate::methods::local_aggregation::{self, LaConfig};
 use crate::methods::npid::{self, MemoryBank, NpidConfig};
 use crate::methods::Method;
 use crate::optim::SgdMomentum;
@@ -40,6 +41,8 @@ pub struct RunConfig {
     pub deepcluster: DeepClusterConfig,
     #[serde(default)]
     pub npid: NpidConfig,
+    #[serde(default)]
+    pub la: LaConfig,
 }
 
 /// One line of `metrics.jsonl`.
@@ -141,10 +144,10 @@ pub fn pretrain(
     let (names, vars) = sorted_vars(&vm);
     let sgd = match cfg.method {
         Method::Deepcluster => cfg.deepcluster.sgd(),
-        Method::Npid => cfg.npid.sgd(),
+        Method::Npid | Method::La => cfg.npid.sgd(),
     };
     let mut opt = SgdMomentum::new(vars, sgd)?;
-    let mut bank = (cfg.method == Method::Npid)
+    let mut bank = matches!(cfg.method, Method::Npid | Method::La)
         .then(|| MemoryBank::new(train.len(), encoder.embed_dim(), cfg.seed));
     let (mut start, mut previous): (usize, Option<Vec<u32>>) = (0, None);
     if resume {
@@ -202,7 +205,12 @@ pub fn pretrain(
         let seed = cfg.seed.wrapping_add(epoch as u64 * 7919);
         let epoch_tensor = Tensor::new(&[epoch as u32 + 1], &Device::Cpu)?;
         let row = match (&cfg.method, &mut bank) {
-            (Method::Npid, Some(bank)) => {
+            (Method::Npid | Method::La, Some(bank)) => {
+                let close = if cfg.method == Method::La && epoch >= cfg.la.warmup_epochs {
+                    Some(local_aggregation::close_neighbours(bank, &cfg.la, seed)?)
+                } else {
+                    None
+                };
                 let stats = npid::train_epoch(
                     encoder.as_ref(),
                     &mut opt,
@@ -213,6 +221,7 @@ pub fn pretrain(
                     &cfg.augment,
                     seed,
                     device,
+                    close.as_ref(),
                 )?;
                 let saved = Tensor::from_slice(&bank.rows, (bank.len(), bank.dim), &Device::Cpu)?;
                 run.save_checkpoint(

@@ -11,6 +11,7 @@ use host_train::encoders::Arch;
 use host_train::eval::evaluate;
 use host_train::features::{extract_layer, Layer};
 use host_train::methods::deepcluster::DeepClusterConfig;
+use host_train::methods::local_aggregation::LaConfig;
 use host_train::methods::npid::NpidConfig;
 use host_train::methods::Method;
 use host_train::pretrain::{load_encoder, pretrain as run_pretrain, MetricsRow, RunConfig};
@@ -65,7 +66,8 @@ pub struct PretrainArgs {
     /// DeepCluster's fixed grayscale + Sobel input filter.
     #[arg(long)]
     sobel: bool,
-    /// Clusters (DeepCluster: default 10x the number of classes, or 100).
+    /// Clusters (DeepCluster, and each of Local Aggregation's k-means runs: default 10x the
+    /// number of classes, or 100).
     #[arg(long)]
     k: Option<usize>,
     /// Learning rate (default: the method's, 0.05 for DeepCluster, 0.03 for NPID).
@@ -164,6 +166,10 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
                     ..d
                 }
             },
+            la: LaConfig {
+                kmeans_k: args.k.unwrap_or(10 * classes),
+                ..LaConfig::default()
+            },
             data: spec,
         }
     };
@@ -184,6 +190,13 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         match cfg.method {
             Method::Deepcluster => format!("k = {}", cfg.deepcluster.k),
             Method::Npid => format!("tau = {}", cfg.npid.temperature_for(train.len())),
+            Method::La => format!(
+                "tau = {}, LA after {} NPID epoch(s), k = {} x {} runs",
+                cfg.npid.temperature_for(train.len()),
+                cfg.la.warmup_epochs,
+                cfg.la.kmeans_k,
+                cfg.la.kmeans_runs
+            ),
         },
         args.out.display()
     );

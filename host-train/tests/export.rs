@@ -78,6 +78,7 @@ fn fashion_mnist_slice(n: usize) -> (RunConfig, TrainSet, TrainSet) {
         augment: AugmentConfig::default(),
         deepcluster: Default::default(),
         npid: Default::default(),
+        la: Default::default(),
     };
     (
         cfg,

@@ -51,6 +51,7 @@ fn config_for(method: Method, epochs: usize) -> (RunConfig, TrainSet, TrainSet) 
             ..Default::default()
         },
         npid: Default::default(),
+        la: Default::default(),
     };
     (
         cfg,
@@ -257,4 +258,40 @@ fn npid_with_nce_trains_and_refuses_more_noise_than_images() {
         .map(|_| ())
         .unwrap_err();
     assert!(err.to_string().contains("noise samples"), "{err}");
+}
+
+#[test]
+fn local_aggregation_warms_up_with_npid_then_its_loss_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let (mut cfg, train, test) = config_for(Method::La, 4);
+    cfg.la.background_k = 200;
+    cfg.la.kmeans_k = 20;
+    let done = train_run(&cfg, &train, Some(&test), &run, false);
+    let rows = rows(&run);
+    let losses = train_losses(&rows);
+    assert_eq!(losses.len(), 4);
+    // Epoch 1 is the NPID warm start. The LA loss falls from epoch to epoch (on this data
+    // about 7.1, 2.6, 2.0) and, after the first LA epoch, within each epoch.
+    assert!(losses[3].1 < 0.7 * losses[1].1, "{losses:?}");
+    for r in &rows {
+        if let MetricsRow::Train {
+            epoch,
+            loss_start,
+            loss_end,
+            ..
+        } = r
+        {
+            assert!(loss_start.is_finite() && loss_end.is_finite());
+            if *epoch > 2 {
+                assert!(
+                    loss_end < loss_start,
+                    "epoch {epoch}: LA loss {loss_start} -> {loss_end}"
+                );
+            }
+        }
+    }
+    assert!(done.last_eval.is_some());
+    let state = run.load_state(&Device::Cpu).unwrap();
+    assert_eq!(state["memory_bank"].dims(), &[1000, 32]);
 }

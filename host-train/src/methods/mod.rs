@@ -2,14 +2,17 @@
 //! their official code.
 
 pub mod deepcluster;
+pub mod local_aggregation;
 pub mod npid;
 
 use serde::{Deserialize, Serialize};
 
-/// The methods `--method` accepts. Local Aggregation is not implemented yet.
+/// The methods `--method` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     Deepcluster,
     Npid,
+    /// Local Aggregation: NPID's bank, then the close/background neighbour loss.
+    La,
 }

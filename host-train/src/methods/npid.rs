@@ -21,6 +21,7 @@ use models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::deepcluster::EpochStats;
+use super::local_aggregation::{la_loss, CloseNeighbours};
 use crate::augment::AugmentConfig;
 use crate::dataset::TrainSet;
 use crate::encoders::Encoder;
@@ -148,6 +149,7 @@ pub fn train_epoch(
     augment: &AugmentConfig,
     seed: u64,
     device: &Device,
+    close: Option<&CloseNeighbours>,
 ) -> Result<EpochStats, TrainError> {
     let n = set.len();
     if bank.len() != n || bank.dim != encoder.embed_dim() {
@@ -184,7 +186,10 @@ pub fn train_epoch(
         let x = set.batch(idx, augment, seed ^ ((b as u64) << 20), device)?;
         let v = l2_normalize(&encoder.embed(&x, true)?)?;
         // The bank is a constant here: gradients reach the encoder through v only.
-        let l = if cfg.nce_noise > 0 {
+        let l = if let Some(close) = close {
+            let m = Tensor::from_slice(&bank.rows, (n, bank.dim), device)?;
+            la_loss(&(v.matmul(&m.t()?)? * inv_t)?, idx, close)?
+        } else if cfg.nce_noise > 0 {
             let noise = bank.gather(&rng.sample_indices(n, cfg.nce_noise), device)?;
             let positives = bank.gather(idx, device)?;
             let log_z = match bank.nce_log_z {
