@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::export::FoldedGraph;
 
-/// A network that maps images to embeddings.
-pub trait Encoder: std::fmt::Debug {
+/// A network that maps images to embeddings; its `forward_t` is the embedding.
+pub trait Encoder: ModuleT + std::fmt::Debug {
     /// (b, c, h, w) -> (b, embed_dim); `train` switches batch-norm to batch statistics.
-    fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+    fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_t(x, train)
+    }
     fn embed_dim(&self) -> usize;
     /// The backbone's pooled features, before the projection: (b, feature_dim).
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
@@ -30,9 +32,6 @@ pub trait Encoder: std::fmt::Debug {
 }
 
 impl Encoder for SmallCnn {
-    fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_t(x, train)
-    }
     fn embed_dim(&self) -> usize {
         self.config().embed_dim
     }
@@ -48,9 +47,6 @@ impl Encoder for SmallCnn {
 }
 
 impl Encoder for ResNet18 {
-    fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_t(x, train)
-    }
     fn embed_dim(&self) -> usize {
         self.config().embed_dim
     }

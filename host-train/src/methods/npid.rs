@@ -186,10 +186,7 @@ pub fn train_epoch(
         let x = set.batch(idx, augment, seed ^ ((b as u64) << 20), device)?;
         let v = l2_normalize(&encoder.embed(&x, true)?)?;
         // The bank is a constant here: gradients reach the encoder through v only.
-        let l = if let Some(close) = close {
-            let m = Tensor::from_slice(&bank.rows, (n, bank.dim), device)?;
-            la_loss(&(v.matmul(&m.t()?)? * inv_t)?, idx, close)?
-        } else if cfg.nce_noise > 0 {
+        let l = if cfg.nce_noise > 0 && close.is_none() {
             let noise = bank.gather(&rng.sample_indices(n, cfg.nce_noise), device)?;
             let positives = bank.gather(idx, device)?;
             let log_z = match bank.nce_log_z {
@@ -202,10 +199,16 @@ pub fn train_epoch(
             };
             nce_loss(&v, &positives, &noise, inv_t, log_z, n)?
         } else {
+            // The non-parametric softmax over the whole bank; LA restricts it to neighbours.
             let m = Tensor::from_slice(&bank.rows, (n, bank.dim), device)?;
             let logits = (v.matmul(&m.t()?)? * inv_t)?;
-            let target = Tensor::from_iter(idx.iter().map(|&i| i as u32), device)?;
-            crate::ops::cross_entropy(&logits, &target)?
+            match close {
+                Some(close) => la_loss(&logits, idx, close)?,
+                None => {
+                    let target = Tensor::from_iter(idx.iter().map(|&i| i as u32), device)?;
+                    crate::ops::cross_entropy(&logits, &target)?
+                }
+            }
         };
         opt.backward_step(&l)?;
         let vs: Vec<f32> = v.flatten_all()?.to_vec1()?;

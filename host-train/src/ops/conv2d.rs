@@ -5,8 +5,8 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Ten
 use models::linalg::{matmul, matmul_add, Operand, Parallelism};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
 use super::im2col::{col2im_add_at, im2col_at, ConvShape};
+use super::{contiguous_f32, dims4};
 
 /// Stride and zero padding, the same on both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,16 +40,9 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Conv2dGeometry) -> Result<T
     }
 }
 
-fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
-    match *l.dims() {
-        [a, b, c, d] => Ok([a, b, c, d]),
-        ref other => bail!("conv2d: {what} must have 4 dimensions, got {other:?}"),
-    }
-}
-
 /// Batch, output channels and the per-image shape for input (b, c, h, w) and weight
 /// (oc, c, kh, kw).
-fn conv_shape(
+pub(super) fn conv_shape(
     x: [usize; 4],
     w: [usize; 4],
     g: Conv2dGeometry,
@@ -123,7 +116,11 @@ impl CustomOp2 for Conv2dForward {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "input")?;
         let w = contiguous_f32(s2, l2, "weight")?;
-        let (b, oc, s) = conv_shape(dims4(l1, "input")?, dims4(l2, "weight")?, self.0)?;
+        let (b, oc, s) = conv_shape(
+            dims4(l1, "conv2d input")?,
+            dims4(l2, "conv2d weight")?,
+            self.0,
+        )?;
         let (ckk, ohw, img) = (s.ckk(), s.ohw(), s.c * s.h * s.w);
         let g = group_size(ohw);
         let mut out = vec![0f32; b * oc * ohw];
@@ -194,8 +191,8 @@ impl CustomOp2 for Conv2dBackwardData {
     ) -> Result<(CpuStorage, Shape)> {
         let gy = contiguous_f32(s1, l1, "output gradient")?;
         let w = contiguous_f32(s2, l2, "weight")?;
-        let [b, oc, oh, ow] = dims4(l1, "output gradient")?;
-        let wdims = dims4(l2, "weight")?;
+        let [b, oc, oh, ow] = dims4(l1, "conv2d output gradient")?;
+        let wdims = dims4(l2, "conv2d weight")?;
         let (_, _, s) = conv_shape([b, wdims[1], self.h, self.w], wdims, self.g)?;
         if (s.oh, s.ow, wdims[0]) != (oh, ow, oc) {
             bail!(
@@ -257,8 +254,8 @@ impl CustomOp2 for Conv2dBackwardFilter {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "input")?;
         let gy = contiguous_f32(s2, l2, "output gradient")?;
-        let xd = dims4(l1, "input")?;
-        let [gb, oc, oh, ow] = dims4(l2, "output gradient")?;
+        let xd = dims4(l1, "conv2d input")?;
+        let [gb, oc, oh, ow] = dims4(l2, "conv2d output gradient")?;
         let (b, _, s) = conv_shape(xd, [oc, xd[1], self.kh, self.kw], self.g)?;
         if (gb, s.oh, s.ow) != (b, oh, ow) {
             bail!(

@@ -13,9 +13,9 @@ use std::ffi::c_void;
 use candle_core::cuda::cudarc::cudnn::{result, sys};
 use candle_core::cuda::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use candle_core::cuda::{CudaDevice, DeviceId};
-use candle_core::{
-    bail, CpuStorage, CudaStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+
+use super::{contiguous_cuda_f32, cuda_only, dims4, gradient, relative_error};
 
 const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
 
@@ -64,32 +64,39 @@ fn descriptors(dims: [usize; 4]) -> Result<(Desc, Desc)> {
     Ok((x, bn))
 }
 
-fn dims4(l: &Layout) -> Result<[usize; 4]> {
-    match *l.dims() {
-        [a, b, c, d] => Ok([a, b, c, d]),
-        ref other => bail!("cudnn batch norm: input must be (n, c, h, w), got {other:?}"),
-    }
-}
-
-fn operand<'a>(
-    s: &'a CudaStorage,
-    l: &Layout,
-    len: usize,
-    what: &str,
-) -> Result<&'a CudaSlice<f32>> {
-    if !l.is_contiguous() || l.start_offset() != 0 || l.shape().elem_count() != len {
-        bail!("cudnn batch norm: {what} must be contiguous from offset 0 with {len} values");
-    }
-    s.as_cuda_slice::<f32>()
-}
-
 /// Pointer `at` f32 values past `base`.
 fn at(base: u64, values: usize) -> *mut c_void {
     (base + 4 * values as u64) as *mut c_void
 }
 
-fn cpu_error(name: &str) -> Result<(CpuStorage, Shape)> {
-    bail!("{name} runs on CUDA only")
+/// cuDNN's scaling factors: results are written, not blended.
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+fn scale(v: &'static f32) -> *const c_void {
+    v as *const f32 as *const c_void
+}
+
+/// The input both ops start from: its dims, values (n) and channels (c), buffer and
+/// descriptors.
+struct Input<'a> {
+    dims: [usize; 4],
+    n: usize,
+    c: usize,
+    x: &'a CudaSlice<f32>,
+}
+
+impl<'a> Input<'a> {
+    fn new(xs: &'a CudaStorage, xl: &Layout) -> Result<Self> {
+        let dims = dims4(xl, "cudnn batch norm input")?;
+        let n = dims.iter().product();
+        Ok(Self {
+            dims,
+            n,
+            c: dims[1],
+            x: contiguous_cuda_f32(xs, xl, n, "cudnn batch norm input")?,
+        })
+    }
 }
 
 /// y = gamma * (x - mean) / sqrt(var + eps) + beta with the batch's statistics, on CUDA f32
@@ -135,7 +142,7 @@ impl CustomOp3 for BatchNormForward {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_error(self.name())
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -147,27 +154,25 @@ impl CustomOp3 for BatchNormForward {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let d = dims4(xl)?;
-        let (n, c) = (d.iter().product::<usize>(), d[1]);
-        let x = operand(xs, xl, n, "input")?;
-        let (g, b) = (operand(gs, gl, c, "gamma")?, operand(bs, bl, c, "beta")?);
+        let Input { dims, n, c, x } = Input::new(xs, xl)?;
+        let g = contiguous_cuda_f32(gs, gl, c, "cudnn batch norm gamma")?;
+        let b = contiguous_cuda_f32(bs, bl, c, "cudnn batch norm beta")?;
         let dev = &xs.device;
         let mut out = unsafe { dev.alloc::<f32>(n + 3 * c) }?;
         dev.memcpy_dtod(g, &mut out.slice_mut(n + 2 * c..))?;
-        let (xd, bnd) = descriptors(d)?;
+        let (xd, bnd) = descriptors(dims)?;
         let h = handle(dev)?;
         let stream = dev.cuda_stream();
         let (xp, _x) = x.device_ptr(&stream);
         let (gp, _g) = g.device_ptr(&stream);
         let (bp, _b) = b.device_ptr(&stream);
         let (op, _o) = out.device_ptr_mut(&stream);
-        let (one, zero) = (1f32, 0f32);
         unsafe {
             sys::cudnnBatchNormalizationForwardTraining(
                 h,
                 MODE,
-                &one as *const f32 as *const c_void,
-                &zero as *const f32 as *const c_void,
+                scale(&ONE),
+                scale(&ZERO),
                 xd.0,
                 xp as *const c_void,
                 xd.0,
@@ -230,7 +235,7 @@ impl CustomOp3 for BatchNormBackward {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_error(self.name())
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -242,33 +247,26 @@ impl CustomOp3 for BatchNormBackward {
         ss: &CudaStorage,
         sl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let d = dims4(xl)?;
-        let (n, c) = (d.iter().product::<usize>(), d[1]);
-        let x = operand(xs, xl, n, "input")?;
-        let dy = operand(dys, dyl, n, "output gradient")?;
-        let saved = operand(ss, sl, n + 3 * c, "saved forward output")?;
+        let Input { dims, n, c, x } = Input::new(xs, xl)?;
+        let dy = contiguous_cuda_f32(dys, dyl, n, "cudnn batch norm output gradient")?;
+        let saved = contiguous_cuda_f32(ss, sl, n + 3 * c, "cudnn batch norm saved output")?;
         let dev = &xs.device;
         let mut grads = unsafe { dev.alloc::<f32>(n + 2 * c) }?;
-        let (xd, bnd) = descriptors(d)?;
+        let (xd, bnd) = descriptors(dims)?;
         let h = handle(dev)?;
         let stream = dev.cuda_stream();
         let (xp, _x) = x.device_ptr(&stream);
         let (dyp, _dy) = dy.device_ptr(&stream);
         let (sp, _s) = saved.device_ptr(&stream);
         let (gp, _g) = grads.device_ptr_mut(&stream);
-        let (one, zero) = (1f32, 0f32);
-        let (one, zero) = (
-            &one as *const f32 as *const c_void,
-            &zero as *const f32 as *const c_void,
-        );
         unsafe {
             sys::cudnnBatchNormalizationBackward(
                 h,
                 MODE,
-                one,
-                zero,
-                one,
-                zero,
+                scale(&ONE),
+                scale(&ZERO),
+                scale(&ONE),
+                scale(&ZERO),
                 xd.0,
                 xp as *const c_void,
                 xd.0,
@@ -312,24 +310,10 @@ pub fn parity_check(dev: &Device) -> Result<[f32; 4]> {
         .broadcast_add(&be.as_tensor().reshape((1, c, 1, 1))?)?;
     let go = (&ours * &r)?.sum_all()?.backward()?;
     let gt = (&theirs * &r)?.sum_all()?.backward()?;
-    let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
-        let num = (a - b)?
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
-        let den = b.sqr()?.sum_all()?.to_scalar::<f32>()?;
-        Ok((num / den.max(f32::MIN_POSITIVE)).sqrt())
-    };
-    let grad = |s: &candle_core::backprop::GradStore, v: &candle_core::Var| {
-        s.get(v)
-            .cloned()
-            .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))
-    };
     Ok([
-        rel(&ours, &theirs)?,
-        rel(&grad(&go, &x)?, &grad(&gt, &x)?)?,
-        rel(&grad(&go, &g)?, &grad(&gt, &g)?)?,
-        rel(&grad(&go, &be)?, &grad(&gt, &be)?)?,
+        relative_error(&ours, &theirs)?,
+        relative_error(&gradient(&go, &x)?, &gradient(&gt, &x)?)?,
+        relative_error(&gradient(&go, &g)?, &gradient(&gt, &g)?)?,
+        relative_error(&gradient(&go, &be)?, &gradient(&gt, &be)?)?,
     ])
 }

@@ -20,9 +20,10 @@ use candle_core::cuda::cudarc::cudnn::safe::{
 use candle_core::cuda::cudarc::cudnn::sys;
 use candle_core::cuda::cudarc::driver::CudaSlice;
 use candle_core::cuda::{CudaDevice, DeviceId};
-use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::Conv2dGeometry;
+use super::conv2d::conv_shape;
+use super::{contiguous_cuda_f32, cuda_only, dims4, gradient, relative_error, Conv2dGeometry};
 
 /// Input dims, weight dims, geometry and TF32: what an algorithm choice depends on.
 type ConvKey = ([usize; 4], [usize; 4], Conv2dGeometry, bool);
@@ -95,28 +96,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, g: Conv2dGeometry) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, CudnnConv2d(g))
 }
 
-fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
-    match *l.dims() {
-        [a, b, c, d] => Ok([a, b, c, d]),
-        ref other => bail!("cudnn conv2d: {what} must have 4 dimensions, got {other:?}"),
-    }
-}
-
-fn output_dims(x: [usize; 4], w: [usize; 4], g: Conv2dGeometry) -> Result<[usize; 4]> {
-    let ([b, c, h, wd], [oc, wc, kh, kw]) = (x, w);
-    if c != wc {
-        bail!("cudnn conv2d: input has {c} channels, weight expects {wc}");
-    }
-    if g.stride == 0 || h + 2 * g.padding < kh || wd + 2 * g.padding < kw {
-        bail!(
-            "cudnn conv2d: kernel {kh}x{kw} stride {} does not fit {h}x{wd}",
-            g.stride
-        );
-    }
-    let out = |n: usize, k: usize| (n + 2 * g.padding - k) / g.stride + 1;
-    Ok([b, oc, out(h, kh), out(wd, kw)])
-}
-
 /// The descriptors of one convolution: input, filter, output.
 struct Descriptors {
     conv: ConvDescriptor<f32>,
@@ -154,21 +133,70 @@ fn descriptors(
     })
 }
 
-/// The f32 device buffer of a contiguous operand and its device.
-fn operand<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<&'a CudaSlice<f32>> {
-    if !l.is_contiguous() || l.start_offset() != 0 {
-        bail!("cudnn conv2d: {what} must be contiguous from offset 0");
+/// What each of the three ops sets up: the shapes of input, weight and output (checked
+/// against each other with the CPU op's rules), the device and the descriptors.
+struct Setup {
+    dev: CudaDevice,
+    d: Descriptors,
+    x: [usize; 4],
+    w: [usize; 4],
+    y: [usize; 4],
+    g: Conv2dGeometry,
+}
+
+impl Setup {
+    /// `y`: the output gradient's dims for the backward ops, which must be the output's.
+    fn new(
+        dev: &CudaDevice,
+        x: [usize; 4],
+        w: [usize; 4],
+        y: Option<[usize; 4]>,
+        g: Conv2dGeometry,
+    ) -> Result<Self> {
+        let (b, oc, s) = conv_shape(x, w, g)?;
+        let out = [b, oc, s.oh, s.ow];
+        if y.is_some_and(|y| y != out) {
+            bail!("cudnn conv2d backward: gradient {y:?} does not fit input {x:?}");
+        }
+        Ok(Self {
+            d: descriptors(&handle(dev)?, x, w, out, g)?,
+            dev: dev.clone(),
+            x,
+            w,
+            y: out,
+            g,
+        })
     }
-    s.as_cuda_slice::<f32>()
-}
 
-fn workspace(dev: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
-    // Scratch space: cuDNN writes before it reads.
-    unsafe { dev.alloc::<u8>(bytes.max(1)) }
-}
+    fn key(&self) -> ConvKey {
+        (self.x, self.w, self.g, allow_tf32())
+    }
 
-fn cpu_error(name: &str) -> Result<(CpuStorage, Shape)> {
-    bail!("{name} runs on CUDA only")
+    /// The f32 buffer of an operand of dims `dims`.
+    fn operand<'a>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        dims: [usize; 4],
+        what: &str,
+    ) -> Result<&'a CudaSlice<f32>> {
+        contiguous_cuda_f32(s, l, dims.iter().product(), what)
+    }
+
+    fn alloc(&self, dims: [usize; 4]) -> Result<CudaSlice<f32>> {
+        unsafe { self.dev.alloc::<f32>(dims.iter().product()) }
+    }
+
+    /// Scratch space: cuDNN writes before it reads.
+    fn workspace(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        unsafe { self.dev.alloc::<u8>(bytes.max(1)) }
+    }
+
+    fn output(&self, out: CudaSlice<f32>, dims: [usize; 4]) -> (CudaStorage, Shape) {
+        (
+            CudaStorage::wrap_cuda_slice(out, self.dev.clone()),
+            Shape::from(&dims),
+        )
+    }
 }
 
 /// Forward: (x, w) -> y.
@@ -187,7 +215,7 @@ impl CustomOp2 for CudnnConv2d {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_error(self.name())
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -197,32 +225,33 @@ impl CustomOp2 for CudnnConv2d {
         ws: &CudaStorage,
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (xd, wd) = (dims4(xl, "input")?, dims4(wl, "weight")?);
-        let yd = output_dims(xd, wd, self.0)?;
-        let dev = &xs.device;
-        let cudnn = handle(dev)?;
-        let d = descriptors(&cudnn, xd, wd, yd, self.0)?;
-        let (x, w) = (operand(xs, xl, "input")?, operand(ws, wl, "weight")?);
-        let mut y = unsafe { dev.alloc::<f32>(yd.iter().product()) }?;
+        let xd = dims4(xl, "cudnn conv2d input")?;
+        let s = Setup::new(
+            &xs.device,
+            xd,
+            dims4(wl, "cudnn conv2d weight")?,
+            None,
+            self.0,
+        )?;
+        let x = Setup::operand(xs, xl, s.x, "cudnn conv2d input")?;
+        let w = Setup::operand(ws, wl, s.w, "cudnn conv2d weight")?;
+        let mut y = s.alloc(s.y)?;
         let op = ConvForward {
-            conv: &d.conv,
-            x: &d.x,
-            w: &d.w,
-            y: &d.y,
+            conv: &s.d.conv,
+            x: &s.d.x,
+            w: &s.d.w,
+            y: &s.d.y,
         };
         let (algo, bytes) = choose(
             &FWD,
-            (xd, wd, self.0, allow_tf32()),
+            s.key(),
             || Ok(op.pick_algorithm()?),
             |a| Ok(op.get_workspace_size(a)?),
             sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
         )?;
-        let mut ws_buf = workspace(dev, bytes)?;
-        unsafe { op.launch(algo, Some(&mut ws_buf), (1f32, 0f32), x, w, &mut y) }?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            Shape::from(&yd),
-        ))
+        let mut scratch = s.workspace(bytes)?;
+        unsafe { op.launch(algo, Some(&mut scratch), (1f32, 0f32), x, w, &mut y) }?;
+        Ok(s.output(y, s.y))
     }
 
     fn bwd(
@@ -271,7 +300,7 @@ impl CustomOp2 for CudnnConv2dBackwardData {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_error(self.name())
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -281,41 +310,28 @@ impl CustomOp2 for CudnnConv2dBackwardData {
         ws: &CudaStorage,
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (yd, wd, xd) = (
-            dims4(dyl, "output gradient")?,
-            dims4(wl, "weight")?,
-            self.x_dims,
-        );
-        if output_dims(xd, wd, self.geometry)? != yd {
-            bail!("cudnn conv2d backward: gradient {yd:?} does not match input {xd:?}");
-        }
-        let dev = &dys.device;
-        let cudnn = handle(dev)?;
-        let d = descriptors(&cudnn, xd, wd, yd, self.geometry)?;
-        let (dy, w) = (
-            operand(dys, dyl, "output gradient")?,
-            operand(ws, wl, "weight")?,
-        );
-        let mut dx = unsafe { dev.alloc::<f32>(xd.iter().product()) }?;
+        let yd = dims4(dyl, "cudnn conv2d output gradient")?;
+        let wd = dims4(wl, "cudnn conv2d weight")?;
+        let s = Setup::new(&dys.device, self.x_dims, wd, Some(yd), self.geometry)?;
+        let dy = Setup::operand(dys, dyl, s.y, "cudnn conv2d output gradient")?;
+        let w = Setup::operand(ws, wl, s.w, "cudnn conv2d weight")?;
+        let mut dx = s.alloc(s.x)?;
         let op = ConvBackwardData {
-            conv: &d.conv,
-            dx: &d.x,
-            w: &d.w,
-            dy: &d.y,
+            conv: &s.d.conv,
+            dx: &s.d.x,
+            w: &s.d.w,
+            dy: &s.d.y,
         };
         let (algo, bytes) = choose(
             &BWD_DATA,
-            (xd, wd, self.geometry, allow_tf32()),
+            s.key(),
             || Ok(op.pick_algorithm()?),
             |a| Ok(op.get_workspace_size(a)?),
             sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
         )?;
-        let mut ws_buf = workspace(dev, bytes)?;
-        unsafe { op.launch(algo, Some(&mut ws_buf), (1f32, 0f32), &mut dx, w, dy) }?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-            Shape::from(&xd),
-        ))
+        let mut scratch = s.workspace(bytes)?;
+        unsafe { op.launch(algo, Some(&mut scratch), (1f32, 0f32), &mut dx, w, dy) }?;
+        Ok(s.output(dx, s.x))
     }
 }
 
@@ -338,7 +354,7 @@ impl CustomOp2 for CudnnConv2dBackwardFilter {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_error(self.name())
+        cuda_only(self.name())
     }
 
     fn cuda_fwd(
@@ -348,41 +364,28 @@ impl CustomOp2 for CudnnConv2dBackwardFilter {
         dys: &CudaStorage,
         dyl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (xd, yd, wd) = (
-            dims4(xl, "input")?,
-            dims4(dyl, "output gradient")?,
-            self.w_dims,
-        );
-        if output_dims(xd, wd, self.geometry)? != yd {
-            bail!("cudnn conv2d backward: gradient {yd:?} does not match input {xd:?}");
-        }
-        let dev = &xs.device;
-        let cudnn = handle(dev)?;
-        let d = descriptors(&cudnn, xd, wd, yd, self.geometry)?;
-        let (x, dy) = (
-            operand(xs, xl, "input")?,
-            operand(dys, dyl, "output gradient")?,
-        );
-        let mut dw = unsafe { dev.alloc::<f32>(wd.iter().product()) }?;
+        let xd = dims4(xl, "cudnn conv2d input")?;
+        let yd = dims4(dyl, "cudnn conv2d output gradient")?;
+        let s = Setup::new(&xs.device, xd, self.w_dims, Some(yd), self.geometry)?;
+        let x = Setup::operand(xs, xl, s.x, "cudnn conv2d input")?;
+        let dy = Setup::operand(dys, dyl, s.y, "cudnn conv2d output gradient")?;
+        let mut dw = s.alloc(s.w)?;
         let op = ConvBackwardFilter {
-            conv: &d.conv,
-            x: &d.x,
-            dw: &d.w,
-            dy: &d.y,
+            conv: &s.d.conv,
+            x: &s.d.x,
+            dw: &s.d.w,
+            dy: &s.d.y,
         };
         let (algo, bytes) = choose(
             &BWD_FILTER,
-            (xd, wd, self.geometry, allow_tf32()),
+            s.key(),
             || Ok(op.pick_algorithm()?),
             |a| Ok(op.get_workspace_size(a)?),
             sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
         )?;
-        let mut ws_buf = workspace(dev, bytes)?;
-        unsafe { op.launch(algo, Some(&mut ws_buf), (1f32, 0f32), x, &mut dw, dy) }?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(dw, dev.clone()),
-            Shape::from(&wd),
-        ))
+        let mut scratch = s.workspace(bytes)?;
+        unsafe { op.launch(algo, Some(&mut scratch), (1f32, 0f32), x, &mut dw, dy) }?;
+        Ok(s.output(dw, s.w))
     }
 }
 
@@ -403,25 +406,9 @@ pub fn parity_check(dev: &candle_core::Device) -> Result<[f32; 3]> {
         .conv2d(w.as_tensor(), g.padding, g.stride, 1, 1)?;
     let go = (&ours * &r)?.sum_all()?.backward()?;
     let gt = (&theirs * &r)?.sum_all()?.backward()?;
-    let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
-        let num = (a - b)?
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
-        let den = b.sqr()?.sum_all()?.to_scalar::<f32>()?;
-        Ok((num / den.max(f32::MIN_POSITIVE)).sqrt())
-    };
-    let missing = || candle_core::Error::Msg("no gradient".into());
     Ok([
-        rel(&ours, &theirs)?,
-        rel(
-            go.get(&x).ok_or_else(missing)?,
-            gt.get(&x).ok_or_else(missing)?,
-        )?,
-        rel(
-            go.get(&w).ok_or_else(missing)?,
-            gt.get(&w).ok_or_else(missing)?,
-        )?,
+        relative_error(&ours, &theirs)?,
+        relative_error(&gradient(&go, &x)?, &gradient(&gt, &x)?)?,
+        relative_error(&gradient(&go, &w)?, &gradient(&gt, &w)?)?,
     ])
 }

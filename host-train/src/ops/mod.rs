@@ -30,6 +30,62 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> R
     }
 }
 
+/// Checks that an operand is contiguous from offset 0 with `len` values: the CUDA ops'
+/// kernels and cuDNN calls take device buffers whole.
+#[cfg(feature = "cuda")]
+pub(crate) fn check_whole(l: &Layout, len: usize, what: &str) -> Result<()> {
+    if !l.is_contiguous() || l.start_offset() != 0 || l.shape().elem_count() != len {
+        bail!("{what} must be contiguous from offset 0 with {len} values, got {l:?}");
+    }
+    Ok(())
+}
+
+/// The device buffer of an f32 operand that passes [`check_whole`].
+#[cfg(feature = "cuda")]
+pub(crate) fn contiguous_cuda_f32<'a>(
+    s: &'a candle_core::CudaStorage,
+    l: &Layout,
+    len: usize,
+    what: &str,
+) -> Result<&'a candle_core::cuda::cudarc::driver::CudaSlice<f32>> {
+    check_whole(l, len, what)?;
+    s.as_cuda_slice::<f32>()
+}
+
+/// `cpu_fwd` of the ops that exist on CUDA only.
+#[cfg(feature = "cudnn")]
+fn cuda_only(name: &str) -> Result<(CpuStorage, candle_core::Shape)> {
+    bail!("{name} runs on CUDA only")
+}
+
+/// ||a - b|| / ||b||, for the GPU ops' parity checks.
+#[cfg(feature = "cudnn")]
+fn relative_error(a: &candle_core::Tensor, b: &candle_core::Tensor) -> Result<f32> {
+    let num = (a - b)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+    let den = b.sqr()?.sum_all()?.to_scalar::<f32>()?;
+    Ok((num / den.max(f32::MIN_POSITIVE)).sqrt())
+}
+
+/// The gradient of `v` in `grads`, for the parity checks.
+#[cfg(feature = "cudnn")]
+fn gradient(
+    grads: &candle_core::backprop::GradStore,
+    v: &candle_core::Var,
+) -> Result<candle_core::Tensor> {
+    match grads.get(v) {
+        Some(g) => Ok(g.clone()),
+        None => bail!("no gradient reached the variable"),
+    }
+}
+
+/// The four dimensions of an (n, c, h, w) operand.
+fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
+    match *l.dims() {
+        [a, b, c, d] => Ok([a, b, c, d]),
+        ref other => bail!("{what} must have 4 dimensions (n, c, h, w), got {other:?}"),
+    }
+}
+
 /// Largest absolute difference between two tensors of one shape, for tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {

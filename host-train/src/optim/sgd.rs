@@ -141,6 +141,7 @@ mod fused {
 
     use super::SgdParams;
     use crate::cuda_kernels::{elementwise, function};
+    use crate::ops::{check_whole, contiguous_cuda_f32};
 
     const SOURCE: &str = include_str!("sgd.cu");
 
@@ -155,13 +156,6 @@ mod fused {
         )?;
         var.as_tensor()
             .inplace_op2(buf, &Descend { lr: p.lr as f32 })
-    }
-
-    fn check(l: &Layout, n: usize) -> Result<()> {
-        if !l.is_contiguous() || l.start_offset() != 0 || l.shape().elem_count() != n {
-            bail!("fused SGD needs contiguous operands of {n} values, got {l:?}");
-        }
-        Ok(())
     }
 
     struct Momentum {
@@ -196,12 +190,11 @@ mod fused {
             wl: &Layout,
         ) -> Result<()> {
             let n = bl.shape().elem_count();
-            check(bl, n)?;
-            check(gl, n)?;
-            check(wl, n)?;
+            check_whole(bl, n, "SGD momentum buffer")?;
+            let g = contiguous_cuda_f32(grad, gl, n, "SGD gradient")?;
+            let w = contiguous_cuda_f32(w, wl, n, "SGD variable")?;
             let dev = buf.device.clone();
             let func = function(&dev, "dce_sgd", SOURCE, "sgd_momentum")?;
-            let (g, w) = (grad.as_cuda_slice::<f32>()?, w.as_cuda_slice::<f32>()?);
             let b_slice = buf.as_cuda_slice_mut::<f32>()?;
             let n_i = n as i32;
             let stream = dev.cuda_stream();
@@ -244,11 +237,10 @@ mod fused {
             bl: &Layout,
         ) -> Result<()> {
             let n = wl.shape().elem_count();
-            check(wl, n)?;
-            check(bl, n)?;
+            check_whole(wl, n, "SGD variable")?;
+            let b_slice = contiguous_cuda_f32(buf, bl, n, "SGD momentum buffer")?;
             let dev = w.device.clone();
             let func = function(&dev, "dce_sgd", SOURCE, "sgd_descend")?;
-            let b_slice = buf.as_cuda_slice::<f32>()?;
             let w_slice = w.as_cuda_slice_mut::<f32>()?;
             let n_i = n as i32;
             let stream = dev.cuda_stream();
