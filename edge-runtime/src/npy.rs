@@ -1,13 +1,24 @@
-//! Writes 2-D f32 arrays as NumPy `.npy` (format 1.0), so Python clients can compare
-//! embeddings without a Rust reader.
+//! Writes f32 arrays as NumPy `.npy` (format 1.0), so Python clients can compare embeddings
+//! (and feed preprocessed tensors to converters) without a Rust reader.
 
 use std::io::Write;
 
 /// `.npy` bytes of a row-major `rows x cols` f32 array.
 pub fn npy_f32(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    assert_eq!(data.len(), rows * cols);
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    npy_f32_shaped(data, &[rows, cols])
+}
+
+/// `.npy` bytes of a C-order f32 array of `shape` (at least one dimension).
+pub fn npy_f32_shaped(data: &[f32], shape: &[usize]) -> Vec<u8> {
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    // NumPy writes a one-element tuple as `(n,)`.
+    let dims = if dims.len() == 1 {
+        format!("{},", dims[0])
+    } else {
+        dims.join(", ")
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
     // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -35,5 +46,16 @@ mod tests {
         assert!(header.contains("'shape': (2, 3)") && header.ends_with('\n'));
         assert_eq!(&b[10 + hlen..10 + hlen + 4], &1f32.to_le_bytes());
         assert_eq!(b.len(), 10 + hlen + 24);
+    }
+
+    #[test]
+    fn any_rank() {
+        let header = |b: &[u8]| {
+            let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+            String::from_utf8(b[10..10 + hlen].to_vec()).unwrap()
+        };
+        let b = npy_f32_shaped(&[0.0; 24], &[2, 1, 3, 4]);
+        assert!(header(&b).contains("'shape': (2, 1, 3, 4)"));
+        assert!(header(&npy_f32_shaped(&[0.0; 3], &[3])).contains("'shape': (3,)"));
     }
 }

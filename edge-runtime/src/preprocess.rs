@@ -38,9 +38,19 @@ impl Preprocessor {
 
     /// `fashion-mnist`, a folder of IDX files (its test split), or a folder of images.
     pub fn read_source(&self, source: &str, skip_bad: bool) -> Result<ImageSet, EdgeError> {
+        self.read_split(source, Split::Test, skip_bad)
+    }
+
+    /// As [`Self::read_source`], with the IDX split chosen (image folders have none).
+    pub fn read_split(
+        &self,
+        source: &str,
+        split: Split,
+        skip_bad: bool,
+    ) -> Result<ImageSet, EdgeError> {
         match DataSource::resolve(source).map_err(|e| data_error(Path::new(source), e))? {
             DataSource::FashionMnist(dir) => {
-                let set = load_fashion_mnist(&dir, Split::Test).map_err(|e| data_error(&dir, e))?;
+                let set = load_fashion_mnist(&dir, split).map_err(|e| data_error(&dir, e))?;
                 self.check(&set, &dir)?;
                 Ok(set)
             }

@@ -73,6 +73,12 @@ fn load_one(path: &Path, opts: &ImageFolderOptions) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())?
         .decode()
         .map_err(|e| e.to_string())?;
+    image_pixels(img, opts)
+}
+
+/// A decoded image (a file, or a camera frame) brought to the options' size and colour:
+/// planar u8 pixels, exactly as the folder reader gives them.
+pub fn image_pixels(img: DynamicImage, opts: &ImageFolderOptions) -> Result<Vec<u8>, String> {
     if img.width() == 0 || img.height() == 0 {
         return Err("image has no pixels".into());
     }

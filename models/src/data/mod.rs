@@ -18,6 +18,8 @@ pub use fashion_mnist::{
 };
 pub use idx::{read_idx, IdxArray};
 #[cfg(feature = "image")]
-pub use image_folder::{read_image, read_image_folder, ColorMode, ImageFolderOptions, ResizeMode};
+pub use image_folder::{
+    image_pixels, read_image, read_image_folder, ColorMode, ImageFolderOptions, ResizeMode,
+};
 pub use image_set::{ImageSet, SkippedFile};
 pub use source::DataSource;
