@@ -3,6 +3,7 @@
 //! - `run`: frames in (a folder, image paths on stdin, or Fashion-MNIST's test split as a
 //!   camera stream), cluster events out as JSON Lines, the memory bank on disk.
 //! - `embed`: embeddings of images as a `.npy` array.
+//! - `preprocess`: images as the model's input tensors (`.npy`), for model converters.
 //! - `bank inspect|export|compact`: look after a memory bank.
 
 mod cli_bank;
@@ -16,8 +17,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edge_runtime::backend::OrtRuntime;
 use edge_runtime::backend::{embed_images, PrepareOptions, Runtime, TractRuntime};
 use edge_runtime::bundle::ModelBundle;
-use edge_runtime::npy::npy_f32;
+use edge_runtime::npy::{npy_f32, npy_f32_shaped};
 use edge_runtime::preprocess::Preprocessor;
+use models::data::Split;
 use models::manifest::Precision;
 
 #[derive(Debug, Parser)]
@@ -33,6 +35,9 @@ enum Command {
     Run(cli_run::RunArgs),
     /// Embed images with an exported model and write them as a .npy array (rows = images).
     Embed(EmbedArgs),
+    /// Write images as the model's input tensors (N x C x H x W .npy), preprocessed as the
+    /// manifest says: calibration and test data for model converters such as rknn-toolkit2.
+    Preprocess(PreprocessArgs),
     /// Inspect, export or compact a memory bank.
     #[command(subcommand)]
     Bank(cli_bank::BankCommand),
@@ -61,6 +66,9 @@ pub enum BackendArg {
     /// onnxruntime, loaded from `ORT_DYLIB_PATH` (built with `--features ort`).
     #[cfg(feature = "ort")]
     Ort,
+    /// A Rockchip NPU, running the `.rknn` file next to the ONNX (built with `--features rknn`).
+    #[cfg(feature = "rknn")]
+    Rknn,
 }
 
 impl BackendArg {
@@ -69,6 +77,8 @@ impl BackendArg {
             BackendArg::Tract => Box::new(TractRuntime),
             #[cfg(feature = "ort")]
             BackendArg::Ort => Box::new(OrtRuntime::from_env()?),
+            #[cfg(feature = "rknn")]
+            BackendArg::Rknn => Box::new(edge_runtime::backend::RknnRuntime),
         })
     }
 }
@@ -97,11 +107,36 @@ struct EmbedArgs {
     out: PathBuf,
 }
 
+#[derive(Debug, clap::Args)]
+struct PreprocessArgs {
+    /// An exported model directory: its manifest fixes the preprocessing.
+    #[arg(long, default_value = "models/fashion-mnist-small-cnn")]
+    model: PathBuf,
+    /// A folder of JPEG/PNG images, a folder of IDX files, or `fashion-mnist`.
+    #[arg(long)]
+    input: String,
+    /// Which split of IDX data (image folders have none).
+    #[arg(long, value_enum, default_value = "test")]
+    split: SplitArg,
+    /// Only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Test,
+}
+
 fn main() -> Result<()> {
     StderrLog::install();
     match Cli::parse().command {
         Command::Run(args) => cli_run::run(&args),
         Command::Embed(args) => embed(&args),
+        Command::Preprocess(args) => preprocess(&args),
         Command::Bank(cmd) => cli_bank::bank(&cmd),
     }
 }
@@ -132,6 +167,30 @@ fn embed(args: &EmbedArgs) -> Result<()> {
         args.out.display(),
         set.len(),
         precision
+    );
+    Ok(())
+}
+
+fn preprocess(args: &PreprocessArgs) -> Result<()> {
+    let manifest = edge_runtime::bundle::read_manifest(&args.model)?;
+    let pre = Preprocessor::new(manifest.preprocess.clone());
+    let split = match args.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Test => Split::Test,
+    };
+    let mut set = pre.read_split(&args.input, split, false)?;
+    if let Some(n) = args.limit {
+        set = set.take(n);
+    }
+    let tensor = pre.tensor(&set, 0..set.len())?;
+    let [c, h, w] = manifest.input_chw();
+    std::fs::write(&args.out, npy_f32_shaped(&tensor, &[set.len(), c, h, w]))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "{} images -> {} ({} x {c} x {h} x {w})",
+        set.len(),
+        args.out.display(),
+        set.len()
     );
     Ok(())
 }

@@ -8,8 +8,14 @@ mod tract;
 #[cfg(feature = "ort")]
 mod ort;
 
+#[cfg(feature = "rknn")]
+mod rknn;
+pub mod rknn_card;
+
 #[cfg(feature = "ort")]
 pub use self::ort::OrtRuntime;
+#[cfg(feature = "rknn")]
+pub use self::rknn::RknnRuntime;
 #[cfg(feature = "tract")]
 pub use self::tract::TractRuntime;
 
