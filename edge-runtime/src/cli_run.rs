@@ -30,8 +30,9 @@ pub struct RunArgs {
     precision: PrecisionArg,
     #[arg(long, value_enum, default_value = "tract")]
     backend: BackendArg,
-    /// A folder of images, `-` (image paths on stdin, one per line), or `fashion-mnist`
-    /// (its test split as a camera stream).
+    /// A folder of images, `-` (image paths on stdin, one per line), `fashion-mnist` (its
+    /// test split as a camera stream), or `v4l2:/dev/videoN` (a live camera; built with
+    /// `--features v4l2`).
     #[arg(long)]
     input: String,
     /// The memory bank's directory (created if missing; recovered if it exists).
@@ -99,7 +100,13 @@ enum EvictionArg {
 enum Source {
     Set(ImageSet, String),
     Stdin(ImageFolderOptions),
+    #[cfg(feature = "v4l2")]
+    Camera(edge_runtime::camera::V4l2Camera, String),
 }
+
+/// A camera that fails this many frames in a row is gone (unplugged, driver stuck).
+#[cfg(feature = "v4l2")]
+const CAMERA_FAILURES: usize = 10;
 
 pub fn run(args: &RunArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -143,15 +150,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let runtime = args.backend.runtime()?;
     let mut pipe = Pipeline::new(&bundle, runtime.as_ref(), &options, bank, cfg)?;
-    let source = if args.input == "-" {
-        let s = pre.spec();
-        Source::Stdin(ImageFolderOptions {
-            width: s.width,
-            height: s.height,
-            color: s.color,
-            resize: s.resize,
-            skip_bad: false,
-        })
+    let s = pre.spec();
+    let frame_opts = ImageFolderOptions {
+        width: s.width,
+        height: s.height,
+        color: s.color,
+        resize: s.resize,
+        skip_bad: false,
+    };
+    let mut source = if args.input == "-" {
+        Source::Stdin(frame_opts)
+    } else if let Some(device) = edge_runtime::camera::v4l2_device(&args.input) {
+        camera_source(device, frame_opts)?
     } else {
         Source::Set(pre.read_source(&args.input, false)?, args.input.clone())
     };
@@ -188,7 +198,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         out.flush()?;
         Ok(())
     };
-    match (&source, &link) {
+    match (&mut source, &link) {
         (source, Some(l)) if args.link_frames => {
             let options = ServeOptions {
                 trigger_every: args.trigger_every_ms.map(Duration::from_millis),
@@ -232,6 +242,33 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     labels.extend_from_slice(&l[start..end]);
                 }
                 frames_done = end;
+            }
+        }
+        #[cfg(feature = "v4l2")]
+        (Source::Camera(camera, device), _) => {
+            let mut failures = 0;
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| frames_done >= n) {
+                    break;
+                }
+                // A bad frame is reported and skipped; a camera that keeps failing ends the run.
+                let pixels = match camera.next_frame() {
+                    Ok((pixels, _sequence)) => pixels,
+                    Err(e) => {
+                        eprintln!("skipped frame {i}: {e}");
+                        failures += 1;
+                        if failures >= CAMERA_FAILURES && !stop.load(Ordering::Relaxed) {
+                            pipe.snapshot()?;
+                            bail!("{device}: {failures} frames failed in a row; stopping");
+                        }
+                        continue;
+                    }
+                };
+                failures = 0;
+                let events = pipe.process(&[captured(device.clone(), i, pixels)], None)?;
+                emit(events, &mut out, &mut assigned)?;
+                take_commands(link.as_ref(), &mut pipe, &mut out)?;
+                frames_done += 1;
             }
         }
         (Source::Stdin(opts), _) => {
@@ -314,6 +351,22 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "v4l2")]
+fn camera_source(device: &str, opts: ImageFolderOptions) -> Result<Source> {
+    let camera = edge_runtime::camera::V4l2Camera::open(device, opts)?;
+    let l = camera.layout();
+    eprintln!(
+        "{device}: {:?} {}x{} -> the model's input",
+        l.format, l.width, l.height
+    );
+    Ok(Source::Camera(camera, device.to_string()))
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn camera_source(device: &str, _opts: ImageFolderOptions) -> Result<Source> {
+    bail!("{device}: this edge-runtime was built without cameras; rebuild it with --features v4l2")
+}
+
 /// A frame just captured from `source`.
 fn captured(source: String, frame_id: u64, pixels: Vec<u8>) -> Frame {
     Frame {
@@ -349,23 +402,24 @@ fn take_commands(link: Option<&BoardLink>, pipe: &mut Pipeline, out: &mut dyn Wr
 
 /// One frame at a time from a source, for frames paced by the MCU.
 struct FrameReader<'a> {
-    source: &'a Source,
+    source: &'a mut Source,
     next: usize,
     stdin: Option<std::io::Lines<std::io::StdinLock<'static>>>,
 }
 
 impl<'a> FrameReader<'a> {
-    fn new(source: &'a Source) -> Self {
+    fn new(source: &'a mut Source) -> Self {
+        let stdin = matches!(source, Source::Stdin(_)).then(|| std::io::stdin().lock().lines());
         Self {
             source,
             next: 0,
-            stdin: matches!(source, Source::Stdin(_)).then(|| std::io::stdin().lock().lines()),
+            stdin,
         }
     }
 
     /// The next capture, labelled with the MCU's frame id; `None` when the input is done.
     fn next(&mut self, frame_id: u32) -> Option<Result<Frame, EdgeError>> {
-        match (self.source, &mut self.stdin) {
+        match (&mut *self.source, &mut self.stdin) {
             (Source::Set(set, name), _) => {
                 let i = self.next;
                 self.next += 1;
@@ -395,6 +449,24 @@ impl<'a> FrameReader<'a> {
                 }
             },
             (Source::Stdin(_), None) => None,
+            // The MCU's FrameReady triggers a capture; a bad buffer is reported and the next
+            // one taken, up to CAMERA_FAILURES in a row.
+            #[cfg(feature = "v4l2")]
+            (Source::Camera(camera, device), _) => {
+                let mut failures = 0;
+                loop {
+                    match camera.next_frame() {
+                        Ok((pixels, _)) => {
+                            return Some(Ok(captured(device.clone(), u64::from(frame_id), pixels)))
+                        }
+                        Err(e) if failures + 1 < CAMERA_FAILURES => {
+                            eprintln!("frame {frame_id}: {e}; capturing again");
+                            failures += 1;
+                        }
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
         }
     }
 }

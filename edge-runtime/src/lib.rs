@@ -2,6 +2,7 @@
 //!
 //! - [`bundle`]: an exported model directory (manifest + ONNX files), checked on load.
 //! - [`bank`]: the bounded, crash-safe on-device memory bank.
+//! - [`camera`]: live frames from V4L2 cameras (capture behind the `v4l2` feature).
 //! - [`backend`]: inference backends behind one small `Runtime -> Runnable` trait.
 //! - [`link`]: the serial link to the microcontroller companion (board-support's protocol).
 //! - [`pipeline`]: frames -> embeddings -> online clusters -> bank and events.
@@ -10,6 +11,7 @@
 pub mod backend;
 pub mod bank;
 pub mod bundle;
+pub mod camera;
 mod error;
 pub mod link;
 pub mod memory;

@@ -232,3 +232,34 @@ fn sigterm_stops_the_stream_gracefully_with_the_bank_on_disk() {
     let (b, _) = MemoryBank::open(&bank, BankConfig::default()).unwrap();
     assert!(b.len() >= 3);
 }
+
+/// No camera here (containers have no /dev/video*): what is checked is that a device that is
+/// missing, or is no camera, gets an error naming it and the bank is left as it was.
+#[test]
+fn a_camera_input_that_is_no_camera_names_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = dir.path().join("bank");
+    let run = |input: &str| {
+        Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
+            .args(["run", "--input", input, "--model"])
+            .arg(model_dir())
+            .arg("--bank")
+            .arg(&bank)
+            .output()
+            .unwrap()
+    };
+    for (device, reason) in [
+        ("/dev/video-missing", "cannot open the camera"),
+        ("/dev/null", "VIDIOC_QUERYCAP"),
+    ] {
+        let out = run(&format!("v4l2:{device}"));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(device), "{err}");
+        if cfg!(feature = "v4l2") {
+            assert!(err.contains(reason), "{err}");
+        } else {
+            assert!(err.contains("--features v4l2"), "{err}");
+        }
+    }
+}
