@@ -4,6 +4,10 @@
 
 #[cfg(feature = "tract")]
 mod tract;
+#[cfg(feature = "tract")]
+mod tract_conv;
+#[cfg(feature = "tract")]
+mod tract_pool;
 
 #[cfg(feature = "ort")]
 mod ort;
@@ -17,7 +21,7 @@ pub use self::ort::OrtRuntime;
 #[cfg(feature = "rknn")]
 pub use self::rknn::RknnRuntime;
 #[cfg(feature = "tract")]
-pub use self::tract::TractRuntime;
+pub use self::tract::{optimized_model, TractRuntime};
 
 use models::data::ImageSet;
 

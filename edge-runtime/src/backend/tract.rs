@@ -1,7 +1,9 @@
 //! The default backend: tract, pure Rust. The model is typed with the batch made concrete,
-//! then optimised; the input and output shapes are checked against the manifest.
+//! two of its op kinds swapped for faster forms (2x2 max pools, [`super::tract_pool`]; 3x3
+//! convolutions of few input channels, [`super::tract_conv`]), then optimised; the input and
+//! output shapes are checked against the manifest.
 
-use std::sync::Arc;
+use std::sync::Mutex;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -25,6 +27,38 @@ impl Runtime for TractRuntime {
         model: &ModelBundle,
         options: &PrepareOptions,
     ) -> Result<Box<dyn Runnable>, EdgeError> {
+        prepare(model, options, true)
+    }
+}
+
+/// `bytes` (ONNX) typed for NCHW input `[batch, c, h, w]` and optimised. With `swap_ops`,
+/// plain 2x2 max pools and 3x3 convolutions of few input channels run as this crate's ops
+/// (`false` keeps tract's own, for comparison). Also returns how many ops were swapped.
+pub fn optimized_model(
+    bytes: &[u8],
+    input: [usize; 4],
+    swap_ops: bool,
+) -> TractResult<(TypedModel, usize)> {
+    // Decluttered first, so QDQ weights are folded into constants the swaps can read.
+    let mut typed = tract_onnx::onnx()
+        .model_for_read(&mut &*bytes)?
+        .with_input_fact(0, f32::fact(input).into())?
+        .into_typed()?
+        .into_decluttered()?;
+    let mut swapped = 0;
+    if swap_ops {
+        swapped += super::tract_pool::use_fast_max_pools(&mut typed)?;
+        swapped += super::tract_conv::use_direct_convs(&mut typed)?;
+    }
+    Ok((typed.into_optimized()?, swapped))
+}
+
+fn prepare(
+    model: &ModelBundle,
+    options: &PrepareOptions,
+    swap_ops: bool,
+) -> Result<Box<dyn Runnable>, EdgeError> {
+    {
         let err = |e: TractError| EdgeError::Model {
             path: model.path.clone(),
             message: format!("{e:#}"),
@@ -35,11 +69,7 @@ impl Runtime for TractRuntime {
             .model_for_read(&mut model.bytes.as_slice())
             .map_err(err)?;
         check_declared_input(&inference, model, [c, h, w])?;
-        let typed = inference
-            .with_input_fact(0, f32::fact([batch, c, h, w]).into())
-            .map_err(err)?
-            .into_optimized()
-            .map_err(err)?;
+        let (typed, _) = optimized_model(&model.bytes, [batch, c, h, w], swap_ops).map_err(err)?;
         let out = typed
             .output_fact(0)
             .map_err(err)?
@@ -56,10 +86,12 @@ impl Runtime for TractRuntime {
             ));
         }
         let plan = typed.into_runnable().map_err(err)?;
+        // One state for every run: spawning one per run costs allocations each time.
+        let state = Mutex::new(plan.spawn().map_err(err)?);
         let executor = (options.threads > 1)
             .then(|| tract_linalg::multithread::Executor::multithread(options.threads));
         Ok(Box::new(TractRunnable {
-            plan,
+            state,
             executor,
             shape: BatchShape {
                 batch,
@@ -115,7 +147,7 @@ fn shape_error(
 }
 
 struct TractRunnable {
-    plan: Arc<TypedRunnableModel>,
+    state: Mutex<TypedSimpleState>,
     /// A private thread pool for tract's matrix products, when more than one thread.
     executor: Option<tract_linalg::multithread::Executor>,
     shape: BatchShape,
@@ -143,14 +175,64 @@ impl Runnable for TractRunnable {
         };
         let input = Tensor::from_shape(&[batch, c, h, w], &data).map_err(err)?;
         let inputs = tvec!(input.into_tvalue());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let out = match &self.executor {
-            Some(ex) => tract_linalg::multithread::multithread_tract_scope(ex.clone(), || {
-                self.plan.run(inputs)
-            }),
-            None => self.plan.run(inputs),
+            Some(ex) => {
+                tract_linalg::multithread::multithread_tract_scope(ex.clone(), || state.run(inputs))
+            }
+            None => state.run(inputs),
         }
         .map_err(err)?;
         let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
         Ok(view.iter().take(n * dim).copied().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::manifest::Precision;
+
+    /// The swapped ops must change nothing but the time: both precisions, a short batch.
+    /// (Pools are exact; the direct convolution sums in another order.)
+    #[test]
+    fn swapped_ops_give_the_same_embeddings() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/fashion-mnist-small-cnn");
+        for precision in [Precision::Fp32, Precision::Int8] {
+            let bundle = ModelBundle::load(&dir, precision).unwrap();
+            let options = PrepareOptions {
+                batch: 4,
+                threads: 1,
+            };
+            let [c, h, w] = bundle.manifest.input_chw();
+            let (_, swapped) = optimized_model(&bundle.bytes, [4, c, h, w], true).unwrap();
+            assert_eq!(
+                swapped, 3,
+                "two 2x2 pools and the 1-channel first convolution"
+            );
+            let fast = prepare(&bundle, &options, true).unwrap();
+            let stock = prepare(&bundle, &options, false).unwrap();
+            let len = bundle.manifest.input_chw().iter().product::<usize>();
+            let mut rng = models::rng::Rng::new(7);
+            let images: Vec<f32> = (0..3 * len)
+                .map(|_| rng.next_f64() as f32 * 4.0 - 2.0)
+                .collect();
+            let (a, b) = (
+                fast.run(&images, 3).unwrap(),
+                stock.run(&images, 3).unwrap(),
+            );
+            assert_eq!(a.len(), 3 * bundle.manifest.embedding.dim as usize);
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-5 * scale.max(1.0),
+                "{precision:?}: {worst} (scale {scale})"
+            );
+        }
     }
 }
