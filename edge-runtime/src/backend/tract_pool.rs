@@ -5,12 +5,14 @@
 //! convolution. The common case in small CNNs (2x2 windows, stride 2, no padding, NCHW, f32)
 //! is two passes the compiler vectorises: the max of each pair of rows, then of each pair of
 //! columns. A ReLU feeding only the pool is folded in (max commutes with it), on a quarter of
-//! the values. The result is bit-identical; anything else keeps tract's own ops.
+//! the values; and when the pool feeds only a zero-padded convolution, the pool writes the
+//! zero border itself and the convolution's own Pad op goes (11 us a frame on the default
+//! model). The result is bit-identical; anything else keeps tract's own ops.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool, PaddingSpec};
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
@@ -18,6 +20,8 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 pub(super) struct MaxPool2x2 {
     /// Clamp the pooled values at 0: the ReLU that fed the pool.
     relu: bool,
+    /// Zeros written around each output plane: the padding of the convolution it feeds.
+    pad: usize,
 }
 
 impl Op for MaxPool2x2 {
@@ -42,13 +46,29 @@ impl EvalOp for MaxPool2x2 {
             bail!("MaxPool2x2 takes NCHW, got shape {:?}", input.shape());
         };
         let (ho, wo) = (h / 2, w / 2);
-        let mut out = Tensor::zero::<f32>(&[n, c, ho, wo])?;
+        let p = self.pad;
+        let (hp, wp) = (ho + 2 * p, wo + 2 * p);
+        let mut out = Tensor::zero::<f32>(&[n, c, hp, wp])?;
         {
             let plain = input.try_as_plain_ram()?;
             let x = plain.as_slice::<f32>()?;
             let mut view = out.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
-            pool_planes(x, out, h, w);
+            if p == 0 {
+                pool_planes(x, out, h, w);
+            } else {
+                // Pooled planes, then copied inside their zero borders.
+                let mut pooled = vec![0f32; n * c * ho * wo];
+                pool_planes(x, &mut pooled, h, w);
+                for (src, dst) in pooled
+                    .chunks_exact(ho * wo)
+                    .zip(out.chunks_exact_mut(hp * wp))
+                {
+                    for (y, row) in src.chunks_exact(wo).enumerate() {
+                        dst[(y + p) * wp + p..][..wo].copy_from_slice(row);
+                    }
+                }
+            }
             if self.relu {
                 out.iter_mut()
                     .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
@@ -65,8 +85,8 @@ impl TypedOp for MaxPool2x2 {
         Ok(tvec!(f32::fact([
             s[0].clone(),
             s[1].clone(),
-            (h / 2).into(),
-            (w / 2).into()
+            (h / 2 + 2 * self.pad).into(),
+            (w / 2 + 2 * self.pad).into()
         ])))
     }
 
@@ -138,8 +158,28 @@ fn relu_input(model: &TypedModel, outlet: OutletId) -> Option<OutletId> {
     }
 }
 
+/// The convolution that alone reads `outlet`, with the same zero padding `p` on every side:
+/// its node, `p`, and the convolution without the padding.
+fn padded_conv(model: &TypedModel, outlet: OutletId) -> Option<(usize, usize, Conv)> {
+    let [succ] = model.outlet_successors(outlet) else {
+        return None;
+    };
+    let node = model.node(succ.node);
+    let conv = node.op_as::<Conv>()?;
+    let p = match &conv.pool_spec.padding {
+        PaddingSpec::Explicit(a, b) if a == b && a.len() == 2 && a[0] == a[1] && a[0] > 0 => a[0],
+        _ => return None,
+    };
+    if succ.slot != 0 || conv.pool_spec.data_format != DataFormat::NCHW {
+        return None;
+    }
+    let mut valid = conv.clone();
+    valid.pool_spec.padding = PaddingSpec::Valid;
+    Some((node.id, p, valid))
+}
+
 /// Replaces every plain 2x2 max pool of `model` with [`MaxPool2x2`], taking in the ReLU
-/// before it where there is one; returns how many.
+/// before it and the padding of the convolution after it where there are; returns how many.
 pub(super) fn use_fast_max_pools(model: &mut TypedModel) -> TractResult<usize> {
     let candidates: Vec<usize> = model
         .nodes()
@@ -159,10 +199,23 @@ pub(super) fn use_fast_max_pools(model: &mut TypedModel) -> TractResult<usize> {
             Some(x) => (x, true),
             None => (node.inputs[0], false),
         };
+        let conv = padded_conv(model, OutletId::new(id, 0));
+        let pad = conv.as_ref().map_or(0, |(_, p, _)| *p);
         let mut patch = TypedModelPatch::default();
         let tap = patch.tap_model(model, input)?;
-        let pooled = patch.wire_node(&node.name, MaxPool2x2 { relu }, &[tap])?;
-        patch.shunt_outside(model, OutletId::new(id, 0), pooled[0])?;
+        let pooled = patch.wire_node(&node.name, MaxPool2x2 { relu, pad }, &[tap])?;
+        match conv {
+            Some((conv_id, _, valid)) => {
+                let conv_node = model.node(conv_id);
+                let mut inputs = tvec!(pooled[0]);
+                for &i in &conv_node.inputs[1..] {
+                    inputs.push(patch.tap_model(model, i)?);
+                }
+                let out = patch.wire_node(&conv_node.name, valid, &inputs)?;
+                patch.shunt_outside(model, OutletId::new(conv_id, 0), out[0])?;
+            }
+            None => patch.shunt_outside(model, OutletId::new(id, 0), pooled[0])?,
+        }
         patch.apply(model)?;
     }
     Ok(candidates.len())
