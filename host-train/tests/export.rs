@@ -17,9 +17,13 @@ use models::manifest::{EncoderManifest, ManifestError, Precision};
 /// An untrained encoder whose BatchNorm running statistics moved away from (0, 1), so
 /// folding has something to fold.
 fn encoder(c: usize, sobel: bool, size: usize) -> (VarMap, Box<dyn Encoder>) {
+    encoder_of(Arch::SmallCnn, c, sobel, size)
+}
+
+fn encoder_of(arch: Arch, c: usize, sobel: bool, size: usize) -> (VarMap, Box<dyn Encoder>) {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let enc = Arch::SmallCnn.build(c, 16, sobel, vb).unwrap();
+    let enc = arch.build(c, 16, sobel, vb).unwrap();
     for step in 0..5 {
         let x =
             Tensor::randn(0.5f32 * step as f32, 2.0, (16, c, size, size), &Device::Cpu).unwrap();
@@ -129,6 +133,69 @@ fn export_round_trips_through_tract_within_the_parity_targets() {
     assert!(r.int8_mean_cosine >= 0.99, "{r:?}");
     assert!(r.knn_fp32.is_some() && r.knn_int8.is_some());
     assert!(r.table().contains("| candle fp32 vs tract fp32 |"));
+}
+
+/// resnet18's residual sums go through folding, ONNX (Add nodes), calibration and QDQ.
+#[test]
+fn resnet18_exports_with_its_residual_sums() {
+    let (_vm, enc) = encoder_of(Arch::Resnet18, 1, false, 28);
+    let x = Tensor::randn(0f32, 1.0, (4, 1, 28, 28), &Device::Cpu).unwrap();
+    let want = enc.embed(&x, false).unwrap();
+    let graph = enc.folded_graph([1, 28, 28]).unwrap();
+    // The stem, 16 block convs, 3 shortcut projections and the projection.
+    assert_eq!(graph.quantized().len(), 21);
+    let got = graph.forward(&x, |_, _| Ok(())).unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let d = (want - got)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        d <= 1e-5 * scale.max(1.0),
+        "folded differs by {d} (scale {scale})"
+    );
+
+    let (mut cfg, train, test) = fashion_mnist_slice(240);
+    cfg.arch = Arch::Resnet18;
+    let dir = tempfile::tempdir().unwrap();
+    let ecfg = ExportConfig {
+        calibration_images: 64,
+        centroids_k: 5,
+        ..Default::default()
+    };
+    let manifest = export(enc.as_ref(), &cfg, "runs/test", &train, dir.path(), &ecfg).unwrap();
+    assert_eq!(manifest.arch, "resnet18");
+    let quant = manifest
+        .model(Precision::Int8)
+        .unwrap()
+        .quantization
+        .as_ref()
+        .unwrap();
+    assert_eq!(quant.activations.len(), 21);
+    // Activation names are tensors of the int8 graph: a block's second conv reads its body.
+    assert!(
+        quant.activations.iter().any(|a| a.tensor.contains(".body")),
+        "{quant:?}"
+    );
+    let vcfg = VerifyConfig {
+        test_images: 40,
+        train_images: 240,
+        batch: 40,
+        seed: 1,
+    };
+    let r = verify(enc.as_ref(), dir.path(), &train, &test, &vcfg).unwrap();
+    assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");
+    assert!(r.int8_mean_cosine >= 0.99, "{r:?}");
 }
 
 fn expect_manifest_error(dir: &std::path::Path, precision: Precision) -> ManifestError {

@@ -56,9 +56,8 @@ impl Encoder for ResNet18 {
     fn feature_dim(&self) -> usize {
         self.config().widths[3]
     }
-    fn folded_graph(&self, _input_chw: [usize; 3]) -> Result<FoldedGraph> {
-        // The export graph is a chain of layers; residual sums are not in it yet.
-        candle_core::bail!("export supports small-cnn only; resnet18 has residual connections")
+    fn folded_graph(&self, input_chw: [usize; 3]) -> Result<FoldedGraph> {
+        ResNet18::folded_graph(self, input_chw)
     }
 }
 

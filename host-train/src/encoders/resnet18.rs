@@ -7,6 +7,7 @@ use candle_core::{bail, Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, VarBuilder};
 
 use super::{BnRelu, SobelFront};
+use crate::export::{Conv, FoldedGraph, Layer, Linear, Residual};
 use crate::ops::{conv2d, Conv2dGeometry};
 
 /// Shape of a `resnet18`.
@@ -50,7 +51,52 @@ struct BasicBlock {
     stride: usize,
 }
 
+/// `w` with `bn` (eval statistics) folded in, as an export layer.
+fn folded_conv(
+    name: String,
+    w: &Tensor,
+    bn: &BnRelu,
+    stride: usize,
+    padding: usize,
+) -> Result<Layer> {
+    let conv = Conv {
+        name,
+        weight: w.flatten_all()?.to_vec1()?,
+        shape: w.dims4()?.into(),
+        bias: None,
+        stride,
+        padding,
+    };
+    Ok(Layer::Conv(conv.fold_batch_norm(&bn.batch_norm_params()?)))
+}
+
 impl BasicBlock {
+    /// The block for export: the residual sum, then its ReLU.
+    fn folded(&self, name: &str) -> Result<[Layer; 2]> {
+        let body = vec![
+            folded_conv(
+                format!("{name}.conv1"),
+                &self.conv1,
+                &self.bn1,
+                self.stride,
+                1,
+            )?,
+            Layer::Relu,
+            folded_conv(format!("{name}.conv2"), &self.conv2, &self.bn2, 1, 1)?,
+        ];
+        let shortcut = match &self.projection {
+            Some((w, bn)) => vec![folded_conv(
+                format!("{name}.shortcut"),
+                w,
+                bn,
+                self.stride,
+                0,
+            )?],
+            None => Vec::new(),
+        };
+        Ok([Layer::Residual(Residual { body, shortcut }), Layer::Relu])
+    }
+
     fn new(c_in: usize, c_out: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         let projection = if stride != 1 || c_in != c_out {
             Some((
@@ -153,6 +199,52 @@ impl ResNet18 {
             x = block.forward_t(&x, train)?;
         }
         x.mean((2, 3))
+    }
+}
+
+impl ResNet18 {
+    /// The eval-mode graph with every BatchNorm folded into its convolution.
+    pub fn folded_graph(&self, input_chw: [usize; 3]) -> Result<FoldedGraph> {
+        if input_chw[0] != self.config.in_channels {
+            bail!(
+                "resnet18 takes {} channels, not {}",
+                self.config.in_channels,
+                input_chw[0]
+            );
+        }
+        let mut layers = Vec::new();
+        if let Some(s) = &self.sobel {
+            layers.push(Layer::Conv(s.as_conv()?));
+        }
+        layers.push(folded_conv(
+            "stem.conv".into(),
+            &self.stem,
+            &self.stem_bn,
+            1,
+            1,
+        )?);
+        layers.push(Layer::Relu);
+        for (i, block) in self.blocks.iter().enumerate() {
+            layers.extend(block.folded(&format!("layer{}.{}", i / 2 + 1, i % 2))?);
+        }
+        layers.push(Layer::GlobalAvgPool);
+        let (out_features, in_features) = self.proj.weight().dims2()?;
+        let bias = match self.proj.bias() {
+            Some(b) => b.to_vec1()?,
+            None => vec![0.0; out_features],
+        };
+        layers.push(Layer::Linear(Linear {
+            name: "proj".into(),
+            weight: self.proj.weight().flatten_all()?.to_vec1()?,
+            out_features,
+            in_features,
+            bias,
+        }));
+        Ok(FoldedGraph {
+            input_chw,
+            layers,
+            embed_dim: out_features,
+        })
     }
 }
 

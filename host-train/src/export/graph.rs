@@ -1,5 +1,7 @@
-//! The inference graph of an encoder with BatchNorm folded into the convolutions: a plain
-//! list of layers that the ONNX writer, the calibrator and the parity checks all read.
+//! The inference graph of an encoder with BatchNorm folded into the convolutions: a list of
+//! layers (residual blocks nest two more) that the ONNX writer, the calibrator and the parity
+//! checks all read. Convs and linears are numbered in [`FoldedGraph::quantized`] order, the
+//! order the calibrator observes them and the writer quantises them.
 
 use candle_core::{Device, Result, Tensor};
 
@@ -14,6 +16,15 @@ pub enum Layer {
     /// Mean over height and width, then flatten: (b, c, h, w) -> (b, c).
     GlobalAvgPool,
     Linear(Linear),
+    /// `body(x) + shortcut(x)`: ResNet's basic block before its last ReLU.
+    Residual(Residual),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Residual {
+    pub body: Vec<Layer>,
+    /// Empty: the identity.
+    pub shortcut: Vec<Layer>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,46 +97,39 @@ pub struct BatchNormParams {
 }
 
 impl FoldedGraph {
-    /// Runs the graph in candle, calling `observe(layer_index, input)` before every conv and
-    /// linear (the calibrator's hook). Returns the embedding `(b, embed_dim)`.
+    /// Runs the graph in candle, calling `observe(k, input)` before the `k`-th conv or linear
+    /// of [`Self::quantized`] (the calibrator's hook). Returns the embedding `(b, embed_dim)`.
     pub fn forward(
         &self,
         x: &Tensor,
         mut observe: impl FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
-        let dev = x.device();
-        let mut x = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = match layer {
-                Layer::Conv(c) => {
-                    observe(i, &x)?;
-                    let w = Tensor::from_slice(&c.weight, c.shape.as_slice(), dev)?;
-                    let geometry = Conv2dGeometry {
-                        stride: c.stride,
-                        padding: c.padding,
-                    };
-                    let y = conv2d(&x, &w, geometry)?;
-                    match &c.bias {
-                        Some(b) => y.broadcast_add(&bias(b, dev)?.reshape((1, (), 1, 1))?)?,
-                        None => y,
+        let mut next = 0;
+        run_layers(&self.layers, x, &mut observe, &mut next)
+    }
+
+    /// Every conv and linear, in the order `forward` observes them.
+    pub fn quantized(&self) -> Vec<&Layer> {
+        fn walk<'a>(layers: &'a [Layer], out: &mut Vec<&'a Layer>) {
+            for l in layers {
+                match l {
+                    Layer::Conv(_) | Layer::Linear(_) => out.push(l),
+                    Layer::Residual(r) => {
+                        walk(&r.body, out);
+                        walk(&r.shortcut, out);
                     }
+                    _ => {}
                 }
-                Layer::Relu => x.relu()?,
-                Layer::MaxPool2x2 => max_pool_2x2(&x)?,
-                Layer::GlobalAvgPool => x.mean((2, 3))?,
-                Layer::Linear(l) => {
-                    observe(i, &x)?;
-                    let w = Tensor::from_slice(&l.weight, (l.out_features, l.in_features), dev)?;
-                    x.matmul(&w.t()?)?.broadcast_add(&bias(&l.bias, dev)?)?
-                }
-            };
+            }
         }
-        Ok(x)
+        let mut out = Vec::new();
+        walk(&self.layers, &mut out);
+        out
     }
 
     /// Number of weights (what the fp32 file mostly consists of).
     pub fn parameter_count(&self) -> usize {
-        self.layers
+        self.quantized()
             .iter()
             .map(|l| match l {
                 Layer::Conv(c) => c.weight.len() + c.bias.as_ref().map_or(0, Vec::len),
@@ -134,6 +138,50 @@ impl FoldedGraph {
             })
             .sum()
     }
+}
+
+/// `layers` on `x`; `next` numbers the convs and linears as they come.
+fn run_layers(
+    layers: &[Layer],
+    x: &Tensor,
+    observe: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    next: &mut usize,
+) -> Result<Tensor> {
+    let dev = x.device();
+    let mut x = x.clone();
+    for layer in layers {
+        x = match layer {
+            Layer::Conv(c) => {
+                observe(*next, &x)?;
+                *next += 1;
+                let w = Tensor::from_slice(&c.weight, c.shape.as_slice(), dev)?;
+                let geometry = Conv2dGeometry {
+                    stride: c.stride,
+                    padding: c.padding,
+                };
+                let y = conv2d(&x, &w, geometry)?;
+                match &c.bias {
+                    Some(b) => y.broadcast_add(&bias(b, dev)?.reshape((1, (), 1, 1))?)?,
+                    None => y,
+                }
+            }
+            Layer::Relu => x.relu()?,
+            Layer::MaxPool2x2 => max_pool_2x2(&x)?,
+            Layer::GlobalAvgPool => x.mean((2, 3))?,
+            Layer::Linear(l) => {
+                observe(*next, &x)?;
+                *next += 1;
+                let w = Tensor::from_slice(&l.weight, (l.out_features, l.in_features), dev)?;
+                x.matmul(&w.t()?)?.broadcast_add(&bias(&l.bias, dev)?)?
+            }
+            Layer::Residual(r) => {
+                let body = run_layers(&r.body, &x, observe, next)?;
+                let shortcut = run_layers(&r.shortcut, &x, observe, next)?;
+                (body + shortcut)?
+            }
+        };
+    }
+    Ok(x)
 }
 
 fn bias(b: &[f32], dev: &Device) -> Result<Tensor> {

@@ -11,7 +11,7 @@ pub mod onnx;
 pub mod quantize;
 pub mod verify;
 
-pub use graph::{BatchNormParams, Conv, FoldedGraph, Layer, Linear};
+pub use graph::{BatchNormParams, Conv, FoldedGraph, Layer, Linear, Residual};
 
 use std::path::Path;
 
@@ -213,17 +213,17 @@ fn model_file(
 
 fn quantization_record(
     graph: &FoldedGraph,
-    quant: &[Option<quantize::LayerQuant>],
+    quant: &[quantize::LayerQuant],
     cfg: &ExportConfig,
     images: usize,
 ) -> Quantization {
     let mut activations = Vec::new();
     let mut weights = Vec::new();
-    let mut input = onnx::INPUT_NAME.to_string();
-    for (i, (layer, q)) in graph.layers.iter().zip(quant).enumerate() {
-        if let (Some(name), Some(q)) = (layer.quantized_name(), q) {
+    let inputs = onnx::quantized_inputs(graph);
+    for ((layer, q), input) in graph.quantized().into_iter().zip(quant).zip(inputs) {
+        if let Some(name) = layer.quantized_name() {
             activations.push(TensorQuant {
-                tensor: input.clone(),
+                tensor: input,
                 scale: q.input_scale,
                 zero_point: 0,
             });
@@ -233,7 +233,6 @@ fn quantization_record(
                 scales: q.weight_scales.clone(),
             });
         }
-        input = format!("t{i}");
     }
     Quantization {
         calibrator: cfg.calibrator,

@@ -24,92 +24,30 @@ const IR_VERSION: i64 = 7;
 
 /// The ONNX file's bytes. `quant` has one entry per layer (`Some` for convs and linears)
 /// for the QDQ int8 model, or is `None` for fp32.
-pub fn write_onnx(graph: &FoldedGraph, quant: Option<&[Option<LayerQuant>]>, doc: &str) -> Vec<u8> {
-    build_model(graph, quant, doc).encode_to_vec()
+pub fn write_onnx(graph: &FoldedGraph, quant: Option<&[LayerQuant]>, doc: &str) -> Vec<u8> {
+    build(graph, quant, doc).0.encode_to_vec()
 }
 
-pub fn build_model(
+pub fn build_model(graph: &FoldedGraph, quant: Option<&[LayerQuant]>, doc: &str) -> ModelProto {
+    build(graph, quant, doc).0
+}
+
+/// The input tensor of every conv and linear, in [`FoldedGraph::quantized`] order: the
+/// activations the int8 model quantises.
+pub fn quantized_inputs(graph: &FoldedGraph) -> Vec<String> {
+    build(graph, None, "").1
+}
+
+fn build(
     graph: &FoldedGraph,
-    quant: Option<&[Option<LayerQuant>]>,
+    quant: Option<&[LayerQuant]>,
     doc: &str,
-) -> ModelProto {
-    let mut b = GraphBuilder::default();
-    let mut x = INPUT_NAME.to_string();
-    let last = graph.layers.len() - 1;
-    for (i, layer) in graph.layers.iter().enumerate() {
-        let out = if i == last {
-            OUTPUT_NAME.to_string()
-        } else {
-            format!("t{i}")
-        };
-        let q = quant.and_then(|q| q[i].as_ref());
-        match layer {
-            Layer::Conv(c) => {
-                let x_in = b.activation(&x, q);
-                let w = b.weight(&c.name, &c.weight, &c.shape.map(|d| d as i64), q);
-                let mut inputs = vec![x_in, w];
-                if let Some(bias) = &c.bias {
-                    inputs.push(b.f32_init(
-                        &format!("{}.bias", c.name),
-                        &[bias.len() as i64],
-                        bias,
-                    ));
-                }
-                let (kh, kw) = (c.shape[2] as i64, c.shape[3] as i64);
-                let (s, p) = (c.stride as i64, c.padding as i64);
-                b.node(
-                    "Conv",
-                    &c.name,
-                    inputs,
-                    &out,
-                    vec![
-                        ints("kernel_shape", &[kh, kw]),
-                        ints("strides", &[s, s]),
-                        ints("pads", &[p, p, p, p]),
-                    ],
-                );
-            }
-            Layer::Relu => b.node("Relu", &format!("relu{i}"), vec![x], &out, vec![]),
-            Layer::MaxPool2x2 => b.node(
-                "MaxPool",
-                &format!("pool{i}"),
-                vec![x],
-                &out,
-                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
-            ),
-            Layer::GlobalAvgPool => {
-                let pooled = format!("{out}.pooled");
-                b.node(
-                    "GlobalAveragePool",
-                    &format!("gap{i}"),
-                    vec![x],
-                    &pooled,
-                    vec![],
-                );
-                b.node(
-                    "Flatten",
-                    &format!("flatten{i}"),
-                    vec![pooled],
-                    &out,
-                    vec![int("axis", 1)],
-                );
-            }
-            Layer::Linear(l) => {
-                let x_in = b.activation(&x, q);
-                let dims = [l.out_features as i64, l.in_features as i64];
-                let w = b.weight(&l.name, &l.weight, &dims, q);
-                let bias = b.f32_init(&format!("{}.bias", l.name), &[l.bias.len() as i64], &l.bias);
-                b.node(
-                    "Gemm",
-                    &l.name,
-                    vec![x_in, w, bias],
-                    &out,
-                    vec![int("transB", 1)],
-                );
-            }
-        }
-        x = out;
-    }
+) -> (ModelProto, Vec<String>) {
+    let mut b = GraphBuilder {
+        quant,
+        ..Default::default()
+    };
+    b.layers(&graph.layers, INPUT_NAME.to_string(), "", true);
     let [c, h, w] = graph.input_chw.map(|d| d as i64);
     let g = GraphProto {
         name: "encoder".into(),
@@ -122,7 +60,7 @@ pub fn build_model(
         )],
         ..Default::default()
     };
-    ModelProto {
+    let model = ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
             domain: String::new(),
@@ -133,16 +71,123 @@ pub fn build_model(
         doc_string: doc.into(),
         graph: Some(g),
         ..Default::default()
-    }
+    };
+    (model, b.quantized_inputs)
 }
 
 #[derive(Default)]
-struct GraphBuilder {
+struct GraphBuilder<'q> {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
+    /// One per conv and linear, in [`FoldedGraph::quantized`] order (none: fp32).
+    quant: Option<&'q [LayerQuant]>,
+    /// The input tensor of each conv and linear so far.
+    quantized_inputs: Vec<String>,
 }
 
-impl GraphBuilder {
+impl<'q> GraphBuilder<'q> {
+    /// Emits `layers` on the tensor `x` and returns their output. Layer `i` writes `t{prefix}{i}`
+    /// (at the top level, the last writes the graph's output); nodes without names of their
+    /// own are named after the same tag.
+    fn layers(&mut self, layers: &[Layer], mut x: String, prefix: &str, top: bool) -> String {
+        for (i, layer) in layers.iter().enumerate() {
+            let tag = format!("{prefix}{i}");
+            let out = if top && i + 1 == layers.len() {
+                OUTPUT_NAME.to_string()
+            } else {
+                format!("t{tag}")
+            };
+            match layer {
+                Layer::Conv(c) => {
+                    let q = self.next_quant(&x);
+                    let x_in = self.activation(&x, q);
+                    let w = self.weight(&c.name, &c.weight, &c.shape.map(|d| d as i64), q);
+                    let mut inputs = vec![x_in, w];
+                    if let Some(bias) = &c.bias {
+                        inputs.push(self.f32_init(
+                            &format!("{}.bias", c.name),
+                            &[bias.len() as i64],
+                            bias,
+                        ));
+                    }
+                    let (kh, kw) = (c.shape[2] as i64, c.shape[3] as i64);
+                    let (s, p) = (c.stride as i64, c.padding as i64);
+                    self.node(
+                        "Conv",
+                        &c.name,
+                        inputs,
+                        &out,
+                        vec![
+                            ints("kernel_shape", &[kh, kw]),
+                            ints("strides", &[s, s]),
+                            ints("pads", &[p, p, p, p]),
+                        ],
+                    );
+                }
+                Layer::Relu => self.node("Relu", &format!("relu{tag}"), vec![x], &out, vec![]),
+                Layer::MaxPool2x2 => self.node(
+                    "MaxPool",
+                    &format!("pool{tag}"),
+                    vec![x],
+                    &out,
+                    vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+                ),
+                Layer::GlobalAvgPool => {
+                    let pooled = format!("{out}.pooled");
+                    self.node(
+                        "GlobalAveragePool",
+                        &format!("gap{tag}"),
+                        vec![x],
+                        &pooled,
+                        vec![],
+                    );
+                    self.node(
+                        "Flatten",
+                        &format!("flatten{tag}"),
+                        vec![pooled],
+                        &out,
+                        vec![int("axis", 1)],
+                    );
+                }
+                Layer::Linear(l) => {
+                    let q = self.next_quant(&x);
+                    let x_in = self.activation(&x, q);
+                    let dims = [l.out_features as i64, l.in_features as i64];
+                    let w = self.weight(&l.name, &l.weight, &dims, q);
+                    let bias =
+                        self.f32_init(&format!("{}.bias", l.name), &[l.bias.len() as i64], &l.bias);
+                    self.node(
+                        "Gemm",
+                        &l.name,
+                        vec![x_in, w, bias],
+                        &out,
+                        vec![int("transB", 1)],
+                    );
+                }
+                Layer::Residual(r) => {
+                    let body = self.layers(&r.body, x.clone(), &format!("{tag}.body"), false);
+                    let shortcut = self.layers(&r.shortcut, x, &format!("{tag}.shortcut"), false);
+                    self.node(
+                        "Add",
+                        &format!("add{tag}"),
+                        vec![body, shortcut],
+                        &out,
+                        vec![],
+                    );
+                }
+            }
+            x = out;
+        }
+        x
+    }
+
+    /// The quantisation of the next conv or linear, whose input is `x`.
+    fn next_quant(&mut self, x: &str) -> Option<&'q LayerQuant> {
+        let k = self.quantized_inputs.len();
+        self.quantized_inputs.push(x.to_string());
+        self.quant.map(|q| &q[k])
+    }
+
     fn node(
         &mut self,
         op: &str,

@@ -16,14 +16,14 @@ pub struct LayerQuant {
     pub weight_scales: Vec<f32>,
 }
 
-/// The clipping range `amax` of every quantised layer's input (`None` for other layers),
-/// measured on `batches` of preprocessed images.
+/// The clipping range `amax` of the input of every conv and linear, in
+/// [`FoldedGraph::quantized`] order, measured on `batches` of preprocessed images.
 pub fn calibrate(
     graph: &FoldedGraph,
     batches: &[Tensor],
     calibrator: Calibrator,
-) -> Result<Vec<Option<f32>>> {
-    let n = graph.layers.len();
+) -> Result<Vec<f32>> {
+    let n = graph.quantized().len();
     let mut max_abs = vec![0f32; n];
     for x in batches {
         graph.forward(x, |i, t| {
@@ -32,9 +32,8 @@ pub fn calibrate(
             Ok(())
         })?;
     }
-    let quantized = |i: usize| graph.layers[i].quantized_name().is_some();
     if !calibrator.needs_histogram() {
-        return Ok((0..n).map(|i| quantized(i).then_some(max_abs[i])).collect());
+        return Ok(max_abs);
     }
     let mut hists: Vec<AbsHistogram> = max_abs
         .iter()
@@ -46,18 +45,21 @@ pub fn calibrate(
             Ok(())
         })?;
     }
-    Ok((0..n)
-        .map(|i| quantized(i).then(|| calibrator.amax(max_abs[i], &hists[i])))
+    Ok(max_abs
+        .iter()
+        .zip(&hists)
+        .map(|(&m, h)| calibrator.amax(m, h))
         .collect())
 }
 
-/// Quantises the weights of every conv and linear; `amax` comes from [`calibrate`].
-pub fn quantize_graph(graph: &FoldedGraph, amax: &[Option<f32>]) -> Vec<Option<LayerQuant>> {
+/// Quantises the weights of every conv and linear, in [`FoldedGraph::quantized`] order;
+/// `amax` comes from [`calibrate`].
+pub fn quantize_graph(graph: &FoldedGraph, amax: &[f32]) -> Vec<LayerQuant> {
     graph
-        .layers
-        .iter()
+        .quantized()
+        .into_iter()
         .zip(amax)
-        .map(|(layer, amax)| {
+        .filter_map(|(layer, &amax)| {
             let (w, out) = match layer {
                 Layer::Conv(c) => (&c.weight, c.shape[0]),
                 Layer::Linear(l) => (&l.weight, l.out_features),
@@ -65,7 +67,7 @@ pub fn quantize_graph(graph: &FoldedGraph, amax: &[Option<f32>]) -> Vec<Option<L
             };
             let (weight_codes, weight_scales) = quantize_per_channel(w, out);
             Some(LayerQuant {
-                input_scale: symmetric_scale(amax.unwrap_or(0.0)),
+                input_scale: symmetric_scale(amax),
                 weight_codes,
                 weight_scales,
             })
