@@ -29,6 +29,10 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Training stopped before its checkpoint was overwritten, so the run can resume from
+    /// the last good epoch.
+    #[error("epoch {epoch}: the loss became {loss}; training diverged (try a lower --lr); the checkpoint of the previous epoch is kept")]
+    Diverged { epoch: usize, loss: f64 },
 }
 
 impl TrainError {

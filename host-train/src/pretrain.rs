@@ -84,7 +84,16 @@ pub fn build_encoder(
     let vb = VarBuilder::from_varmap(vm, DType::F32, device);
     Ok(cfg
         .arch
-        .build(cfg.input.0, cfg.embed_dim, cfg.sobel, vb.pp("encoder"))?)
+        .build(cfg.input, cfg.embed_dim, cfg.sobel, vb.pp("encoder"))?)
+}
+
+/// A non-finite epoch loss ends the run before that epoch's checkpoint replaces the last one.
+fn check_finite(epoch: usize, loss: f64) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(TrainError::Diverged { epoch, loss })
+    }
 }
 
 fn eval_row(
@@ -223,6 +232,7 @@ pub fn pretrain(
                     device,
                     close.as_ref(),
                 )?;
+                check_finite(epoch + 1, stats.loss)?;
                 let saved = Tensor::from_slice(&bank.rows, (bank.len(), bank.dim), &Device::Cpu)?;
                 run.save_checkpoint(
                     &vm,
@@ -282,6 +292,7 @@ pub fn pretrain(
                     seed,
                     device,
                 )?;
+                check_finite(epoch + 1, stats.loss)?;
                 run.save_checkpoint(
                     &vm,
                     &opt,
@@ -336,4 +347,21 @@ pub fn load_encoder(
     let encoder = build_encoder(&cfg, &vm, device)?;
     run.load_model(&mut vm)?;
     Ok((cfg, encoder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diverged_epoch_is_an_error_that_keeps_the_last_checkpoint() {
+        assert!(check_finite(2, 1.5).is_ok());
+        for loss in [f64::NAN, f64::INFINITY] {
+            let e = check_finite(3, loss).unwrap_err().to_string();
+            assert!(
+                e.starts_with("epoch 3: the loss became") && e.contains("--lr"),
+                "{e}"
+            );
+        }
+    }
 }

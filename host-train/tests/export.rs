@@ -23,7 +23,7 @@ fn encoder(c: usize, sobel: bool, size: usize) -> (VarMap, Box<dyn Encoder>) {
 fn encoder_of(arch: Arch, c: usize, sobel: bool, size: usize) -> (VarMap, Box<dyn Encoder>) {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let enc = arch.build(c, 16, sobel, vb).unwrap();
+    let enc = arch.build((c, size, size), 16, sobel, vb).unwrap();
     for step in 0..5 {
         let x =
             Tensor::randn(0.5f32 * step as f32, 2.0, (16, c, size, size), &Device::Cpu).unwrap();
@@ -292,4 +292,62 @@ fn bad_model_files_get_clear_errors() {
     std::fs::write(dir.path().join("manifest.json"), b"{ not json").unwrap();
     let e = read_manifest(dir.path()).unwrap_err();
     assert!(e.to_string().contains("manifest.json"), "{e}");
+}
+
+/// alexnet-bn's overlapping 3x3/2 pools, Flatten and linear chain, written as ONNX and run by
+/// tract as the edge runtime prepares it: the same embeddings as candle.
+#[test]
+fn alexnet_bn_onnx_runs_in_tract() {
+    use candle_core::Tensor;
+    use host_train::encoders::{AlexNetBn, AlexNetBnConfig};
+    use tract_onnx::prelude::*;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let cfg = AlexNetBnConfig {
+        in_channels: 3,
+        input_hw: (67, 67),
+        widths: [8, 16, 16, 16, 8],
+        hidden: 32,
+        embed_dim: 8,
+        sobel: true,
+    };
+    let net = AlexNetBn::new(cfg, vb).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 67, 67), &Device::Cpu).unwrap();
+    let graph = net.folded_graph([3, 67, 67]).unwrap();
+    let want: Vec<f32> = graph
+        .forward(&x, |_, _| Ok(()))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let onnx = host_train::export::onnx::write_onnx(&graph, None, "alexnet-bn test");
+    let (model, _) = edge_runtime::backend::optimized_model(&onnx, [2, 3, 67, 67], true).unwrap();
+    let input = tract_onnx::prelude::Tensor::from_shape(
+        &[2, 3, 67, 67],
+        &x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    )
+    .unwrap();
+    let out = model
+        .into_runnable()
+        .unwrap()
+        .run(tvec!(input.into_tvalue()))
+        .unwrap();
+    let got: Vec<f32> = out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    assert_eq!(got.len(), want.len());
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-5 * scale.max(1.0),
+        "tract differs by {worst} (scale {scale})"
+    );
 }

@@ -1,11 +1,13 @@
 //! Encoders: image batch (b, c, h, w) in, embedding (b, d) out. One file per network, each
 //! with a `Config` that implements `Default`.
 
+mod alexnet_bn;
 mod bn_relu;
 mod resnet18;
 mod small_cnn;
 mod sobel;
 
+pub use alexnet_bn::{AlexNetBn, AlexNetBnConfig};
 pub use bn_relu::BnRelu;
 pub use resnet18::{ResNet18, ResNet18Config};
 pub use small_cnn::{SmallCnn, SmallCnnConfig};
@@ -46,6 +48,21 @@ impl Encoder for SmallCnn {
     }
 }
 
+impl Encoder for AlexNetBn {
+    fn embed_dim(&self) -> usize {
+        self.config().embed_dim
+    }
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.features_t(x, train)
+    }
+    fn feature_dim(&self) -> usize {
+        self.config().hidden
+    }
+    fn folded_graph(&self, input_chw: [usize; 3]) -> Result<FoldedGraph> {
+        AlexNetBn::folded_graph(self, input_chw)
+    }
+}
+
 impl Encoder for ResNet18 {
     fn embed_dim(&self) -> usize {
         self.config().embed_dim
@@ -68,16 +85,21 @@ pub enum Arch {
     SmallCnn,
     /// CIFAR-style ResNet-18 for 32x32 inputs (`--size 32` pads Fashion-MNIST).
     Resnet18,
+    /// DeepCluster's AlexNet with batch-norm, for larger images (at least 63x63; 224 in
+    /// the paper).
+    AlexnetBn,
 }
 
 impl Arch {
+    /// The network for inputs of `(channels, height, width)`.
     pub fn build(
         self,
-        in_channels: usize,
+        input: (usize, usize, usize),
         embed_dim: usize,
         sobel: bool,
         vb: VarBuilder,
     ) -> Result<Box<dyn Encoder>> {
+        let (in_channels, h, w) = input;
         Ok(match self {
             Arch::SmallCnn => Box::new(SmallCnn::new(
                 SmallCnnConfig {
@@ -91,6 +113,16 @@ impl Arch {
             Arch::Resnet18 => Box::new(ResNet18::new(
                 ResNet18Config {
                     in_channels,
+                    embed_dim,
+                    sobel,
+                    ..Default::default()
+                },
+                vb,
+            )?),
+            Arch::AlexnetBn => Box::new(AlexNetBn::new(
+                AlexNetBnConfig {
+                    in_channels,
+                    input_hw: (h, w),
                     embed_dim,
                     sobel,
                     ..Default::default()

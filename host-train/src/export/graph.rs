@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::ops::{conv2d, max_pool_2x2, Conv2dGeometry};
+use crate::ops::{conv2d, max_pool2d, max_pool_2x2, Conv2dGeometry};
 
 /// A layer of the exported graph. Convs and linears are the quantised layers.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +13,13 @@ pub enum Layer {
     Conv(Conv),
     Relu,
     MaxPool2x2,
+    /// Max over `kernel x kernel` windows every `stride` pixels, no padding (AlexNet's 3/2).
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+    },
+    /// (b, c, h, w) -> (b, c*h*w).
+    Flatten,
     /// Mean over height and width, then flatten: (b, c, h, w) -> (b, c).
     GlobalAvgPool,
     Linear(Linear),
@@ -167,6 +174,8 @@ fn run_layers(
             }
             Layer::Relu => x.relu()?,
             Layer::MaxPool2x2 => max_pool_2x2(&x)?,
+            Layer::MaxPool { kernel, stride } => max_pool2d(&x, *kernel, *stride)?,
+            Layer::Flatten => x.flatten_from(1)?,
             Layer::GlobalAvgPool => x.mean((2, 3))?,
             Layer::Linear(l) => {
                 observe(*next, &x)?;

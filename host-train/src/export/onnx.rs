@@ -132,6 +132,23 @@ impl<'q> GraphBuilder<'q> {
                     &out,
                     vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
                 ),
+                Layer::MaxPool { kernel, stride } => {
+                    let (k, st) = (*kernel as i64, *stride as i64);
+                    self.node(
+                        "MaxPool",
+                        &format!("pool{tag}"),
+                        vec![x],
+                        &out,
+                        vec![ints("kernel_shape", &[k, k]), ints("strides", &[st, st])],
+                    )
+                }
+                Layer::Flatten => self.node(
+                    "Flatten",
+                    &format!("flatten{tag}"),
+                    vec![x],
+                    &out,
+                    vec![int("axis", 1)],
+                ),
                 Layer::GlobalAvgPool => {
                     let pooled = format!("{out}.pooled");
                     self.node(

@@ -14,11 +14,13 @@ pub mod cudnn_batch_norm;
 pub mod cudnn_conv;
 mod im2col;
 mod max_pool;
+mod max_pool_window;
 
 pub use batch_norm_relu::{batch_norm_relu_train, BatchStats};
 pub use conv2d::{conv2d, Conv2dGeometry};
 pub use cross_entropy::cross_entropy;
 pub use max_pool::max_pool_2x2;
+pub use max_pool_window::max_pool2d;
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 
