@@ -80,6 +80,10 @@ pub struct PretrainArgs {
     /// full softmax over the whole memory bank.
     #[arg(long, default_value_t = 0)]
     nce_noise: usize,
+    /// With --nce-noise: estimate NCE's normalising constant Z on every batch instead of
+    /// once on the first (the reference code's way, which collapsed on Fashion-MNIST).
+    #[arg(long, requires = "nce_noise")]
+    nce_z_every_batch: bool,
     #[arg(long, default_value_t = 1234)]
     seed: u64,
     /// `cpu` or `cuda:N` (CUDA needs the `cuda` feature).
@@ -163,6 +167,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
                     lr: args.lr.unwrap_or(d.lr),
                     temperature: args.temperature,
                     nce_noise: args.nce_noise,
+                    nce_z_every_batch: args.nce_z_every_batch,
                     ..d
                 }
             },

@@ -252,6 +252,32 @@ fn npid_with_nce_trains_and_refuses_more_noise_than_images() {
         }
     }
 
+    // Z estimated on every batch follows the bank as it fills: the first epoch ends with a
+    // lower loss than with Z fixed against the random initial bank.
+    let loss_end_of_first = |run: &RunDir| {
+        rows(run)
+            .iter()
+            .find_map(|r| match r {
+                MetricsRow::Train {
+                    epoch: 1, loss_end, ..
+                } => Some(*loss_end),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let fixed = loss_end_of_first(&run);
+    let dir = tempfile::tempdir().unwrap();
+    let per_batch = RunDir::create(dir.path()).unwrap();
+    let mut tracking = cfg.clone();
+    tracking.epochs = 1;
+    tracking.npid.nce_z_every_batch = true;
+    train_run(&tracking, &train, None, &per_batch, false);
+    let tracked = loss_end_of_first(&per_batch);
+    assert!(
+        tracked.is_finite() && tracked < fixed,
+        "per-batch Z {tracked} vs fixed {fixed}"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
     cfg.npid.nce_noise = 1000;
