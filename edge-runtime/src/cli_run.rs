@@ -206,7 +206,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 limit: args.limit,
                 idle_timeout: args.link_idle_s.map(Duration::from_secs_f64),
             };
-            let mut frames = FrameReader::new(source);
+            let mut frames = FrameReader::new(source, &stop);
             let mut write_event = |v: &serde_json::Value| -> Result<(), EdgeError> {
                 writeln!(out, "{v}")
                     .and_then(|_| out.flush())
@@ -245,32 +245,24 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         }
         #[cfg(feature = "v4l2")]
-        (Source::Camera(camera, device), _) => {
-            let mut failures = 0;
-            for i in 0.. {
-                if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| frames_done >= n) {
-                    break;
-                }
-                // A bad frame is reported and skipped; a camera that keeps failing ends the run.
-                let pixels = match camera.next_frame() {
-                    Ok((pixels, _sequence)) => pixels,
-                    Err(e) => {
-                        eprintln!("skipped frame {i}: {e}");
-                        failures += 1;
-                        if failures >= CAMERA_FAILURES && !stop.load(Ordering::Relaxed) {
-                            pipe.snapshot()?;
-                            bail!("{device}: {failures} frames failed in a row; stopping");
-                        }
-                        continue;
-                    }
-                };
-                failures = 0;
-                let events = pipe.process(&[captured(device.clone(), i, pixels)], None)?;
-                emit(events, &mut out, &mut assigned)?;
-                take_commands(link.as_ref(), &mut pipe, &mut out)?;
-                frames_done += 1;
+        (Source::Camera(camera, device), _) => loop {
+            if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| frames_done >= n) {
+                break;
             }
-        }
+            // A camera that keeps failing ends the run, with everything stored on disk.
+            let frame = match capture(camera, device, frames_done as u64, &stop) {
+                Ok(frame) => frame,
+                Err(_) if stop.load(Ordering::Relaxed) => break,
+                Err(e) => {
+                    pipe.snapshot()?;
+                    bail!("{device}: {CAMERA_FAILURES} frames failed in a row ({e}); stopping");
+                }
+            };
+            let events = pipe.process(&[frame], None)?;
+            emit(events, &mut out, &mut assigned)?;
+            take_commands(link.as_ref(), &mut pipe, &mut out)?;
+            frames_done += 1;
+        },
         (Source::Stdin(opts), _) => {
             let stdin = std::io::stdin();
             for (i, line) in stdin.lock().lines().enumerate() {
@@ -367,6 +359,28 @@ fn camera_source(device: &str, _opts: ImageFolderOptions) -> Result<Source> {
     bail!("{device}: this edge-runtime was built without cameras; rebuild it with --features v4l2")
 }
 
+/// The camera's next frame as `frame_id`: a bad buffer is reported and the next one taken,
+/// up to [`CAMERA_FAILURES`] in a row (or until `stop`).
+#[cfg(feature = "v4l2")]
+fn capture(
+    camera: &mut edge_runtime::camera::V4l2Camera,
+    device: &str,
+    frame_id: u64,
+    stop: &AtomicBool,
+) -> Result<Frame, EdgeError> {
+    let mut failures = 0;
+    loop {
+        match camera.next_frame() {
+            Ok((pixels, _sequence)) => return Ok(captured(device.to_string(), frame_id, pixels)),
+            Err(e) if failures + 1 < CAMERA_FAILURES && !stop.load(Ordering::Relaxed) => {
+                eprintln!("frame {frame_id}: {e}; capturing again");
+                failures += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A frame just captured from `source`.
 fn captured(source: String, frame_id: u64, pixels: Vec<u8>) -> Frame {
     Frame {
@@ -403,15 +417,19 @@ fn take_commands(link: Option<&BoardLink>, pipe: &mut Pipeline, out: &mut dyn Wr
 /// One frame at a time from a source, for frames paced by the MCU.
 struct FrameReader<'a> {
     source: &'a mut Source,
+    /// Ends a camera's retries early on SIGINT/SIGTERM.
+    #[cfg_attr(not(feature = "v4l2"), allow(dead_code))]
+    stop: &'a AtomicBool,
     next: usize,
     stdin: Option<std::io::Lines<std::io::StdinLock<'static>>>,
 }
 
 impl<'a> FrameReader<'a> {
-    fn new(source: &'a mut Source) -> Self {
+    fn new(source: &'a mut Source, stop: &'a AtomicBool) -> Self {
         let stdin = matches!(source, Source::Stdin(_)).then(|| std::io::stdin().lock().lines());
         Self {
             source,
+            stop,
             next: 0,
             stdin,
         }
@@ -449,23 +467,10 @@ impl<'a> FrameReader<'a> {
                 }
             },
             (Source::Stdin(_), None) => None,
-            // The MCU's FrameReady triggers a capture; a bad buffer is reported and the next
-            // one taken, up to CAMERA_FAILURES in a row.
+            // The MCU's FrameReady triggers a capture.
             #[cfg(feature = "v4l2")]
             (Source::Camera(camera, device), _) => {
-                let mut failures = 0;
-                loop {
-                    match camera.next_frame() {
-                        Ok((pixels, _)) => {
-                            return Some(Ok(captured(device.clone(), u64::from(frame_id), pixels)))
-                        }
-                        Err(e) if failures + 1 < CAMERA_FAILURES => {
-                            eprintln!("frame {frame_id}: {e}; capturing again");
-                            failures += 1;
-                        }
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
+                Some(capture(camera, device, u64::from(frame_id), self.stop))
             }
         }
     }

@@ -231,23 +231,34 @@ impl EncoderManifest {
 impl ModelFile {
     /// Refuses bytes that are not the file this manifest was written for.
     pub fn check_bytes(&self, bytes: &[u8]) -> Result<(), ManifestError> {
-        if bytes.len() as u64 != self.bytes {
-            return Err(ManifestError::Size {
-                file: self.file.clone(),
-                expected: self.bytes,
-                actual: bytes.len() as u64,
-            });
-        }
-        let actual = sha256_hex(bytes);
-        if actual != self.sha256 {
-            return Err(ManifestError::Hash {
-                file: self.file.clone(),
-                expected: self.sha256.clone(),
-                actual,
-            });
-        }
-        Ok(())
+        check_file_bytes(&self.file, self.bytes, &self.sha256, bytes)
     }
+}
+
+/// Refuses `bytes` unless they are `expected` bytes long with SHA-256 `sha256` (lower-case
+/// hex); the errors name `file`. For any file a manifest-like record pins.
+pub fn check_file_bytes(
+    file: &str,
+    expected: u64,
+    sha256: &str,
+    bytes: &[u8],
+) -> Result<(), ManifestError> {
+    if bytes.len() as u64 != expected {
+        return Err(ManifestError::Size {
+            file: file.into(),
+            expected,
+            actual: bytes.len() as u64,
+        });
+    }
+    let actual = sha256_hex(bytes);
+    if actual != sha256 {
+        return Err(ManifestError::Hash {
+            file: file.into(),
+            expected: sha256.into(),
+            actual,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

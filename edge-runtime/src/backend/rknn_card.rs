@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use models::manifest::{sha256_hex, ManifestError, Precision};
+use models::manifest::{check_file_bytes, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::ModelBundle;
@@ -90,36 +90,16 @@ impl RknnModel {
             path: rknn.to_path_buf(),
             source,
         })?;
-        card.check_bytes(&bytes)
-            .map_err(|source| EdgeError::Manifest {
+        check_file_bytes(&card.file, card.bytes, &card.sha256, &bytes).map_err(|source| {
+            EdgeError::Manifest {
                 path: rknn.to_path_buf(),
                 source,
-            })?;
+            }
+        })?;
         Ok(Self {
             path: rknn.to_path_buf(),
             card,
         })
-    }
-}
-
-impl RknnCard {
-    fn check_bytes(&self, bytes: &[u8]) -> Result<(), ManifestError> {
-        if bytes.len() as u64 != self.bytes {
-            return Err(ManifestError::Size {
-                file: self.file.clone(),
-                expected: self.bytes,
-                actual: bytes.len() as u64,
-            });
-        }
-        let actual = sha256_hex(bytes);
-        if actual != self.sha256 {
-            return Err(ManifestError::Hash {
-                file: self.file.clone(),
-                expected: self.sha256.clone(),
-                actual,
-            });
-        }
-        Ok(())
     }
 }
 
@@ -180,7 +160,7 @@ pub fn core_mask_bits(threads: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use models::manifest::ModelFile;
+    use models::manifest::{sha256_hex, ModelFile};
 
     #[test]
     fn nhwc_interleaves_channels() {

@@ -39,9 +39,21 @@ pub fn optimized_model(
     input: [usize; 4],
     swap_ops: bool,
 ) -> TractResult<(TypedModel, usize)> {
+    optimize(
+        tract_onnx::onnx().model_for_read(&mut &*bytes)?,
+        input,
+        swap_ops,
+    )
+}
+
+/// [`optimized_model`] of an already parsed model.
+fn optimize(
+    model: InferenceModel,
+    input: [usize; 4],
+    swap_ops: bool,
+) -> TractResult<(TypedModel, usize)> {
     // Decluttered first, so QDQ weights are folded into constants the swaps can read.
-    let mut typed = tract_onnx::onnx()
-        .model_for_read(&mut &*bytes)?
+    let mut typed = model
         .with_input_fact(0, f32::fact(input).into())?
         .into_typed()?
         .into_decluttered()?;
@@ -58,56 +70,53 @@ fn prepare(
     options: &PrepareOptions,
     swap_ops: bool,
 ) -> Result<Box<dyn Runnable>, EdgeError> {
-    {
-        let err = |e: TractError| EdgeError::Model {
-            path: model.path.clone(),
-            message: format!("{e:#}"),
-        };
-        let [c, h, w] = model.manifest.input_chw();
-        let batch = options.batch.max(1);
-        // The plan takes one image at a time: at batch 16 tract switches to an explicit im2col
-        // that made each image 1.3x slower than alone (examples/tract_profile). Threads run
-        // images side by side, each with its own state.
-        let plan_batch = 1;
-        let inference = tract_onnx::onnx()
-            .model_for_read(&mut model.bytes.as_slice())
-            .map_err(err)?;
-        check_declared_input(&inference, model, [c, h, w])?;
-        let (typed, _) =
-            optimized_model(&model.bytes, [plan_batch, c, h, w], swap_ops).map_err(err)?;
-        let out = typed
-            .output_fact(0)
-            .map_err(err)?
-            .shape
-            .as_concrete()
-            .map(|s| s.to_vec());
-        let dim = model.manifest.embedding.dim as usize;
-        if out.as_deref() != Some(&[plan_batch, dim][..]) {
-            return Err(shape_error(
-                model,
-                "output shape",
-                vec![plan_batch, dim],
-                out.unwrap_or_default(),
-            ));
-        }
-        let plan = typed.into_runnable().map_err(err)?;
-        // States are kept: spawning one per run costs allocations each time.
-        let states = (0..options.threads.max(1))
-            .map(|_| plan.spawn().map(Mutex::new))
-            .collect::<TractResult<Vec<_>>>()
-            .map_err(err)?;
-        let executor = (options.threads > 1)
-            .then(|| tract_linalg::multithread::Executor::multithread(options.threads));
-        Ok(Box::new(TractRunnable {
-            states,
-            executor,
-            shape: BatchShape {
-                batch,
-                chw: [c, h, w],
-                dim,
-            },
-        }))
+    let err = |e: TractError| EdgeError::Model {
+        path: model.path.clone(),
+        message: format!("{e:#}"),
+    };
+    let [c, h, w] = model.manifest.input_chw();
+    let batch = options.batch.max(1);
+    // The plan takes one image at a time: at batch 16 tract switches to an explicit im2col
+    // that made each image 1.3x slower than alone (examples/tract_profile). Threads run
+    // images side by side, each with its own state.
+    let plan_batch = 1;
+    let inference = tract_onnx::onnx()
+        .model_for_read(&mut model.bytes.as_slice())
+        .map_err(err)?;
+    check_declared_input(&inference, model, [c, h, w])?;
+    let (typed, _) = optimize(inference, [plan_batch, c, h, w], swap_ops).map_err(err)?;
+    let out = typed
+        .output_fact(0)
+        .map_err(err)?
+        .shape
+        .as_concrete()
+        .map(|s| s.to_vec());
+    let dim = model.manifest.embedding.dim as usize;
+    if out.as_deref() != Some(&[plan_batch, dim][..]) {
+        return Err(shape_error(
+            model,
+            "output shape",
+            vec![plan_batch, dim],
+            out.unwrap_or_default(),
+        ));
     }
+    let plan = typed.into_runnable().map_err(err)?;
+    // States are kept: spawning one per run costs allocations each time.
+    let states = (0..options.threads.max(1))
+        .map(|_| plan.spawn().map(Mutex::new))
+        .collect::<TractResult<Vec<_>>>()
+        .map_err(err)?;
+    let executor = (options.threads > 1)
+        .then(|| tract_linalg::multithread::Executor::multithread(options.threads));
+    Ok(Box::new(TractRunnable {
+        states,
+        executor,
+        shape: BatchShape {
+            batch,
+            chw: [c, h, w],
+            dim,
+        },
+    }))
 }
 
 /// The ONNX file's own input declaration must agree with the manifest (batch left free).

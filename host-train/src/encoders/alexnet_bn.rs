@@ -10,8 +10,9 @@
 use candle_core::{bail, Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, VarBuilder};
 
+use super::fold::{folded_conv, linear_layer};
 use super::{BnRelu, SobelFront};
-use crate::export::{Conv, FoldedGraph, Layer, Linear};
+use crate::export::{FoldedGraph, Layer};
 use crate::ops::{conv2d, max_pool2d, Conv2dGeometry};
 
 /// Shape of an `alexnet-bn`.
@@ -157,15 +158,13 @@ impl AlexNetBn {
         for (i, ((wt, bn), (_, stride, padding, pool))) in
             self.convs.iter().zip(&self.norms).zip(CONVS).enumerate()
         {
-            let conv = Conv {
-                name: format!("features.{i}.conv"),
-                weight: wt.flatten_all()?.to_vec1()?,
-                shape: wt.dims4()?.into(),
-                bias: None,
+            layers.push(folded_conv(
+                format!("features.{i}.conv"),
+                wt,
+                bn,
                 stride,
                 padding,
-            };
-            layers.push(Layer::Conv(conv.fold_batch_norm(&bn.batch_norm_params()?)));
+            )?);
             layers.push(Layer::Relu);
             if pool {
                 layers.push(Layer::MaxPool {
@@ -198,20 +197,6 @@ fn classifier_linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<candle
     let w = vb.get_with_hints((c_out, c_in), "weight", init)?;
     let b = vb.get_with_hints(c_out, "bias", candle_nn::Init::Const(0.0))?;
     Ok(candle_nn::Linear::new(w, Some(b)))
-}
-
-fn linear_layer(name: &str, l: &candle_nn::Linear) -> Result<Layer> {
-    let (out_features, in_features) = l.weight().dims2()?;
-    Ok(Layer::Linear(Linear {
-        name: name.into(),
-        weight: l.weight().flatten_all()?.to_vec1()?,
-        out_features,
-        in_features,
-        bias: match l.bias() {
-            Some(b) => b.to_vec1()?,
-            None => vec![0.0; out_features],
-        },
-    }))
 }
 
 impl ModuleT for AlexNetBn {

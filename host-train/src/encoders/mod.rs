@@ -3,6 +3,7 @@
 
 mod alexnet_bn;
 mod bn_relu;
+mod fold;
 mod resnet18;
 mod small_cnn;
 mod sobel;

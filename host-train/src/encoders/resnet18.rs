@@ -6,8 +6,9 @@
 use candle_core::{bail, Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, VarBuilder};
 
+use super::fold::{folded_conv, linear_layer};
 use super::{BnRelu, SobelFront};
-use crate::export::{Conv, FoldedGraph, Layer, Linear, Residual};
+use crate::export::{FoldedGraph, Layer, Residual};
 use crate::ops::{conv2d, Conv2dGeometry};
 
 /// Shape of a `resnet18`.
@@ -49,25 +50,6 @@ struct BasicBlock {
     /// 1x1 conv + BN where the block changes the number of channels or the size.
     projection: Option<(Tensor, BnRelu)>,
     stride: usize,
-}
-
-/// `w` with `bn` (eval statistics) folded in, as an export layer.
-fn folded_conv(
-    name: String,
-    w: &Tensor,
-    bn: &BnRelu,
-    stride: usize,
-    padding: usize,
-) -> Result<Layer> {
-    let conv = Conv {
-        name,
-        weight: w.flatten_all()?.to_vec1()?,
-        shape: w.dims4()?.into(),
-        bias: None,
-        stride,
-        padding,
-    };
-    Ok(Layer::Conv(conv.fold_batch_norm(&bn.batch_norm_params()?)))
 }
 
 impl BasicBlock {
@@ -228,22 +210,11 @@ impl ResNet18 {
             layers.extend(block.folded(&format!("layer{}.{}", i / 2 + 1, i % 2))?);
         }
         layers.push(Layer::GlobalAvgPool);
-        let (out_features, in_features) = self.proj.weight().dims2()?;
-        let bias = match self.proj.bias() {
-            Some(b) => b.to_vec1()?,
-            None => vec![0.0; out_features],
-        };
-        layers.push(Layer::Linear(Linear {
-            name: "proj".into(),
-            weight: self.proj.weight().flatten_all()?.to_vec1()?,
-            out_features,
-            in_features,
-            bias,
-        }));
+        layers.push(linear_layer("proj", &self.proj)?);
         Ok(FoldedGraph {
             input_chw,
             layers,
-            embed_dim: out_features,
+            embed_dim: self.config.embed_dim,
         })
     }
 }

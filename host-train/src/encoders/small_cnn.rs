@@ -5,8 +5,9 @@
 use candle_core::{bail, Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, VarBuilder};
 
-use crate::export::{Conv, FoldedGraph, Layer, Linear};
+use crate::export::{FoldedGraph, Layer};
 
+use super::fold::{folded_conv, linear_layer};
 use super::{BnRelu, SobelFront};
 use crate::ops::{conv2d, max_pool_2x2, Conv2dGeometry};
 
@@ -87,37 +88,18 @@ impl SmallCnn {
             layers.push(Layer::Conv(s.as_conv()?));
         }
         for (i, (w, bn)) in self.convs.iter().zip(&self.norms).enumerate() {
-            let conv = Conv {
-                name: format!("block{i}.conv"),
-                weight: w.flatten_all()?.to_vec1()?,
-                shape: w.dims4()?.into(),
-                bias: None,
-                stride: 1,
-                padding: 1,
-            };
-            layers.push(Layer::Conv(conv.fold_batch_norm(&bn.batch_norm_params()?)));
+            layers.push(folded_conv(format!("block{i}.conv"), w, bn, 1, 1)?);
             layers.push(Layer::Relu);
             if i < 2 {
                 layers.push(Layer::MaxPool2x2);
             }
         }
         layers.push(Layer::GlobalAvgPool);
-        let (out_features, in_features) = self.proj.weight().dims2()?;
-        let bias = match self.proj.bias() {
-            Some(b) => b.to_vec1()?,
-            None => vec![0.0; out_features],
-        };
-        layers.push(Layer::Linear(Linear {
-            name: "proj".into(),
-            weight: self.proj.weight().flatten_all()?.to_vec1()?,
-            out_features,
-            in_features,
-            bias,
-        }));
+        layers.push(linear_layer("proj", &self.proj)?);
         Ok(FoldedGraph {
             input_chw,
             layers,
-            embed_dim: out_features,
+            embed_dim: self.config.embed_dim,
         })
     }
 

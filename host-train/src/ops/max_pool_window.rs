@@ -1,7 +1,9 @@
 //! Max-pooling with any window and stride (AlexNet's overlapping 3x3, stride 2), NCHW f32,
 //! no padding, floor mode. candle's own max-pool has no backward when the window differs
 //! from the stride; this op's backward sends each output gradient to the first maximum of
-//! its window and adds where windows overlap (PyTorch's rule).
+//! its window and adds where windows overlap (PyTorch's rule). The 2x2 pool of `max_pool`
+//! stays its own op: its fixed window made forward + backward 33 ms against this op's 44 ms
+//! at (256, 32, 28, 28), on small-cnn's training path.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
