@@ -298,9 +298,7 @@ fn bad_model_files_get_clear_errors() {
 /// tract as the edge runtime prepares it: the same embeddings as candle.
 #[test]
 fn alexnet_bn_onnx_runs_in_tract() {
-    use candle_core::Tensor;
     use host_train::encoders::{AlexNetBn, AlexNetBnConfig};
-    use tract_onnx::prelude::*;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     let cfg = AlexNetBnConfig {
@@ -313,18 +311,45 @@ fn alexnet_bn_onnx_runs_in_tract() {
     };
     let net = AlexNetBn::new(cfg, vb).unwrap();
     let x = Tensor::randn(0f32, 1.0, (2, 3, 67, 67), &Device::Cpu).unwrap();
-    let graph = net.folded_graph([3, 67, 67]).unwrap();
+    assert_tract_matches(&net.folded_graph([3, 67, 67]).unwrap(), &x);
+}
+
+/// small-cnn-flat: the flattened map feeds the projection, in candle and in tract.
+#[test]
+fn small_cnn_flat_onnx_runs_in_tract() {
+    let (_vm, enc) = encoder_of(Arch::SmallCnnFlat, 1, false, 28);
+    assert_eq!(enc.feature_dim(), 128 * 7 * 7);
+    let x = Tensor::randn(0f32, 1.0, (3, 1, 28, 28), &Device::Cpu).unwrap();
+    let graph = enc.folded_graph([1, 28, 28]).unwrap();
+    let want = enc.embed(&x, false).unwrap();
+    let folded = graph.forward(&x, |_, _| Ok(())).unwrap();
+    let d = (want - folded)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d <= 1e-4, "folded differs by {d}");
+    assert_tract_matches(&graph, &x);
+}
+
+/// The graph's ONNX, optimised as the edge runtime does, gives the folded graph's outputs.
+fn assert_tract_matches(graph: &host_train::export::FoldedGraph, x: &Tensor) {
+    use tract_onnx::prelude::*;
     let want: Vec<f32> = graph
-        .forward(&x, |_, _| Ok(()))
+        .forward(x, |_, _| Ok(()))
         .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1()
         .unwrap();
-    let onnx = host_train::export::onnx::write_onnx(&graph, None, "alexnet-bn test");
-    let (model, _) = edge_runtime::backend::optimized_model(&onnx, [2, 3, 67, 67], true).unwrap();
+    let shape: [usize; 4] = x.dims4().unwrap().into();
+    let onnx = host_train::export::onnx::write_onnx(graph, None, "test");
+    let (model, _) = edge_runtime::backend::optimized_model(&onnx, shape, true).unwrap();
     let input = tract_onnx::prelude::Tensor::from_shape(
-        &[2, 3, 67, 67],
+        &shape,
         &x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
     )
     .unwrap();

@@ -11,7 +11,7 @@ mod sobel;
 pub use alexnet_bn::{AlexNetBn, AlexNetBnConfig};
 pub use bn_relu::BnRelu;
 pub use resnet18::{ResNet18, ResNet18Config};
-pub use small_cnn::{SmallCnn, SmallCnnConfig};
+pub use small_cnn::{SmallCnn, SmallCnnConfig, SmallCnnHead};
 pub use sobel::SobelFront;
 
 use candle_core::{ModuleT, Result, Tensor};
@@ -42,7 +42,7 @@ impl Encoder for SmallCnn {
         self.features_t(x, train)
     }
     fn feature_dim(&self) -> usize {
-        self.config().widths[2]
+        self.config().head.feature_dim(self.config().widths[2])
     }
     fn folded_graph(&self, input_chw: [usize; 3]) -> Result<FoldedGraph> {
         SmallCnn::folded_graph(self, input_chw)
@@ -84,6 +84,9 @@ impl Encoder for ResNet18 {
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
     SmallCnn,
+    /// small-cnn whose projection sees the whole last map (128 x h/4 x w/4), not its
+    /// channel means; built for one input size.
+    SmallCnnFlat,
     /// CIFAR-style ResNet-18 for 32x32 inputs (`--size 32` pads Fashion-MNIST).
     Resnet18,
     /// DeepCluster's AlexNet with batch-norm, for larger images (at least 63x63; 224 in
@@ -102,11 +105,15 @@ impl Arch {
     ) -> Result<Box<dyn Encoder>> {
         let (in_channels, h, w) = input;
         Ok(match self {
-            Arch::SmallCnn => Box::new(SmallCnn::new(
+            Arch::SmallCnn | Arch::SmallCnnFlat => Box::new(SmallCnn::new(
                 SmallCnnConfig {
                     in_channels,
                     embed_dim,
                     sobel,
+                    head: match self {
+                        Arch::SmallCnnFlat => SmallCnnHead::Flatten { input_hw: (h, w) },
+                        _ => SmallCnnHead::GlobalAvgPool,
+                    },
                     ..Default::default()
                 },
                 vb,

@@ -1,6 +1,7 @@
 //! `small-cnn`: three conv-BN-ReLU blocks (32, 64, 128 channels) for 28x28 and 32x32 images,
-//! 2x2 max-pooling after the first two, global average pooling, then a linear projection to
-//! the embedding. Pooling always sees even sizes, where candle's max-pool backward is exact.
+//! 2x2 max-pooling after the first two, then global average pooling (or, with the flatten
+//! head, the whole 128 x h/4 x w/4 map) and a linear projection to the embedding. Pooling
+//! always sees even sizes, where candle's max-pool backward is exact.
 
 use candle_core::{bail, Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, VarBuilder};
@@ -19,6 +20,27 @@ pub struct SmallCnnConfig {
     pub embed_dim: usize,
     /// Put DeepCluster's fixed grayscale + Sobel filter in front (2 channels into the net).
     pub sobel: bool,
+    pub head: SmallCnnHead,
+}
+
+/// What the projection sees of the last block's map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmallCnnHead {
+    /// The channel means: translation-invariant, but blind to where things are.
+    GlobalAvgPool,
+    /// The whole map, flattened, for inputs of this (height, width): keeps the layout,
+    /// which on centred objects such as Fashion-MNIST is most of the signal.
+    Flatten { input_hw: (usize, usize) },
+}
+
+impl SmallCnnHead {
+    /// Length of the feature vector before the projection, for a last block of `c` channels.
+    pub fn feature_dim(self, c: usize) -> usize {
+        match self {
+            SmallCnnHead::GlobalAvgPool => c,
+            SmallCnnHead::Flatten { input_hw: (h, w) } => c * (h / 4) * (w / 4),
+        }
+    }
 }
 
 impl Default for SmallCnnConfig {
@@ -28,6 +50,7 @@ impl Default for SmallCnnConfig {
             widths: [32, 64, 128],
             embed_dim: 128,
             sobel: false,
+            head: SmallCnnHead::GlobalAvgPool,
         }
     }
 }
@@ -60,7 +83,16 @@ impl SmallCnn {
             norms.push(BnRelu::new(c_out, vb.pp(format!("block{i}.bn")))?);
             c_in = c_out;
         }
-        let proj = linear(c_in, config.embed_dim, vb.pp("proj"))?;
+        if let SmallCnnHead::Flatten { input_hw: (h, w) } = config.head {
+            if h % 4 != 0 || w % 4 != 0 || h == 0 || w == 0 {
+                bail!("small-cnn needs height and width divisible by 4, got {h}x{w}");
+            }
+        }
+        let proj = linear(
+            config.head.feature_dim(c_in),
+            config.embed_dim,
+            vb.pp("proj"),
+        )?;
         Ok(Self {
             sobel,
             convs,
@@ -94,7 +126,21 @@ impl SmallCnn {
                 layers.push(Layer::MaxPool2x2);
             }
         }
-        layers.push(Layer::GlobalAvgPool);
+        match self.config.head {
+            SmallCnnHead::GlobalAvgPool => layers.push(Layer::GlobalAvgPool),
+            SmallCnnHead::Flatten { input_hw } => {
+                if input_hw != (input_chw[1], input_chw[2]) {
+                    bail!(
+                        "this small-cnn was built for {}x{} inputs, not {}x{}",
+                        input_hw.0,
+                        input_hw.1,
+                        input_chw[1],
+                        input_chw[2]
+                    );
+                }
+                layers.push(Layer::Flatten);
+            }
+        }
         layers.push(linear_layer("proj", &self.proj)?);
         Ok(FoldedGraph {
             input_chw,
@@ -103,11 +149,20 @@ impl SmallCnn {
         })
     }
 
-    /// Pooled features before the projection: (b, widths[2]).
+    /// Features before the projection: (b, head.feature_dim(widths[2])).
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         if h % 4 != 0 || w % 4 != 0 {
             bail!("small-cnn needs height and width divisible by 4, got {h}x{w}");
+        }
+        if let SmallCnnHead::Flatten { input_hw } = self.config.head {
+            if input_hw != (h, w) {
+                bail!(
+                    "this small-cnn was built for {}x{} inputs, not {h}x{w}",
+                    input_hw.0,
+                    input_hw.1
+                );
+            }
         }
         let mut x = match &self.sobel {
             Some(s) => s.forward(x)?,
@@ -124,7 +179,10 @@ impl SmallCnn {
                 x = max_pool_2x2(&x)?;
             }
         }
-        x.mean((2, 3))
+        match self.config.head {
+            SmallCnnHead::GlobalAvgPool => x.mean((2, 3)),
+            SmallCnnHead::Flatten { .. } => x.flatten_from(1),
+        }
     }
 }
 
@@ -160,5 +218,25 @@ mod tests {
             let bad = Tensor::zeros((1, c, 30, 30), DType::F32, &Device::Cpu).unwrap();
             assert!(net.forward_t(&bad, false).is_err());
         }
+    }
+
+    #[test]
+    fn flatten_head_keeps_the_map_and_rejects_other_sizes() {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cfg = SmallCnnConfig {
+            embed_dim: 16,
+            head: SmallCnnHead::Flatten { input_hw: (28, 28) },
+            ..Default::default()
+        };
+        let net = SmallCnn::new(cfg, vb).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 1, 28, 28), &Device::Cpu).unwrap();
+        assert_eq!(net.forward_t(&x, true).unwrap().dims(), &[2, 16]);
+        assert_eq!(net.features_t(&x, false).unwrap().dims(), &[2, 128 * 7 * 7]);
+        let other = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        let err = net.forward_t(&other, false).unwrap_err().to_string();
+        assert!(err.contains("28x28"), "{err}");
+        assert!(net.folded_graph([1, 32, 32]).is_err());
+        assert!(net.folded_graph([1, 28, 28]).is_ok());
     }
 }
