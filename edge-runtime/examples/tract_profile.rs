@@ -2,7 +2,7 @@
 //! `tract` backend builds it), timed over many runs of one reused state, plus the cost of
 //! spawning a fresh state per run.
 //!
-//! `cargo run --release -p edge-runtime --example tract_profile -- [MODEL_DIR|FILE.onnx] [fp32|int8] [BATCH]`
+//! `[TRACT_THREADS=2] cargo run --release -p edge-runtime --example tract_profile -- [MODEL_DIR|FILE.onnx] [fp32|int8] [BATCH]`
 //! (an `.onnx` file is taken as is, with the committed model's input shape: for trying
 //! rewrites of the graph).
 
@@ -16,6 +16,23 @@ use tract_onnx::prelude::*;
 const RUNS: usize = 2000;
 
 fn main() -> TractResult<()> {
+    // TRACT_THREADS=n: run on an n-thread pool installed as tract's executor, as the
+    // backend does for one image with `--threads n`.
+    let threads: usize = std::env::var("TRACT_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    if threads > 1 {
+        let ex = tract_linalg::multithread::Executor::multithread(threads);
+        let tract_linalg::multithread::Executor::MultiThread(pool) = ex.clone() else {
+            unreachable!("a multithread executor")
+        };
+        return pool.install(|| tract_linalg::multithread::multithread_tract_scope(ex, profile));
+    }
+    profile()
+}
+
+fn profile() -> TractResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = PathBuf::from(args.first().map_or("models/fashion-mnist-small-cnn", |s| s));
     let precision = match args.get(1).map(String::as_str) {

@@ -3,8 +3,9 @@
 //! convolutions of few input channels, [`super::tract_conv`]), then optimised; the input and
 //! output shapes are checked against the manifest.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 
+use tract_linalg::multithread::{multithread_tract_scope, par_chunks_mut, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -106,8 +107,7 @@ fn prepare(
         .map(|_| plan.spawn().map(Mutex::new))
         .collect::<TractResult<Vec<_>>>()
         .map_err(err)?;
-    let executor = (options.threads > 1)
-        .then(|| tract_linalg::multithread::Executor::multithread(options.threads));
+    let executor = (options.threads > 1).then(|| Executor::multithread(options.threads));
     Ok(Box::new(TractRunnable {
         states,
         executor,
@@ -166,18 +166,18 @@ fn shape_error(
 struct TractRunnable {
     /// One plan state per thread; each plan runs one image.
     states: Vec<Mutex<TypedSimpleState>>,
-    /// tract's threads for its matrix products, used when a run has a single image.
-    executor: Option<tract_linalg::multithread::Executor>,
+    /// tract's thread pool, with more than one thread: a batch's images go over its threads,
+    /// and a single image's matrix products and direct convolutions are split over them.
+    executor: Option<Executor>,
     shape: BatchShape,
 }
 
 impl TractRunnable {
     fn run_one(
         &self,
-        state: &Mutex<TypedSimpleState>,
+        state: &mut TypedSimpleState,
         image: &[f32],
         out: &mut [f32],
-        executor: Option<&tract_linalg::multithread::Executor>,
     ) -> Result<(), EdgeError> {
         let [c, h, w] = self.shape.chw;
         let err = |e: TractError| EdgeError::Inference {
@@ -187,19 +187,41 @@ impl TractRunnable {
         let inputs = tvec!(Tensor::from_shape(&[1, c, h, w], image)
             .map_err(err)?
             .into_tvalue());
-        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-        let result = match executor {
-            Some(ex) => {
-                tract_linalg::multithread::multithread_tract_scope(ex.clone(), || state.run(inputs))
-            }
-            None => state.run(inputs),
-        }
-        .map_err(err)?;
+        let result = state.run(inputs).map_err(err)?;
         let view = result[0].to_plain_array_view::<f32>().map_err(err)?;
         for (o, v) in out.iter_mut().zip(view.iter()) {
             *o = *v;
         }
         Ok(())
+    }
+
+    /// `f` on one of the pool's own threads with the pool installed as tract's executor, so
+    /// the splits inside run on that thread and its siblings: one hand-over per run rather
+    /// than one per matrix product (the caller would otherwise sit idle, a third thread on
+    /// two cores, while the pool is woken for every product). Keeping the siblings spinning
+    /// through a run, as onnxruntime's pool does, was tried and made no difference.
+    fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.executor {
+            Some(ex @ Executor::MultiThread(pool)) => {
+                pool.install(|| multithread_tract_scope(ex.clone(), f))
+            }
+            _ => f(),
+        }
+    }
+
+    /// A state no other thread holds: there are as many states as pool threads, and each
+    /// thread holds at most one at a time.
+    fn free_state(&self) -> std::sync::MutexGuard<'_, TypedSimpleState> {
+        loop {
+            for state in &self.states {
+                match state.try_lock() {
+                    Ok(guard) => return guard,
+                    Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+                    Err(TryLockError::WouldBlock) => {}
+                }
+            }
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -216,37 +238,40 @@ impl Runnable for TractRunnable {
         self.shape.check(images, n)?;
         let (per, dim) = (self.shape.image_len(), self.shape.dim);
         let mut out = vec![0f32; n * dim];
-        let workers = self.states.len().min(n);
-        if workers <= 1 {
-            let executor = (n == 1).then_some(self.executor.as_ref()).flatten();
-            for (image, o) in images.chunks_exact(per).zip(out.chunks_exact_mut(dim)) {
-                self.run_one(&self.states[0], image, o, executor)?;
-            }
-            return Ok(out);
+        if n == 1 || self.executor.is_none() {
+            // One image at a time, each split over the pool's threads (if any).
+            return self.on_pool(|| {
+                let mut state = self.free_state();
+                for (image, o) in images.chunks_exact(per).zip(out.chunks_exact_mut(dim)) {
+                    self.run_one(&mut state, image, o)?;
+                }
+                Ok(out)
+            });
         }
-        let share = n.div_ceil(workers);
-        std::thread::scope(|scope| {
-            let jobs: Vec<_> = images
-                .chunks(share * per)
-                .zip(out.chunks_mut(share * dim))
-                .zip(&self.states)
-                .map(|((images, out), state)| {
-                    scope.spawn(move || {
-                        for (image, o) in images.chunks_exact(per).zip(out.chunks_exact_mut(dim)) {
-                            self.run_one(state, image, o, None)?;
+        // Several images: whole images go to the pool's threads, each image on one thread
+        // (the splits inside it stay off: the images already fill the threads).
+        let failure = Mutex::new(None);
+        let split = self.on_pool(|| {
+            par_chunks_mut(&mut out, dim, usize::MAX, |first, outs| {
+                multithread_tract_scope(Executor::SingleThread, || {
+                    let mut state = self.free_state();
+                    let images = &images[first * per..][..outs.len() / dim * per];
+                    for (image, o) in images.chunks_exact(per).zip(outs.chunks_exact_mut(dim)) {
+                        if let Err(e) = self.run_one(&mut state, image, o) {
+                            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            return Err(TractError::msg("stopped"));
                         }
-                        Ok::<(), EdgeError>(())
-                    })
-                })
-                .collect();
-            jobs.into_iter().try_for_each(|job| {
-                job.join().unwrap_or_else(|_| {
-                    Err(EdgeError::Inference {
-                        backend: NAME,
-                        message: "a worker thread panicked".into(),
-                    })
+                    }
+                    Ok(())
                 })
             })
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        split.map_err(|e| EdgeError::Inference {
+            backend: NAME,
+            message: format!("{e:#}"),
         })?;
         Ok(out)
     }

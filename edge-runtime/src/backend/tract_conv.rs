@@ -62,7 +62,15 @@ impl EvalOp for DirectConv3x3 {
                 .chunks_exact(ci * h * w)
                 .zip(out.chunks_exact_mut(co * ho * wo))
             {
-                conv_image(image, weight, &self.bias, shape, out);
+                let padded = pad_image(image, shape);
+                // Output planes split over tract's threads when a run installed some (one
+                // image on two threads); inline otherwise. Work is counted in
+                // multiply-adds, which is what the split pays for.
+                let macs = co * ho * wo * ci * 9;
+                tract_linalg::multithread::par_chunks_mut(out, ho * wo, macs, |first, planes| {
+                    conv_planes(&padded, weight, &self.bias, shape, first, planes);
+                    Ok(())
+                })?;
             }
         }
         Ok(tvec!(out.into_tvalue()))
@@ -93,23 +101,51 @@ struct Shape {
     pad: usize,
 }
 
-/// One image: `x` is `[ci, h, w]`, `out` is `[co, ho, wo]`; `bias` holds f32 bits.
+/// `x` (`[ci, h, w]`) inside a zero border of `pad`, plus 2 values of slack for the last
+/// tap's run past the final row, so the inner loops have no edge cases.
+fn pad_image(x: &[f32], s: Shape) -> Vec<f32> {
+    let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
+    let mut padded = vec![0f32; s.ci * hp * wp + 2];
+    for (c, plane) in x.chunks_exact(s.h * s.w).enumerate() {
+        for (y, row) in plane.chunks_exact(s.w).enumerate() {
+            padded[c * hp * wp + (y + s.pad) * wp + s.pad..][..s.w].copy_from_slice(row);
+        }
+    }
+    padded
+}
+
+/// Output planes `first..` of one image into `out` (whole `[ho, wo]` planes), from the
+/// image as [`pad_image`] made it; `bias` holds f32 bits.
 ///
 /// Release builds target baseline x86-64 (SSE2, no FMA), while tract's own kernels pick
 /// AVX2 + FMA at run time; so does this, or the direct form is no faster than im2col.
-fn conv_image(x: &[f32], weight: &[f32], bias: &[u32], s: Shape, out: &mut [f32]) {
+fn conv_planes(
+    padded: &[f32],
+    weight: &[f32],
+    bias: &[u32],
+    s: Shape,
+    first: usize,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: both features were just detected on this CPU.
-        return unsafe { conv_image_avx2_fma(x, weight, bias, s, out) };
+        return unsafe { conv_planes_avx2_fma(padded, weight, bias, s, first, out) };
     }
-    conv_image_with::<false>(x, weight, bias, s, out)
+    conv_planes_with::<false>(padded, weight, bias, s, first, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn conv_image_avx2_fma(x: &[f32], weight: &[f32], bias: &[u32], s: Shape, out: &mut [f32]) {
-    conv_image_with::<true>(x, weight, bias, s, out)
+unsafe fn conv_planes_avx2_fma(
+    padded: &[f32],
+    weight: &[f32],
+    bias: &[u32],
+    s: Shape,
+    first: usize,
+    out: &mut [f32],
+) {
+    conv_planes_with::<true>(padded, weight, bias, s, first, out)
 }
 
 /// Each output plane is summed at the padded width, so every tap is one long contiguous
@@ -117,26 +153,20 @@ unsafe fn conv_image_avx2_fma(x: &[f32], weight: &[f32], bias: &[u32], s: Shape,
 /// Inlined into its callers so each is compiled with their target features; `FMA` fuses
 /// the multiply-adds (only where the CPU has FMA: elsewhere `mul_add` is a library call).
 #[inline(always)]
-fn conv_image_with<const FMA: bool>(
-    x: &[f32],
+fn conv_planes_with<const FMA: bool>(
+    padded: &[f32],
     weight: &[f32],
     bias: &[u32],
     s: Shape,
+    first: usize,
     out: &mut [f32],
 ) {
     let (hp, wp) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
     let (ho, wo) = (hp - 2, wp - 2);
     let span = ho * wp;
-    // The zero border once, so the inner loops have no edge cases; 2 values of slack for the
-    // last tap's run past the final row.
-    let mut padded = vec![0f32; s.ci * hp * wp + 2];
-    for (c, plane) in x.chunks_exact(s.h * s.w).enumerate() {
-        for (y, row) in plane.chunks_exact(s.w).enumerate() {
-            padded[c * hp * wp + (y + s.pad) * wp + s.pad..][..s.w].copy_from_slice(row);
-        }
-    }
     let mut acc = vec![0f32; span];
-    for (o, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
+    for (i, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
+        let o = first + i;
         acc.fill(f32::from_bits(bias[o]));
         let taps = &weight[o * s.ci * 9..][..s.ci * 9];
         // A kernel row (3 taps) per pass over the plane: a third of the accumulator traffic.
@@ -251,7 +281,12 @@ mod tests {
             let bits: Vec<u32> = bias.iter().map(|b| b.to_bits()).collect();
             let (ho, wo) = (h + 2 * pad - 2, w + 2 * pad - 2);
             let mut out = vec![0f32; co * ho * wo];
-            conv_image(&x, &weight, &bits, Shape { ci, h, w, pad }, &mut out);
+            let shape = Shape { ci, h, w, pad };
+            let padded = pad_image(&x, shape);
+            // In two calls, as a split over threads makes them.
+            let (head, tail) = out.split_at_mut((co / 2) * ho * wo);
+            conv_planes(&padded, &weight, &bits, shape, 0, head);
+            conv_planes(&padded, &weight, &bits, shape, co / 2, tail);
             for o in 0..co {
                 for y in 0..ho {
                     for xo in 0..wo {
