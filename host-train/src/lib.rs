@@ -26,5 +26,6 @@ pub mod plot;
 pub mod pretrain;
 mod progress;
 pub mod run_dir;
+pub mod seeded_init;
 
 pub use error::TrainError;

@@ -2,7 +2,7 @@
 //! per-epoch evaluation, metrics.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use models::metrics::normalized_mutual_info;
 use models::rng::Rng;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use crate::methods::npid::{self, MemoryBank, NpidConfig};
 use crate::methods::Method;
 use crate::optim::SgdMomentum;
 use crate::run_dir::{labels_to_tensor, restore_momentum, sorted_vars, tensor_to_labels, RunDir};
+use crate::seeded_init::seeded_var_builder;
 use crate::TrainError;
 use candle_nn::Optimizer;
 
@@ -81,7 +82,7 @@ pub fn build_encoder(
     vm: &VarMap,
     device: &Device,
 ) -> Result<Box<dyn Encoder>, TrainError> {
-    let vb = VarBuilder::from_varmap(vm, DType::F32, device);
+    let vb = seeded_var_builder(vm, cfg.seed, DType::F32, device);
     Ok(cfg
         .arch
         .build(cfg.input, cfg.embed_dim, cfg.sobel, vb.pp("encoder"))?)

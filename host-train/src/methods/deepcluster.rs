@@ -3,7 +3,7 @@
 //! cluster ids as pseudo-labels, sampling uniformly over clusters.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{linear, Module, Optimizer, VarBuilder, VarMap};
+use candle_nn::{linear, Module, Optimizer, VarMap};
 use models::cluster::KMeansParams;
 use models::linalg::{l2_normalize_rows, PcaParams};
 use models::rng::Rng;
@@ -16,6 +16,7 @@ use crate::device_kmeans::CandleAssign;
 use crate::encoders::Encoder;
 use crate::optim::{SgdMomentum, SgdParams};
 use crate::progress::Progress;
+use crate::seeded_init::seeded_var_builder;
 use crate::TrainError;
 
 /// DeepCluster's hyper-parameters.
@@ -195,7 +196,7 @@ pub fn train_epoch(
     let head = linear(
         encoder.embed_dim(),
         k,
-        VarBuilder::from_varmap(&head_vm, DType::F32, device).pp("head"),
+        seeded_var_builder(&head_vm, seed, DType::F32, device).pp("head"),
     )?;
     let mut head_opt = SgdMomentum::new(head_vm.all_vars(), cfg.sgd())?;
     let mut losses = Vec::new();
