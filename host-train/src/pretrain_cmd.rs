@@ -155,14 +155,10 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             input: (train.channels, train.height, train.width),
             augment: AugmentConfig::default(),
             deepcluster: {
-                let d = DeepClusterConfig::default();
+                let d = DeepClusterConfig::for_arch(args.arch);
                 DeepClusterConfig {
                     k: args.k.unwrap_or(10 * classes),
-                    lr: args.lr.unwrap_or(match args.arch {
-                        // Its 6,272-wide projection diverged at 0.05 on Fashion-MNIST.
-                        Arch::SmallCnnFlat => 0.01,
-                        _ => d.lr,
-                    }),
+                    lr: args.lr.unwrap_or(d.lr),
                     ..d
                 }
             },

@@ -40,16 +40,20 @@ fn batch_norm_folding_is_exact() {
         let want = enc.embed(&x, false).unwrap();
         let graph = enc.folded_graph([c, size, size]).unwrap();
         let got = graph.forward(&x, |_, _| Ok(())).unwrap();
-        let d = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&want, &got);
         assert!(d <= 1e-5, "c {c} sobel {sobel}: folded differs by {d}");
     }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn fashion_mnist_slice(n: usize) -> (RunConfig, TrainSet, TrainSet) {
@@ -152,14 +156,7 @@ fn resnet18_exports_with_its_residual_sums() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let d = (want - got)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&want, &got);
     assert!(
         d <= 1e-5 * scale.max(1.0),
         "folded differs by {d} (scale {scale})"
@@ -323,14 +320,7 @@ fn small_cnn_flat_onnx_runs_in_tract() {
     let graph = enc.folded_graph([1, 28, 28]).unwrap();
     let want = enc.embed(&x, false).unwrap();
     let folded = graph.forward(&x, |_, _| Ok(())).unwrap();
-    let d = (want - folded)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&want, &folded);
     assert!(d <= 1e-4, "folded differs by {d}");
     assert_tract_matches(&graph, &x);
 }

@@ -180,15 +180,13 @@ impl TractRunnable {
         out: &mut [f32],
     ) -> Result<(), EdgeError> {
         let [c, h, w] = self.shape.chw;
-        let err = |e: TractError| EdgeError::Inference {
-            backend: NAME,
-            message: format!("{e:#}"),
-        };
         let inputs = tvec!(Tensor::from_shape(&[1, c, h, w], image)
-            .map_err(err)?
+            .map_err(inference_error)?
             .into_tvalue());
-        let result = state.run(inputs).map_err(err)?;
-        let view = result[0].to_plain_array_view::<f32>().map_err(err)?;
+        let result = state.run(inputs).map_err(inference_error)?;
+        let view = result[0]
+            .to_plain_array_view::<f32>()
+            .map_err(inference_error)?;
         for (o, v) in out.iter_mut().zip(view.iter()) {
             *o = *v;
         }
@@ -269,11 +267,15 @@ impl Runnable for TractRunnable {
         if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
-        split.map_err(|e| EdgeError::Inference {
-            backend: NAME,
-            message: format!("{e:#}"),
-        })?;
+        split.map_err(inference_error)?;
         Ok(out)
+    }
+}
+
+fn inference_error(e: TractError) -> EdgeError {
+    EdgeError::Inference {
+        backend: NAME,
+        message: format!("{e:#}"),
     }
 }
 

@@ -84,9 +84,7 @@ impl SmallCnn {
             c_in = c_out;
         }
         if let SmallCnnHead::Flatten { input_hw: (h, w) } = config.head {
-            if h % 4 != 0 || w % 4 != 0 || h == 0 || w == 0 {
-                bail!("small-cnn needs height and width divisible by 4, got {h}x{w}");
-            }
+            check_input_hw(&config, h, w)?;
         }
         let proj = linear(
             config.head.feature_dim(c_in),
@@ -126,21 +124,11 @@ impl SmallCnn {
                 layers.push(Layer::MaxPool2x2);
             }
         }
-        match self.config.head {
-            SmallCnnHead::GlobalAvgPool => layers.push(Layer::GlobalAvgPool),
-            SmallCnnHead::Flatten { input_hw } => {
-                if input_hw != (input_chw[1], input_chw[2]) {
-                    bail!(
-                        "this small-cnn was built for {}x{} inputs, not {}x{}",
-                        input_hw.0,
-                        input_hw.1,
-                        input_chw[1],
-                        input_chw[2]
-                    );
-                }
-                layers.push(Layer::Flatten);
-            }
-        }
+        check_input_hw(&self.config, input_chw[1], input_chw[2])?;
+        layers.push(match self.config.head {
+            SmallCnnHead::GlobalAvgPool => Layer::GlobalAvgPool,
+            SmallCnnHead::Flatten { .. } => Layer::Flatten,
+        });
         layers.push(linear_layer("proj", &self.proj)?);
         Ok(FoldedGraph {
             input_chw,
@@ -152,18 +140,7 @@ impl SmallCnn {
     /// Features before the projection: (b, head.feature_dim(widths[2])).
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        if h % 4 != 0 || w % 4 != 0 {
-            bail!("small-cnn needs height and width divisible by 4, got {h}x{w}");
-        }
-        if let SmallCnnHead::Flatten { input_hw } = self.config.head {
-            if input_hw != (h, w) {
-                bail!(
-                    "this small-cnn was built for {}x{} inputs, not {h}x{w}",
-                    input_hw.0,
-                    input_hw.1
-                );
-            }
-        }
+        check_input_hw(&self.config, h, w)?;
         let mut x = match &self.sobel {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -183,6 +160,22 @@ impl SmallCnn {
             SmallCnnHead::GlobalAvgPool => x.mean((2, 3)),
             SmallCnnHead::Flatten { .. } => x.flatten_from(1),
         }
+    }
+}
+
+/// Inputs the network takes: sides divisible by 4 (two 2x2 pools), and with the flatten head
+/// exactly the size it was built for.
+fn check_input_hw(config: &SmallCnnConfig, h: usize, w: usize) -> Result<()> {
+    if !h.is_multiple_of(4) || !w.is_multiple_of(4) || h == 0 || w == 0 {
+        bail!("small-cnn needs height and width divisible by 4, got {h}x{w}");
+    }
+    match config.head {
+        SmallCnnHead::Flatten { input_hw } if input_hw != (h, w) => bail!(
+            "this small-cnn was built for {}x{} inputs, not {h}x{w}",
+            input_hw.0,
+            input_hw.1
+        ),
+        _ => Ok(()),
     }
 }
 

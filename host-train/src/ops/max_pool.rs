@@ -73,6 +73,37 @@ impl CustomOp1 for MaxPool2x2 {
     }
 }
 
+/// The backward of a max pool over `[planes, h, w]` input (`x`: storage 1) to `[planes, oh, ow]`
+/// output (gradient: storage 2): each output's gradient is added at the input offset in its
+/// plane that `argmax(plane, oy, ox)` picks, planes in parallel. Shared by both pool ops.
+pub(super) fn route_to_argmax(
+    op: &str,
+    (s1, l1, s2, l2): (&CpuStorage, &Layout, &CpuStorage, &Layout),
+    [planes, h, w, oh, ow]: [usize; 5],
+    argmax: impl Fn(&[f32], usize, usize) -> usize + Sync,
+) -> Result<Vec<f32>> {
+    let x = contiguous_f32(s1, l1, &format!("{op} input"))?;
+    let g = contiguous_f32(s2, l2, &format!("{op} gradient"))?;
+    if g.len() != planes * oh * ow {
+        bail!(
+            "{op} backward: gradient {:?} does not match input {:?}",
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    let mut gx = vec![0f32; planes * h * w];
+    gx.par_chunks_mut(h * w).enumerate().for_each(|(p, gp)| {
+        let xp = &x[p * h * w..(p + 1) * h * w];
+        let gy = &g[p * oh * ow..(p + 1) * oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                gp[argmax(xp, oy, ox)] += gy[oy * ow + ox];
+            }
+        }
+    });
+    Ok(gx)
+}
+
 struct MaxPool2x2Backward;
 
 impl CustomOp2 for MaxPool2x2Backward {
@@ -87,28 +118,16 @@ impl CustomOp2 for MaxPool2x2Backward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "max_pool_2x2 input")?;
-        let g = contiguous_f32(s2, l2, "max_pool_2x2 gradient")?;
         let (planes, h, w) = plane_dims(l1)?;
-        let (oh, ow) = (h / 2, w / 2);
-        if g.len() != planes * oh * ow {
-            bail!(
-                "max_pool_2x2 backward: gradient {:?} does not match input {:?}",
-                l2.dims(),
-                l1.dims()
-            );
-        }
-        let mut gx = vec![0f32; planes * h * w];
-        gx.par_chunks_mut(h * w).enumerate().for_each(|(p, gp)| {
-            let xp = &x[p * h * w..(p + 1) * h * w];
-            let gy = &g[p * oh * ow..(p + 1) * oh * ow];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (k, _) = argmax(xp, w, oy, ox);
-                    gp[(2 * oy + k / 2) * w + 2 * ox + k % 2] = gy[oy * ow + ox];
-                }
-            }
-        });
+        let gx = route_to_argmax(
+            "max_pool_2x2",
+            (s1, l1, s2, l2),
+            [planes, h, w, h / 2, w / 2],
+            |plane, oy, ox| {
+                let (k, _) = argmax(plane, w, oy, ox);
+                (2 * oy + k / 2) * w + 2 * ox + k % 2
+            },
+        )?;
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }
 }

@@ -9,6 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result,
 use rayon::prelude::*;
 
 use super::contiguous_f32;
+use super::max_pool::route_to_argmax;
 
 /// Max over `kernel x kernel` windows every `stride` pixels. CPU only (alexnet-bn is the
 /// only user, and it trains on the CPU).
@@ -102,27 +103,13 @@ impl CustomOp2 for MaxPoolWindowBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "max_pool2d input")?;
-        let g = contiguous_f32(s2, l2, "max_pool2d gradient")?;
         let (planes, h, w, oh, ow) = geometry(self.0, l1)?;
-        if g.len() != planes * oh * ow {
-            bail!(
-                "max_pool2d backward: gradient {:?} does not match input {:?}",
-                l2.dims(),
-                l1.dims()
-            );
-        }
-        let mut gx = vec![0f32; planes * h * w];
-        gx.par_chunks_mut(h * w).enumerate().for_each(|(p, gp)| {
-            let xp = &x[p * h * w..(p + 1) * h * w];
-            let gy = &g[p * oh * ow..(p + 1) * oh * ow];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (at, _) = self.0.argmax(xp, w, oy, ox);
-                    gp[at] += gy[oy * ow + ox];
-                }
-            }
-        });
+        let gx = route_to_argmax(
+            "max_pool2d",
+            (s1, l1, s2, l2),
+            [planes, h, w, oh, ow],
+            |plane, oy, ox| self.0.argmax(plane, w, oy, ox).0,
+        )?;
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }
 }
