@@ -1,5 +1,6 @@
 //! `plots/metrics.png`: a run's curves, redrawn after every epoch. Left, the training loss;
-//! right, the held-out scores (kNN top-1, k-means NMI, ARI, clustering accuracy) on a fixed
+//! right, the held-out scores (kNN top-1 as is and whitened, k-means NMI, ARI, clustering
+//! accuracy) on a fixed
 //! 0-1 scale, so two runs' plots compare at a glance. Drawn with `image` and a 3x5 pixel
 //! font: no font files, no plotting stack.
 
@@ -20,9 +21,10 @@ const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
 const INK: Rgb<u8> = Rgb([40, 40, 40]);
 const GRID: Rgb<u8> = Rgb([225, 225, 225]);
 const LOSS: Rgb<u8> = Rgb([200, 40, 40]);
-/// kNN, NMI, ARI, accuracy.
-const SCORES: [(&str, Rgb<u8>); 4] = [
+/// kNN, kNN whitened, NMI, ARI, accuracy.
+const SCORES: [(&str, Rgb<u8>); 5] = [
     ("KNN", Rgb([30, 90, 200])),
+    ("KNN-W", Rgb([150, 60, 190])),
     ("NMI", Rgb([230, 130, 0])),
     ("ARI", Rgb([40, 150, 60])),
     ("ACC", Rgb([130, 130, 130])),
@@ -38,16 +40,27 @@ pub fn write_metrics_plot(rows: &[MetricsRow], path: &Path) -> Result<(), TrainE
             _ => None,
         })
         .collect();
-    let scores: Vec<(f64, [f64; 4])> = rows
+    // Rows from before the whitened kNN existed leave that series without points.
+    let scores: Vec<(f64, [Option<f64>; 5])> = rows
         .iter()
         .filter_map(|r| match r {
             MetricsRow::Eval {
                 epoch,
                 knn_top1,
+                knn_top1_whitened,
                 nmi,
                 ari,
                 accuracy,
-            } => Some((*epoch as f64, [*knn_top1, *nmi, *ari, *accuracy])),
+            } => Some((
+                *epoch as f64,
+                [
+                    Some(*knn_top1),
+                    *knn_top1_whitened,
+                    Some(*nmi),
+                    Some(*ari),
+                    Some(*accuracy),
+                ],
+            )),
             _ => None,
         })
         .collect();
@@ -80,7 +93,10 @@ pub fn write_metrics_plot(rows: &[MetricsRow], path: &Path) -> Result<(), TrainE
     };
     right.axes(&mut img, "SCORES", &SCORES);
     for (i, &(_, colour)) in SCORES.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = scores.iter().map(|(e, s)| (*e, s[i])).collect();
+        let pts: Vec<(f64, f64)> = scores
+            .iter()
+            .filter_map(|(e, s)| s[i].map(|v| (*e, v)))
+            .collect();
         right.series(&mut img, &pts, colour);
     }
     if let Some(dir) = path.parent() {
@@ -274,6 +290,7 @@ mod tests {
         let mut rows = vec![MetricsRow::Eval {
             epoch: 0,
             knn_top1: 0.7,
+            knn_top1_whitened: Some(0.75),
             nmi: 0.4,
             ari: 0.3,
             accuracy: 0.5,
@@ -293,6 +310,7 @@ mod tests {
             rows.push(MetricsRow::Eval {
                 epoch,
                 knn_top1: 0.7 + 0.02 * epoch as f64,
+                knn_top1_whitened: Some(0.75 + 0.02 * epoch as f64),
                 nmi: 0.4,
                 ari: 0.3,
                 accuracy: 0.5,
@@ -320,7 +338,7 @@ mod tests {
             y_max: 1.0,
         };
         let (x, y) = right.px(2.5, 0.4);
-        assert_eq!(*img.get_pixel(x as u32, y as u32), SCORES[1].1);
+        assert_eq!(*img.get_pixel(x as u32, y as u32), SCORES[2].1);
         // The loss starts at the top of the left panel (3.0 is the maximum, plus 5%).
         let (x, y) = Panel {
             x0: LEFT[0],

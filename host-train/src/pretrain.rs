@@ -71,6 +71,9 @@ pub enum MetricsRow {
     Eval {
         epoch: usize,
         knn_top1: f64,
+        /// kNN of the PCA-whitened features (see `eval`); absent in runs from before it.
+        #[serde(default)]
+        knn_top1_whitened: Option<f64>,
         nmi: f64,
         ari: f64,
         accuracy: f64,
@@ -124,6 +127,7 @@ fn eval_row(
     let row = MetricsRow::Eval {
         epoch,
         knn_top1: r.knn_top1,
+        knn_top1_whitened: r.knn_top1_whitened,
         nmi: r.nmi,
         ari: r.ari,
         accuracy: r.accuracy,

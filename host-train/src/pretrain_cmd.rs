@@ -222,8 +222,9 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     )?;
     if let Some(r) = done.last_eval {
         println!(
-            "final: kNN top-1 {:.4}, k-means NMI {:.4}, ARI {:.4}, accuracy {:.4} ({:.0} s)",
+            "final: kNN top-1 {:.4}{}, k-means NMI {:.4}, ARI {:.4}, accuracy {:.4} ({:.0} s)",
             r.knn_top1,
+            whitened(r.knn_top1_whitened),
             r.nmi,
             r.ari,
             r.accuracy,
@@ -241,10 +242,15 @@ fn print_row(row: &MetricsRow, t0: std::time::Instant) {
             let nmi = nmi_vs_previous.map_or(String::new(), |v| format!(", NMI vs previous {v:.4}"));
             println!("[{t:6.0} s] epoch {epoch}: loss {loss:.4}, {images_per_s:.0} img/s{clusters}{nmi}")
         }
-        MetricsRow::Eval { epoch, knn_top1, nmi, ari, accuracy } => println!(
-            "[{t:6.0} s] after {epoch} epochs: kNN {knn_top1:.4}, NMI {nmi:.4}, ARI {ari:.4}, accuracy {accuracy:.4}"
+        MetricsRow::Eval { epoch, knn_top1, knn_top1_whitened, nmi, ari, accuracy } => println!(
+            "[{t:6.0} s] after {epoch} epochs: kNN {knn_top1:.4}{}, NMI {nmi:.4}, ARI {ari:.4}, accuracy {accuracy:.4}",
+            whitened(*knn_top1_whitened)
         ),
     }
+}
+
+fn whitened(knn: Option<f64>) -> String {
+    knn.map_or(String::new(), |v| format!(" (whitened {v:.4})"))
 }
 
 #[derive(Debug, Args)]
@@ -288,8 +294,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         cfg.seed,
     )?;
     println!(
-        "{:?}: kNN top-1 {:.4}, k-means (k = classes) NMI {:.4}, ARI {:.4}, accuracy {:.4}",
-        args.layer, r.knn_top1, r.nmi, r.ari, r.accuracy
+        "{:?}: kNN top-1 {:.4}{}, k-means (k = classes) NMI {:.4}, ARI {:.4}, accuracy {:.4}",
+        args.layer,
+        r.knn_top1,
+        whitened(r.knn_top1_whitened),
+        r.nmi,
+        r.ari,
+        r.accuracy
     );
     Ok(())
 }

@@ -8,7 +8,7 @@ use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::export::BatchNormParams;
-use crate::ops::batch_norm_relu_train;
+use crate::ops::{batch_norm_relu_pool_train, batch_norm_relu_train, max_pool_2x2};
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -88,6 +88,27 @@ impl BnRelu {
             self.update_running(&mean.flatten_all()?, &var.flatten_all()?, n)?;
             y
         };
+        Ok(y)
+    }
+
+    /// This layer, then 2x2/stride-2 max-pooling. Training on CPU f32 with the ReLU runs one
+    /// fused op that never stores the full-size normalised map; elsewhere the two layers run
+    /// one after the other.
+    pub fn forward_pool_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let fused = train
+            && self.relu
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && h % 2 == 0
+            && w % 2 == 0;
+        if !fused {
+            return max_pool_2x2(&self.forward_t(x, train)?);
+        }
+        let (y, s) = batch_norm_relu_pool_train(x, &self.weight, &self.bias, EPS)?;
+        let dev = x.device();
+        let (mean, var) = (Tensor::new(s.mean, dev)?, Tensor::new(s.var, dev)?);
+        self.update_running(&mean, &var, x.elem_count() / x.dim(1)?)?;
         Ok(y)
     }
 
@@ -173,6 +194,34 @@ mod tests {
         assert!(de > 0.1);
         // And the running statistics live in the VarMap, for checkpoints.
         assert!(vm.data().lock().unwrap().contains_key("running_var"));
+    }
+
+    #[test]
+    fn fused_pool_path_matches_the_layer_then_the_pool_and_moves_the_same_statistics() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(1f32, 2.0, (4, 3, 6, 6), &dev).unwrap();
+        let (vm1, vm2) = (VarMap::new(), VarMap::new());
+        let fused = BnRelu::new(3, VarBuilder::from_varmap(&vm1, DType::F32, &dev)).unwrap();
+        let plain = BnRelu::new(3, VarBuilder::from_varmap(&vm2, DType::F32, &dev)).unwrap();
+        let y1 = fused.forward_pool_t(&x, true).unwrap();
+        let y2 = max_pool_2x2(&plain.forward_t(&x, true).unwrap()).unwrap();
+        assert_eq!(max_abs_diff(&y1, &y2), 0.0);
+        for (a, b) in [
+            (&fused.running_mean, &plain.running_mean),
+            (&fused.running_var, &plain.running_var),
+        ] {
+            assert!(max_abs_diff(a.as_tensor(), b.as_tensor()) < 1e-6);
+        }
+        assert!(
+            max_abs_diff(
+                fused.running_mean.as_tensor(),
+                &Tensor::zeros(3, DType::F32, &dev).unwrap()
+            ) > 0.01
+        );
+        // Evaluation (and odd sizes) take the unfused path.
+        let e1 = fused.forward_pool_t(&x, false).unwrap();
+        let e2 = max_pool_2x2(&fused.forward_t(&x, false).unwrap()).unwrap();
+        assert_eq!(max_abs_diff(&e1, &e2), 0.0);
     }
 
     #[test]

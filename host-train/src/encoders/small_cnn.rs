@@ -10,7 +10,7 @@ use crate::export::{FoldedGraph, Layer};
 
 use super::fold::{folded_conv, linear_layer};
 use super::{BnRelu, SobelFront};
-use crate::ops::{conv2d, max_pool_2x2, Conv2dGeometry};
+use crate::ops::{conv2d, Conv2dGeometry};
 
 /// Shape of a `small-cnn`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,10 +151,11 @@ impl SmallCnn {
         };
         for (i, (w, bn)) in self.convs.iter().zip(&self.norms).enumerate() {
             x = conv2d(&x, w, same)?;
-            x = bn.forward_t(&x, train)?;
-            if i < 2 {
-                x = max_pool_2x2(&x)?;
-            }
+            x = if i < 2 {
+                bn.forward_pool_t(&x, train)?
+            } else {
+                bn.forward_t(&x, train)?
+            };
         }
         match self.config.head {
             SmallCnnHead::GlobalAvgPool => x.mean((2, 3)),

@@ -46,7 +46,7 @@ pub fn batch_norm_relu_train(
 }
 
 /// (batch, channels, pixels per plane) of an NCHW layout.
-fn nchw(l: &Layout) -> Result<(usize, usize, usize)> {
+pub(super) fn nchw(l: &Layout) -> Result<(usize, usize, usize)> {
     match *l.dims() {
         [b, c, h, w] => Ok((b, c, h * w)),
         ref d => bail!("batch_norm_relu: expected (b, c, h, w), got {d:?}"),
@@ -72,7 +72,8 @@ fn channel_moments(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> 
         .collect()
 }
 
-fn mean_and_inv_std(
+/// Per-channel batch mean, biased variance and 1 / sqrt(var + eps).
+pub(super) fn mean_and_inv_std(
     x: &[f32],
     b: usize,
     c: usize,
@@ -86,11 +87,15 @@ fn mean_and_inv_std(
         .iter()
         .map(|m| ((m.1 / n) - (m.0 / n).powi(2)).max(0.0) as f32)
         .collect();
-    let inv_std = var
-        .iter()
-        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
-        .collect();
+    let inv_std = inv_std(&var, eps);
     (mean, var, inv_std)
+}
+
+/// 1 / sqrt(var + eps) per channel, the same bits in the forward and the backward pass.
+pub(super) fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
+    var.iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect()
 }
 
 struct BnReluForward {

@@ -90,6 +90,22 @@ fn pack_images(src: &[f32], dst: &mut [f32], rows: usize, ohw: usize, n: usize) 
     }
 }
 
+/// `src` in [`pack_images`] order: itself for one image, else packed into `scratch`.
+fn packed<'a>(
+    src: &'a [f32],
+    scratch: &'a mut [f32],
+    rows: usize,
+    ohw: usize,
+    n: usize,
+) -> &'a [f32] {
+    if n == 1 {
+        return src;
+    }
+    let dst = &mut scratch[..rows * n * ohw];
+    pack_images(src, dst, rows, ohw, n);
+    dst
+}
+
 /// The inverse of [`pack_images`].
 fn unpack_images(src: &[f32], dst: &mut [f32], rows: usize, ohw: usize, n: usize) {
     for j in 0..n {
@@ -133,15 +149,23 @@ impl CustomOp2 for Conv2dForward {
                     let i = gi * g + j;
                     im2col_at(&x[i * img..(i + 1) * img], &s, cols, width, j * ohw);
                 }
-                // wide = W (oc x ckk) * cols (ckk x n*ohw), then back to image-major order.
+                // wide = W (oc x ckk) * cols (ckk x n*ohw), then back to image-major order;
+                // one image's product already is in that order.
+                let dst = if n == 1 {
+                    &mut o[..]
+                } else {
+                    &mut wide[..oc * width]
+                };
                 matmul(
-                    &mut wide[..oc * width],
+                    dst,
                     Operand::new(w, oc, ckk),
                     Operand::new(&cols[..ckk * width], ckk, width),
                     1.0,
                     Parallelism::None,
                 );
-                unpack_images(&wide[..oc * width], o, oc, ohw, n);
+                if n > 1 {
+                    unpack_images(&wide[..oc * width], o, oc, ohw, n);
+                }
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((b, oc, s.oh, s.ow))))
@@ -209,9 +233,9 @@ impl CustomOp2 for Conv2dBackwardData {
                 let n = gxg.len() / img;
                 let width = n * ohw;
                 let first = gi * g;
-                pack_images(
+                let gy_wide = packed(
                     &gy[first * oc * ohw..(first + n) * oc * ohw],
-                    &mut wide_gy[..oc * width],
+                    wide_gy,
                     oc,
                     ohw,
                     n,
@@ -220,7 +244,7 @@ impl CustomOp2 for Conv2dBackwardData {
                 matmul(
                     &mut gcols[..ckk * width],
                     Operand::new(w, oc, ckk).t(),
-                    Operand::new(&wide_gy[..oc * width], oc, width),
+                    Operand::new(gy_wide, oc, width),
                     1.0,
                     Parallelism::None,
                 );
@@ -283,9 +307,9 @@ impl CustomOp2 for Conv2dBackwardFilter {
                         let i = first + j;
                         im2col_at(&x[i * img..(i + 1) * img], &s, &mut cols, width, j * ohw);
                     }
-                    pack_images(
+                    let gy_wide = packed(
                         &gy[first * oc * ohw..(first + n) * oc * ohw],
-                        &mut wide_gy[..oc * width],
+                        &mut wide_gy,
                         oc,
                         ohw,
                         n,
@@ -293,7 +317,7 @@ impl CustomOp2 for Conv2dBackwardFilter {
                     // gW += gy (oc x n*ohw) * cols^T (n*ohw x ckk)
                     matmul_add(
                         &mut acc,
-                        Operand::new(&wide_gy[..oc * width], oc, width),
+                        Operand::new(gy_wide, oc, width),
                         Operand::new(&cols[..ckk * width], ckk, width).t(),
                         1.0,
                         Parallelism::None,
@@ -391,6 +415,15 @@ mod tests {
                 Conv2dGeometry {
                     stride: 1,
                     padding: 0,
+                },
+            ),
+            // Planes of 576 pixels: one image per GEMM, written in place (no packing).
+            (
+                [3, 2, 24, 24],
+                [4, 2, 3, 3],
+                Conv2dGeometry {
+                    stride: 1,
+                    padding: 1,
                 },
             ),
             (

@@ -27,18 +27,23 @@ fn plane_dims(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// Index (0..4, row-major in the window) of the first maximum of window (oy, ox).
+/// Offset in its plane and value of the first maximum (PyTorch's rule) of 2x2 window (oy, ox)
+/// after `f`. Without branches: on real activations which element wins is a coin toss the
+/// branch predictor loses.
 #[inline]
-fn argmax(plane: &[f32], w: usize, oy: usize, ox: usize) -> (usize, f32) {
+pub(super) fn first_max_2x2(
+    plane: &[f32],
+    w: usize,
+    oy: usize,
+    ox: usize,
+    f: impl Fn(f32) -> f32,
+) -> (usize, f32) {
     let i = 2 * oy * w + 2 * ox;
-    let v = [plane[i], plane[i + 1], plane[i + w], plane[i + w + 1]];
-    let mut best = 0;
-    for k in 1..4 {
-        if v[k] > v[best] {
-            best = k;
-        }
-    }
-    (best, v[best])
+    let v = [plane[i], plane[i + 1], plane[i + w], plane[i + w + 1]].map(f);
+    let m = v[0].max(v[1]).max(v[2].max(v[3]));
+    // The first k with v[k] == m: 0, 1, 2 or 3.
+    let k = (v[0] != m) as usize * (1 + (v[1] != m) as usize * (1 + (v[2] != m) as usize));
+    (i + (k >> 1) * w + (k & 1), m)
 }
 
 struct MaxPool2x2;
@@ -57,7 +62,7 @@ impl CustomOp1 for MaxPool2x2 {
             let xp = &x[p * h * w..(p + 1) * h * w];
             for oy in 0..oh {
                 for ox in 0..ow {
-                    yp[oy * ow + ox] = argmax(xp, w, oy, ox).1;
+                    yp[oy * ow + ox] = first_max_2x2(xp, w, oy, ox, |v| v).1;
                 }
             }
         });
@@ -123,10 +128,7 @@ impl CustomOp2 for MaxPool2x2Backward {
             "max_pool_2x2",
             (s1, l1, s2, l2),
             [planes, h, w, h / 2, w / 2],
-            |plane, oy, ox| {
-                let (k, _) = argmax(plane, w, oy, ox);
-                (2 * oy + k / 2) * w + 2 * ox + k % 2
-            },
+            |plane, oy, ox| first_max_2x2(plane, w, oy, ox, |v| v).0,
         )?;
         Ok((CpuStorage::F32(gx), l1.shape().clone()))
     }

@@ -6,6 +6,7 @@
 //! with the `cudnn` feature, run convolutions and batch-norm through cuDNN.
 
 mod batch_norm_relu;
+mod batch_norm_relu_pool;
 mod conv2d;
 mod cross_entropy;
 #[cfg(feature = "cudnn")]
@@ -17,6 +18,7 @@ mod max_pool;
 mod max_pool_window;
 
 pub use batch_norm_relu::{batch_norm_relu_train, BatchStats};
+pub use batch_norm_relu_pool::batch_norm_relu_pool_train;
 pub use conv2d::{conv2d, Conv2dGeometry};
 pub use cross_entropy::cross_entropy;
 pub use max_pool::max_pool_2x2;
