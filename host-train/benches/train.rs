@@ -25,6 +25,8 @@ const STEPS: usize = 5;
 const WINDOWS: usize = 3;
 
 fn ours() -> BenchResult<f64> {
+    // As the host-train binary does: training reuses freed activation buffers.
+    host_train::malloc::keep_freed_memory();
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);

@@ -19,6 +19,7 @@ pub mod eval;
 pub mod export;
 pub mod features;
 pub mod gallery;
+pub mod malloc;
 pub mod methods;
 pub mod ops;
 pub mod optim;

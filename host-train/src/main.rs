@@ -48,6 +48,9 @@ fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if !host_train::malloc::keep_freed_memory() {
+        tracing::debug!("allocator settings not applied (not glibc)");
+    }
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

@@ -53,6 +53,47 @@ pub(super) fn nchw(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// Lanes of partial sums: a single running f32 sum is a chain of dependent adds that the
+/// compiler may not reorder, so it runs at one add per latency; eight independent lanes
+/// vectorise and pipeline.
+const LANES: usize = 8;
+
+/// (sum f(a, b).0, sum f(a, b).1) over paired elements, in `LANES` partial sums.
+#[inline]
+pub(super) fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
+    lane_sums3(a, b, b, |x, y, _| f(x, y))
+}
+
+/// As [`lane_sums`] over three paired slices.
+#[inline]
+pub(super) fn lane_sums3(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f32, f32) {
+    let n = a.len().min(b.len()).min(c.len());
+    let (mut s0, mut s1) = ([0f32; LANES], [0f32; LANES]);
+    let body = n - n % LANES;
+    for ((ca, cb), cc) in a[..body]
+        .chunks_exact(LANES)
+        .zip(b[..body].chunks_exact(LANES))
+        .zip(c[..body].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let (u, v) = f(ca[l], cb[l], cc[l]);
+            s0[l] += u;
+            s1[l] += v;
+        }
+    }
+    for i in body..n {
+        let (u, v) = f(a[i], b[i], c[i]);
+        s0[0] += u;
+        s1[0] += v;
+    }
+    (s0.iter().sum(), s1.iter().sum())
+}
+
 /// Per-channel sum and sum of squares over the batch, in f64.
 fn channel_moments(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
@@ -61,9 +102,7 @@ fn channel_moments(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> 
             let (mut s, mut s2) = (0f64, 0f64);
             for bi in 0..b {
                 let plane = &x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw];
-                let (ps, ps2) = plane
-                    .iter()
-                    .fold((0f32, 0f32), |(a, a2), &v| (a + v, a2 + v * v));
+                let (ps, ps2) = lane_sums(plane, plane, |v, _| (v, v * v));
                 s += ps as f64;
                 s2 += ps2 as f64;
             }
@@ -204,13 +243,11 @@ impl CustomOp3 for BnReluBackward {
                 let (mut sd, mut sdx) = (0f64, 0f64);
                 for bi in 0..b {
                     let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
-                    let (a, a2) = x[r.clone()].iter().zip(&y[r.clone()]).zip(&gy[r]).fold(
-                        (0f32, 0f32),
-                        |(a, a2), ((&xv, &yv), &g)| {
-                            let dz = if yv > 0.0 { g } else { 0.0 };
-                            (a + dz, a2 + dz * (xv - mean[ch]))
-                        },
-                    );
+                    let m = mean[ch];
+                    let (a, a2) = lane_sums3(&x[r.clone()], &y[r.clone()], &gy[r], |xv, yv, g| {
+                        let dz = if yv > 0.0 { g } else { 0.0 };
+                        (dz, dz * (xv - m))
+                    });
                     sd += a as f64;
                     sdx += a2 as f64 * inv_std[ch] as f64;
                 }
@@ -299,6 +336,21 @@ mod tests {
         let rm: Vec<f32> = vars["running_mean"].as_tensor().to_vec1().unwrap();
         for (r, m) in rm.iter().zip(&stats.mean) {
             assert!((r - 0.1 * m).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn lane_sums_add_every_element_including_the_tail() {
+        for n in [0, 1, 7, 8, 9, 31] {
+            let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i % 3) as f32).collect();
+            let (s, sp) = lane_sums(&a, &b, |x, y| (x, x * y));
+            let want: f32 = a.iter().sum();
+            let want_p: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!(
+                (s - want).abs() < 1e-4 && (sp - want_p).abs() < 1e-4,
+                "n = {n}"
+            );
         }
     }
 
