@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batch_norm_relu::{inv_std, mean_and_inv_std, nchw, BatchStats};
+use super::batch_norm_relu::{inv_std, lane_sums, mean_and_inv_std, nchw, BatchStats};
 use super::contiguous_f32;
 use super::max_pool::first_max_2x2;
 
@@ -193,17 +193,16 @@ impl CustomOp2 for BnReluPoolBackward {
                 let (scale, shift) = self.scale_shift(ch);
                 let xp = &x[p * hw..(p + 1) * hw];
                 let gp = &gy[p * oh * ow..(p + 1) * oh * ow];
-                let (mut a, mut a2) = (0f32, 0f32);
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let (j, v) = winner(xp, w, oy, ox, scale, shift);
-                        let g = if v > 0.0 { gp[oy * ow + ox] } else { 0.0 };
-                        dzp[j] = g;
-                        a += g;
-                        a2 += g * (xp[j] - self.mean[ch]);
+                        dzp[j] = if v > 0.0 { gp[oy * ow + ox] } else { 0.0 };
                     }
                 }
-                (a, a2)
+                // A dense pass over the plane (still in cache) vectorises; sums inside the
+                // loop above would be one serial chain.
+                let m = self.mean[ch];
+                lane_sums(dzp, xp, |dz, xv| (dz, dz * (xv - m)))
             })
             .collect();
         // Per channel: sum(dz) and sum(dz * xhat), in f64 across the batch.
