@@ -40,32 +40,17 @@ pub fn evaluate(
     dim: usize,
     seed: u64,
 ) -> Result<EvalReport, TrainError> {
-    let knn = WeightedKnnParams::default().check()?;
+    let labels = (train_labels, test_labels);
     let knn_top1_whitened = if dim <= WHITEN_MAX_DIM {
         let pca = PcaParams::new(dim.min(WHITEN_DIM)).fit(MatRef::new(train, dim)?)?;
-        let mut tr = pca.transform(MatRef::new(train, dim)?)?;
-        let mut te = pca.transform(MatRef::new(test, dim)?)?;
-        let d = pca.d_out();
-        l2_normalize_rows(&mut tr, d);
-        l2_normalize_rows(&mut te, d);
-        Some(knn.top1(
-            MatRef::new(&tr, d)?,
-            train_labels,
-            MatRef::new(&te, d)?,
-            test_labels,
-        )?)
+        let tr = pca.transform(MatRef::new(train, dim)?)?;
+        let te = pca.transform(MatRef::new(test, dim)?)?;
+        Some(normalized_knn(tr, te, pca.d_out(), labels)?.0)
     } else {
         None
     };
-    let (mut tr, mut te) = (train.to_vec(), test.to_vec());
-    l2_normalize_rows(&mut tr, dim);
-    l2_normalize_rows(&mut te, dim);
-    let knn_top1 = knn.top1(
-        MatRef::new(&tr, dim)?,
-        train_labels,
-        MatRef::new(&te, dim)?,
-        test_labels,
-    )?;
+    // The L2-normalised train rows are also what k-means clusters.
+    let (knn_top1, tr) = normalized_knn(train.to_vec(), test.to_vec(), dim, labels)?;
     let classes = train_labels.iter().max().map_or(1, |&m| m as usize + 1);
     let fit = KMeansParams::new(classes)
         .seed(seed)
@@ -79,6 +64,25 @@ pub fn evaluate(
         ari: adjusted_rand_index(train_labels, &fit.labels)?,
         accuracy: clustering_accuracy(train_labels, &fit.labels)?,
     })
+}
+
+/// Weighted kNN top-1 of `test` against `train` (rows of `dim`) after L2-normalising both;
+/// also hands back the normalised train rows.
+fn normalized_knn(
+    mut train: Vec<f32>,
+    mut test: Vec<f32>,
+    dim: usize,
+    (train_labels, test_labels): (&[u32], &[u32]),
+) -> Result<(f64, Vec<f32>), TrainError> {
+    l2_normalize_rows(&mut train, dim);
+    l2_normalize_rows(&mut test, dim);
+    let top1 = WeightedKnnParams::default().check()?.top1(
+        MatRef::new(&train, dim)?,
+        train_labels,
+        MatRef::new(&test, dim)?,
+        test_labels,
+    )?;
+    Ok((top1, train))
 }
 
 #[cfg(test)]

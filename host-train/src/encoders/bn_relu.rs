@@ -8,7 +8,7 @@ use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::export::BatchNormParams;
-use crate::ops::{batch_norm_relu_pool_train, batch_norm_relu_train, max_pool_2x2};
+use crate::ops::{batch_norm_relu_pool_train, batch_norm_relu_train, max_pool_2x2, BatchStats};
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -70,12 +70,8 @@ impl BnRelu {
             return if self.relu { y.relu() } else { Ok(y) };
         }
         let n = x.elem_count() / x.dim(1)?;
-        let y = if self.relu && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let (y, s) = batch_norm_relu_train(x, &self.weight, &self.bias, EPS)?;
-            let dev = x.device();
-            let (mean, var) = (Tensor::new(s.mean, dev)?, Tensor::new(s.var, dev)?);
-            self.update_running(&mean, &var, n)?;
-            y
+        let y = if self.fuses(x) {
+            self.with_batch_stats(x, batch_norm_relu_train(x, &self.weight, &self.bias, EPS)?)?
         } else if let Some((y, mean, var)) = self.train_with_cudnn(x)? {
             self.update_running(&mean, &var, n)?;
             if self.relu {
@@ -96,16 +92,22 @@ impl BnRelu {
     /// one after the other.
     pub fn forward_pool_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        let fused = train
-            && self.relu
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && h % 2 == 0
-            && w % 2 == 0;
-        if !fused {
+        if !(train && self.fuses(x) && h % 2 == 0 && w % 2 == 0) {
             return max_pool_2x2(&self.forward_t(x, train)?);
         }
-        let (y, s) = batch_norm_relu_pool_train(x, &self.weight, &self.bias, EPS)?;
+        self.with_batch_stats(
+            x,
+            batch_norm_relu_pool_train(x, &self.weight, &self.bias, EPS)?,
+        )
+    }
+
+    /// Whether training on `x` runs a fused CPU op (they all end in the ReLU).
+    fn fuses(&self, x: &Tensor) -> bool {
+        self.relu && x.device().is_cpu() && x.dtype() == DType::F32
+    }
+
+    /// A fused op's output, after moving the running statistics towards its batch's.
+    fn with_batch_stats(&self, x: &Tensor, (y, s): (Tensor, BatchStats)) -> Result<Tensor> {
         let dev = x.device();
         let (mean, var) = (Tensor::new(s.mean, dev)?, Tensor::new(s.var, dev)?);
         self.update_running(&mean, &var, x.elem_count() / x.dim(1)?)?;

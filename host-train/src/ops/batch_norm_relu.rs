@@ -7,10 +7,12 @@
 //! ```
 //!
 //! candle-nn's BatchNorm builds this from a transpose, a copy and a dozen broadcast ops.
+//! The pieces both fused ops share (this one and `batch_norm_relu_pool`) live here: the
+//! statistics, the wrapper that runs an op and returns them, and the gradient from dz.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
@@ -30,19 +32,29 @@ pub fn batch_norm_relu_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
+    run_train_op(x, gamma, beta, |stats| BnReluForward { eps, stats })
+}
+
+/// Applies a fused training op built around a statistics slot, and returns its output and the
+/// statistics its forward pass wrote there.
+pub(super) fn run_train_op<Op: CustomOp3 + Send + Sync + 'static>(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    op: impl FnOnce(Arc<Mutex<BatchStats>>) -> Op,
+) -> Result<(Tensor, BatchStats)> {
     let stats = Arc::new(Mutex::new(BatchStats::default()));
-    let op = BnReluForward {
-        eps,
-        stats: stats.clone(),
-    };
-    let y = x
-        .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let stats = stats
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))?
-        .clone();
+    let y =
+        x.contiguous()?
+            .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op(stats.clone()))?;
+    let stats = lock(&stats)?.clone();
     Ok((y, stats))
+}
+
+pub(super) fn lock(stats: &Mutex<BatchStats>) -> Result<MutexGuard<'_, BatchStats>> {
+    stats
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))
 }
 
 /// (batch, channels, pixels per plane) of an NCHW layout.
@@ -53,6 +65,28 @@ pub(super) fn nchw(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// gamma and beta of a forward pass over `(b, c, hw)`, checked: one each per channel, and
+/// more than one value per channel to take statistics of.
+pub(super) fn checked_params<'a>(
+    op: &str,
+    (s2, l2, s3, l3): (&'a CpuStorage, &Layout, &'a CpuStorage, &Layout),
+    (b, c, hw): (usize, usize, usize),
+) -> Result<(&'a [f32], &'a [f32])> {
+    let gamma = contiguous_f32(s2, l2, "weight")?;
+    let beta = contiguous_f32(s3, l3, "bias")?;
+    if gamma.len() != c || beta.len() != c {
+        bail!(
+            "{op}: {c} channels but {} weights and {} biases",
+            gamma.len(),
+            beta.len()
+        );
+    }
+    if b * hw < 2 {
+        bail!("{op}: batch statistics need more than one value per channel");
+    }
+    Ok((gamma, beta))
+}
+
 /// Lanes of partial sums: a single running f32 sum is a chain of dependent adds that the
 /// compiler may not reorder, so it runs at one add per latency; eight independent lanes
 /// vectorise and pipeline.
@@ -61,33 +95,21 @@ const LANES: usize = 8;
 /// (sum f(a, b).0, sum f(a, b).1) over paired elements, in `LANES` partial sums.
 #[inline]
 pub(super) fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
-    lane_sums3(a, b, b, |x, y, _| f(x, y))
-}
-
-/// As [`lane_sums`] over three paired slices.
-#[inline]
-pub(super) fn lane_sums3(
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    f: impl Fn(f32, f32, f32) -> (f32, f32),
-) -> (f32, f32) {
-    let n = a.len().min(b.len()).min(c.len());
+    let n = a.len().min(b.len());
     let (mut s0, mut s1) = ([0f32; LANES], [0f32; LANES]);
     let body = n - n % LANES;
-    for ((ca, cb), cc) in a[..body]
+    for (ca, cb) in a[..body]
         .chunks_exact(LANES)
         .zip(b[..body].chunks_exact(LANES))
-        .zip(c[..body].chunks_exact(LANES))
     {
         for l in 0..LANES {
-            let (u, v) = f(ca[l], cb[l], cc[l]);
+            let (u, v) = f(ca[l], cb[l]);
             s0[l] += u;
             s1[l] += v;
         }
     }
     for i in body..n {
-        let (u, v) = f(a[i], b[i], c[i]);
+        let (u, v) = f(a[i], b[i]);
         s0[0] += u;
         s1[0] += v;
     }
@@ -111,30 +133,159 @@ fn channel_moments(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> 
         .collect()
 }
 
-/// Per-channel batch mean, biased variance and 1 / sqrt(var + eps).
-pub(super) fn mean_and_inv_std(
-    x: &[f32],
-    b: usize,
-    c: usize,
-    hw: usize,
-    eps: f64,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let n = (b * hw) as f64;
-    let moments = channel_moments(x, b, c, hw);
-    let mean: Vec<f32> = moments.iter().map(|m| (m.0 / n) as f32).collect();
-    let var: Vec<f32> = moments
-        .iter()
-        .map(|m| ((m.1 / n) - (m.0 / n).powi(2)).max(0.0) as f32)
-        .collect();
-    let inv_std = inv_std(&var, eps);
-    (mean, var, inv_std)
+/// The per-channel affine map of one training batch: its statistics with gamma and beta.
+#[derive(Debug, Clone)]
+pub(super) struct Normalizer {
+    pub mean: Vec<f32>,
+    pub inv_std: Vec<f32>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
 }
 
-/// 1 / sqrt(var + eps) per channel, the same bits in the forward and the backward pass.
-pub(super) fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
-    var.iter()
-        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
-        .collect()
+impl Normalizer {
+    /// The batch's statistics of `x` (b, c, hw), and the normaliser they make.
+    pub fn fit(
+        x: &[f32],
+        (b, c, hw): (usize, usize, usize),
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f64,
+    ) -> (Self, BatchStats) {
+        let n = (b * hw) as f64;
+        let moments = channel_moments(x, b, c, hw);
+        let mean: Vec<f32> = moments.iter().map(|m| (m.0 / n) as f32).collect();
+        let var: Vec<f32> = moments
+            .iter()
+            .map(|m| ((m.1 / n) - (m.0 / n).powi(2)).max(0.0) as f32)
+            .collect();
+        let stats = BatchStats { mean, var };
+        (Self::from_stats(&stats, gamma, beta, eps), stats)
+    }
+
+    /// The same normaliser, rebuilt in the backward pass from the forward pass's statistics
+    /// (bit for bit: the same f32 inputs and arithmetic).
+    pub fn from_stats(stats: &BatchStats, gamma: &[f32], beta: &[f32], eps: f64) -> Self {
+        let inv_std = stats
+            .var
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+            .collect();
+        Self {
+            mean: stats.mean.clone(),
+            inv_std,
+            gamma: gamma.to_vec(),
+            beta: beta.to_vec(),
+        }
+    }
+
+    /// The backward op's normaliser: the forward pass's statistics (from `slot`) with the
+    /// current gamma and beta.
+    pub fn for_backward(
+        slot: &Mutex<BatchStats>,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Self> {
+        let stats = lock(slot)?.clone();
+        let c = gamma.dim(0)?;
+        if stats.mean.len() != c {
+            bail!("batch-norm backward: no statistics from the forward pass");
+        }
+        Ok(Self::from_stats(
+            &stats,
+            &gamma.to_vec1()?,
+            &beta.to_vec1()?,
+            eps,
+        ))
+    }
+
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// y = x * scale + shift for channel `ch`.
+    #[inline]
+    pub fn scale_shift(&self, ch: usize) -> (f32, f32) {
+        let scale = self.gamma[ch] * self.inv_std[ch];
+        (scale, self.beta[ch] - self.mean[ch] * scale)
+    }
+
+    /// The backward op's output, [dx; dgamma; dbeta] as [`packed_gradients`] splits it, for
+    /// input `x` in planes of `hw`. `write_dz(plane, dz, (scale, shift))` fills one zeroed
+    /// plane with dz, the gradient after the ReLU (and after the pool where there is one).
+    pub fn backward(
+        &self,
+        x: &[f32],
+        hw: usize,
+        write_dz: impl Fn(usize, &mut [f32], (f32, f32)) + Sync,
+    ) -> (CpuStorage, Shape) {
+        let c = self.channels();
+        let mut out = vec![0f32; x.len() + 2 * c];
+        out[..x.len()]
+            .par_chunks_mut(hw)
+            .enumerate()
+            .for_each(|(p, dzp)| write_dz(p, dzp, self.scale_shift(p % c)));
+        self.backward_in_place(x, &mut out, hw);
+        let len = out.len();
+        (CpuStorage::F32(out), Shape::from(len))
+    }
+
+    /// Turns dz in the first `x.len()` values of `out` into dx in place, and writes dgamma
+    /// and dbeta after it.
+    fn backward_in_place(&self, x: &[f32], out: &mut [f32], hw: usize) {
+        let c = self.channels();
+        let (dx, dparams) = out.split_at_mut(x.len());
+        // Per plane, then per channel in f64: sum(dz) and sum(dz * xhat).
+        let plane_sums: Vec<(f32, f32)> = dx
+            .par_chunks(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .map(|(p, (dzp, xp))| {
+                let m = self.mean[p % c];
+                lane_sums(dzp, xp, |dz, xv| (dz, dz * (xv - m)))
+            })
+            .collect();
+        let mut sums = vec![(0f64, 0f64); c];
+        for (p, &(a, a2)) in plane_sums.iter().enumerate() {
+            let s = &mut sums[p % c];
+            s.0 += a as f64;
+            s.1 += a2 as f64 * self.inv_std[p % c] as f64;
+        }
+        let n = (dx.len() / c) as f64;
+        // dx = k * (dz - mean(dz) - xhat * mean(dz * xhat)).
+        dx.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(p, (dxp, xp))| {
+                let ch = p % c;
+                let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
+                let k = self.gamma[ch] * inv_std;
+                let mean_dz = (sums[ch].0 / n) as f32;
+                let mean_dz_xhat = (sums[ch].1 / n) as f32;
+                for (o, &xv) in dxp.iter_mut().zip(xp) {
+                    *o = k * (*o - mean_dz - (xv - mean) * inv_std * mean_dz_xhat);
+                }
+            });
+        for (ch, s) in sums.iter().enumerate() {
+            dparams[ch] = s.1 as f32;
+            dparams[c + ch] = s.0 as f32;
+        }
+    }
+}
+
+/// Runs a backward op that returns [dx; dgamma; dbeta] in one buffer, and splits it.
+pub(super) fn packed_gradients(
+    x: &Tensor,
+    grad: &Tensor,
+    op: &impl CustomOp2,
+    c: usize,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let packed = x.apply_op2_no_bwd(&grad.contiguous()?, op)?;
+    let n = x.elem_count();
+    let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+    let dgamma = packed.narrow(0, n, c)?;
+    let dbeta = packed.narrow(0, n + c, c)?;
+    Ok((Some(dx), Some(dgamma), Some(dbeta)))
 }
 
 struct BnReluForward {
@@ -157,32 +308,18 @@ impl CustomOp3 for BnReluForward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "input")?;
-        let gamma = contiguous_f32(s2, l2, "weight")?;
-        let beta = contiguous_f32(s3, l3, "bias")?;
-        let (b, c, hw) = nchw(l1)?;
-        if gamma.len() != c || beta.len() != c {
-            bail!(
-                "batch_norm_relu: {c} channels but {} weights and {} biases",
-                gamma.len(),
-                beta.len()
-            );
-        }
-        if b * hw < 2 {
-            bail!("batch_norm_relu: batch statistics need more than one value per channel");
-        }
-        let (mean, var, inv_std) = mean_and_inv_std(x, b, c, hw, self.eps);
+        let dims = nchw(l1)?;
+        let (gamma, beta) = checked_params("batch_norm_relu", (s2, l2, s3, l3), dims)?;
+        let (norm, stats) = Normalizer::fit(x, dims, gamma, beta, self.eps);
+        let hw = dims.2;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw).enumerate().for_each(|(p, yp)| {
-            let ch = p % c;
-            let scale = gamma[ch] * inv_std[ch];
-            let shift = beta[ch] - mean[ch] * scale;
+            let (scale, shift) = norm.scale_shift(p % dims.1);
             for (o, &v) in yp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
                 *o = (v * scale + shift).max(0.0);
             }
         });
-        if let Ok(mut s) = self.stats.lock() {
-            *s = BatchStats { mean, var };
-        }
+        *lock(&self.stats)? = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -190,31 +327,20 @@ impl CustomOp3 for BnReluForward {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
-        y: &Tensor,
+        beta: &Tensor,
+        _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = gamma.dim(0)?;
-        let op = BnReluBackward {
-            eps: self.eps,
-            gamma: gamma.to_vec1()?,
-        };
-        // One op computes all three gradients: dx, then dgamma and dbeta appended.
-        let packed = x.apply_op3_no_bwd(y, &grad.contiguous()?, &op)?;
-        let n = x.elem_count();
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dgamma = packed.narrow(0, n, c)?;
-        let dbeta = packed.narrow(0, n + c, c)?;
-        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        let norm = Normalizer::for_backward(&self.stats, gamma, beta, self.eps)?;
+        let c = norm.channels();
+        packed_gradients(x, grad, &BnReluBackward(norm), c)
     }
 }
 
-struct BnReluBackward {
-    eps: f64,
-    gamma: Vec<f32>,
-}
+/// One op for all three gradients: dx, then dgamma and dbeta appended.
+struct BnReluBackward(Normalizer);
 
-impl CustomOp3 for BnReluBackward {
+impl CustomOp2 for BnReluBackward {
     fn name(&self) -> &'static str {
         "batch-norm-relu-backward"
     }
@@ -225,59 +351,22 @@ impl CustomOp3 for BnReluBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "input")?;
-        let y = contiguous_f32(s2, l2, "output")?;
-        let gy = contiguous_f32(s3, l3, "gradient")?;
-        let (b, c, hw) = nchw(l1)?;
-        if y.len() != x.len() || gy.len() != x.len() || self.gamma.len() != c {
+        let gy = contiguous_f32(s2, l2, "gradient")?;
+        let (_, c, hw) = nchw(l1)?;
+        let norm = &self.0;
+        if gy.len() != x.len() || norm.channels() != c {
             bail!("batch_norm_relu backward: shapes do not match the forward pass");
         }
-        let (mean, _, inv_std) = mean_and_inv_std(x, b, c, hw, self.eps);
-        // Per channel: sum(dz) and sum(dz * xhat), with dz = gy where the ReLU was open.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sd, mut sdx) = (0f64, 0f64);
-                for bi in 0..b {
-                    let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
-                    let m = mean[ch];
-                    let (a, a2) = lane_sums3(&x[r.clone()], &y[r.clone()], &gy[r], |xv, yv, g| {
-                        let dz = if yv > 0.0 { g } else { 0.0 };
-                        (dz, dz * (xv - m))
-                    });
-                    sd += a as f64;
-                    sdx += a2 as f64 * inv_std[ch] as f64;
-                }
-                (sd, sdx)
-            })
-            .collect();
-        let n = (b * hw) as f64;
-        let mut out = vec![0f32; x.len() + 2 * c];
-        let (dx, dparams) = out.split_at_mut(x.len());
-        dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
-            let ch = p % c;
-            let k = self.gamma[ch] * inv_std[ch];
-            let mean_dz = (sums[ch].0 / n) as f32;
-            let mean_dz_xhat = (sums[ch].1 / n) as f32;
+        // dz = gy where the ReLU was open: where the normalised value was positive, which
+        // is recomputed from x with the forward pass's very arithmetic.
+        Ok(norm.backward(x, hw, |p, dzp, (scale, shift)| {
             let r = p * hw..(p + 1) * hw;
-            for ((o, (&xv, &yv)), &g) in dxp
-                .iter_mut()
-                .zip(x[r.clone()].iter().zip(&y[r.clone()]))
-                .zip(&gy[r])
-            {
-                let dz = if yv > 0.0 { g } else { 0.0 };
-                let xhat = (xv - mean[ch]) * inv_std[ch];
-                *o = k * (dz - mean_dz - xhat * mean_dz_xhat);
+            for ((o, &xv), &g) in dzp.iter_mut().zip(&x[r.clone()]).zip(&gy[r]) {
+                *o = if xv * scale + shift > 0.0 { g } else { 0.0 };
             }
-        });
-        for ch in 0..c {
-            dparams[ch] = sums[ch].1 as f32;
-            dparams[c + ch] = sums[ch].0 as f32;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * c)))
+        }))
     }
 }
 

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batch_norm_relu::{inv_std, lane_sums, mean_and_inv_std, nchw, BatchStats};
+use super::batch_norm_relu::{
+    checked_params, lock, packed_gradients, run_train_op, BatchStats, Normalizer,
+};
 use super::contiguous_f32;
 use super::max_pool::first_max_2x2;
 
@@ -27,22 +29,7 @@ pub fn batch_norm_relu_pool_train(
     if !x.device().is_cpu() || x.dtype() != DType::F32 {
         bail!("batch_norm_relu_pool runs on CPU f32 tensors");
     }
-    let stats = Arc::new(Mutex::new(BatchStats::default()));
-    let op = BnReluPoolForward {
-        eps,
-        stats: stats.clone(),
-    };
-    let y = x
-        .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let stats = lock(&stats)?.clone();
-    Ok((y, stats))
-}
-
-fn lock(stats: &Mutex<BatchStats>) -> Result<std::sync::MutexGuard<'_, BatchStats>> {
-    stats
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("batch-norm statistics lock poisoned".into()))
+    run_train_op(x, gamma, beta, |stats| BnReluPoolForward { eps, stats })
 }
 
 /// (batch, channels, height, width) of an NCHW layout with even sides.
@@ -51,13 +38,6 @@ fn even_dims(l: &Layout) -> Result<[usize; 4]> {
         [b, c, h, w] if h % 2 == 0 && w % 2 == 0 && h > 0 && w > 0 => Ok([b, c, h, w]),
         ref d => bail!("batch_norm_relu_pool: expected (b, c, even h, even w), got {d:?}"),
     }
-}
-
-/// Offset in its plane and normalised value of the winner of window (oy, ox): the element
-/// whose gradient the pool passes on.
-#[inline]
-fn winner(plane: &[f32], w: usize, oy: usize, ox: usize, scale: f32, shift: f32) -> (usize, f32) {
-    first_max_2x2(plane, w, oy, ox, |x| x * scale + shift)
 }
 
 struct BnReluPoolForward {
@@ -80,26 +60,14 @@ impl CustomOp3 for BnReluPoolForward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "input")?;
-        let gamma = contiguous_f32(s2, l2, "weight")?;
-        let beta = contiguous_f32(s3, l3, "bias")?;
         let [b, c, h, w] = even_dims(l1)?;
-        if gamma.len() != c || beta.len() != c {
-            bail!(
-                "batch_norm_relu_pool: {c} channels but {} weights and {} biases",
-                gamma.len(),
-                beta.len()
-            );
-        }
-        if b * h * w < 2 {
-            bail!("batch_norm_relu_pool: batch statistics need more than one value per channel");
-        }
-        let (mean, var, inv_std) = mean_and_inv_std(x, b, c, h * w, self.eps);
+        let dims = (b, c, h * w);
+        let (gamma, beta) = checked_params("batch_norm_relu_pool", (s2, l2, s3, l3), dims)?;
+        let (norm, stats) = Normalizer::fit(x, dims, gamma, beta, self.eps);
         let (oh, ow) = (h / 2, w / 2);
         let mut y = vec![0f32; b * c * oh * ow];
         y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, yp)| {
-            let ch = p % c;
-            let scale = gamma[ch] * inv_std[ch];
-            let shift = beta[ch] - mean[ch] * scale;
+            let (scale, shift) = norm.scale_shift(p % c);
             let xp = &x[p * h * w..(p + 1) * h * w];
             for (rows, out) in xp.chunks_exact(2 * w).zip(yp.chunks_exact_mut(ow)) {
                 let (r0, r1) = rows.split_at(w);
@@ -110,7 +78,7 @@ impl CustomOp3 for BnReluPoolForward {
                 }
             }
         });
-        *lock(&self.stats)? = BatchStats { mean, var };
+        *lock(&self.stats)? = stats;
         Ok((CpuStorage::F32(y), Shape::from((b, c, oh, ow))))
     }
 
@@ -122,40 +90,14 @@ impl CustomOp3 for BnReluPoolForward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = lock(&self.stats)?.clone();
-        let c = gamma.dim(0)?;
-        if stats.mean.len() != c {
-            bail!("batch_norm_relu_pool backward: no statistics from the forward pass");
-        }
-        let op = BnReluPoolBackward {
-            inv_std: inv_std(&stats.var, self.eps),
-            mean: stats.mean,
-            gamma: gamma.to_vec1()?,
-            beta: beta.to_vec1()?,
-        };
-        // One op computes all three gradients: dx, then dgamma and dbeta appended.
-        let packed = x.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
-        let n = x.elem_count();
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dgamma = packed.narrow(0, n, c)?;
-        let dbeta = packed.narrow(0, n + c, c)?;
-        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        let norm = Normalizer::for_backward(&self.stats, gamma, beta, self.eps)?;
+        let c = norm.channels();
+        packed_gradients(x, grad, &BnReluPoolBackward(norm), c)
     }
 }
 
-struct BnReluPoolBackward {
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-}
-
-impl BnReluPoolBackward {
-    fn scale_shift(&self, ch: usize) -> (f32, f32) {
-        let scale = self.gamma[ch] * self.inv_std[ch];
-        (scale, self.beta[ch] - self.mean[ch] * scale)
-    }
-}
+/// One op for all three gradients: dx, then dgamma and dbeta appended.
+struct BnReluPoolBackward(Normalizer);
 
 impl CustomOp2 for BnReluPoolBackward {
     fn name(&self) -> &'static str {
@@ -172,8 +114,9 @@ impl CustomOp2 for BnReluPoolBackward {
         let x = contiguous_f32(s1, l1, "input")?;
         let gy = contiguous_f32(s2, l2, "gradient")?;
         let [b, c, h, w] = even_dims(l1)?;
-        let (hw, oh, ow) = (nchw(l1)?.2, h / 2, w / 2);
-        if gy.len() != b * c * oh * ow || self.gamma.len() != c || self.mean.len() != c {
+        let (hw, oh, ow) = (h * w, h / 2, w / 2);
+        let norm = &self.0;
+        if gy.len() != b * c * oh * ow || norm.channels() != c {
             bail!(
                 "batch_norm_relu_pool backward: gradient {:?} does not match input {:?}",
                 l2.dims(),
@@ -181,54 +124,17 @@ impl CustomOp2 for BnReluPoolBackward {
             );
         }
         // dz, the gradient after the pool and the ReLU, is non-zero only at each window's
-        // winner, and only if that was positive: first write it into dx, plane by plane, with
-        // each plane's sum(dz) and sum(dz * (x - mean)).
-        let mut out = vec![0f32; x.len() + 2 * c];
-        let (dx, dparams) = out.split_at_mut(x.len());
-        let plane_sums: Vec<(f32, f32)> = dx
-            .par_chunks_mut(hw)
-            .enumerate()
-            .map(|(p, dzp)| {
-                let ch = p % c;
-                let (scale, shift) = self.scale_shift(ch);
-                let xp = &x[p * hw..(p + 1) * hw];
-                let gp = &gy[p * oh * ow..(p + 1) * oh * ow];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let (j, v) = winner(xp, w, oy, ox, scale, shift);
-                        dzp[j] = if v > 0.0 { gp[oy * ow + ox] } else { 0.0 };
-                    }
+        // winner (recomputed from x as the forward pass chose it), and only if positive.
+        Ok(norm.backward(x, hw, |p, dzp, (scale, shift)| {
+            let xp = &x[p * hw..(p + 1) * hw];
+            let gp = &gy[p * oh * ow..(p + 1) * oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (j, v) = first_max_2x2(xp, w, oy, ox, |x| x * scale + shift);
+                    dzp[j] = if v > 0.0 { gp[oy * ow + ox] } else { 0.0 };
                 }
-                // A dense pass over the plane (still in cache) vectorises; sums inside the
-                // loop above would be one serial chain.
-                let m = self.mean[ch];
-                lane_sums(dzp, xp, |dz, xv| (dz, dz * (xv - m)))
-            })
-            .collect();
-        // Per channel: sum(dz) and sum(dz * xhat), in f64 across the batch.
-        let mut sums = vec![(0f64, 0f64); c];
-        for (p, &(a, a2)) in plane_sums.iter().enumerate() {
-            let s = &mut sums[p % c];
-            s.0 += a as f64;
-            s.1 += a2 as f64 * self.inv_std[p % c] as f64;
-        }
-        let n = (b * hw) as f64;
-        // dx = k * (dz - mean(dz) - xhat * mean(dz * xhat)), in place over dz.
-        dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
-            let ch = p % c;
-            let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
-            let k = self.gamma[ch] * inv_std;
-            let mean_dz = (sums[ch].0 / n) as f32;
-            let mean_dz_xhat = (sums[ch].1 / n) as f32;
-            for (o, &xv) in dxp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                *o = k * (*o - mean_dz - (xv - mean) * inv_std * mean_dz_xhat);
             }
-        });
-        for ch in 0..c {
-            dparams[ch] = sums[ch].1 as f32;
-            dparams[c + ch] = sums[ch].0 as f32;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * c)))
+        }))
     }
 }
 
