@@ -13,6 +13,8 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use super::tract_pool::MaxPool2x2;
+
 /// Input channels up to which the direct form wins (the matrix product's K is 9 per channel).
 const MAX_INPUT_CHANNELS: usize = 4;
 
@@ -24,11 +26,29 @@ pub(super) struct DirectConv3x3 {
     bias: Vec<u32>,
     /// Zeros around each side.
     pad: usize,
+    /// The 2x2 max pool that alone reads the convolution, done on each output plane while it
+    /// is in cache: the full-size map is never written (on the default model, the first
+    /// block's 100 KB map and the pool's separate pass).
+    pool: Option<MaxPool2x2>,
+}
+
+impl DirectConv3x3 {
+    /// Output plane `[height, width]` for an input plane `[h, w]`.
+    fn out_plane(&self, h: usize, w: usize) -> [usize; 2] {
+        let (ho, wo) = (h + 2 * self.pad - 2, w + 2 * self.pad - 2);
+        match self.pool {
+            Some(pool) => [pool.out_side(ho), pool.out_side(wo)],
+            None => [ho, wo],
+        }
+    }
 }
 
 impl Op for DirectConv3x3 {
     fn name(&self) -> StaticName {
-        "DirectConv3x3".into()
+        match self.pool {
+            Some(pool) => format!("DirectConv3x3+{}", pool.name()).into(),
+            None => "DirectConv3x3".into(),
+        }
     }
 
     op_as_typed_op!();
@@ -43,7 +63,7 @@ impl EvalOp for DirectConv3x3 {
             bail!("DirectConv3x3 takes NCHW, got shape {:?}", input.shape());
         };
         let co = self.weight.shape()[0];
-        let (ho, wo) = (h + 2 * self.pad - 2, w + 2 * self.pad - 2);
+        let [ho, wo] = self.out_plane(h, w);
         let mut out = Tensor::zero::<f32>(&[n, co, ho, wo])?;
         {
             let plain = input.try_as_plain_ram()?;
@@ -66,9 +86,9 @@ impl EvalOp for DirectConv3x3 {
                 // Output planes split over tract's threads when a run installed some (one
                 // image on two threads); inline otherwise. Work is counted in
                 // multiply-adds, which is what the split pays for.
-                let macs = co * ho * wo * ci * 9;
+                let macs = co * h * w * ci * 9;
                 tract_linalg::multithread::par_chunks_mut(out, ho * wo, macs, |first, planes| {
-                    conv_planes(&padded, weight, &self.bias, shape, first, planes);
+                    conv_planes(&padded, weight, &self.bias, shape, self.pool, first, planes);
                     Ok(())
                 })?;
             }
@@ -80,13 +100,13 @@ impl EvalOp for DirectConv3x3 {
 impl TypedOp for DirectConv3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let s = &inputs[0].shape;
-        let (h, w) = (s[2].to_usize()?, s[3].to_usize()?);
+        let [ho, wo] = self.out_plane(s[2].to_usize()?, s[3].to_usize()?);
         let co = self.weight.shape()[0];
         Ok(tvec!(f32::fact([
             s[0].clone(),
             co.into(),
-            (h + 2 * self.pad - 2).into(),
-            (w + 2 * self.pad - 2).into()
+            ho.into(),
+            wo.into()
         ])))
     }
 
@@ -114,8 +134,8 @@ fn pad_image(x: &[f32], s: Shape) -> Vec<f32> {
     padded
 }
 
-/// Output planes `first..` of one image into `out` (whole `[ho, wo]` planes), from the
-/// image as [`pad_image`] made it; `bias` holds f32 bits.
+/// Output planes `first..` of one image into `out` (whole planes, pooled by `pool` if
+/// any), from the image as [`pad_image`] made it; `bias` holds f32 bits.
 ///
 /// Release builds target baseline x86-64 (SSE2, no FMA), while tract's own kernels pick
 /// AVX2 + FMA at run time; so does this, or the direct form is no faster than im2col.
@@ -124,15 +144,16 @@ fn conv_planes(
     weight: &[f32],
     bias: &[u32],
     s: Shape,
+    pool: Option<MaxPool2x2>,
     first: usize,
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: both features were just detected on this CPU.
-        return unsafe { conv_planes_avx2_fma(padded, weight, bias, s, first, out) };
+        return unsafe { conv_planes_avx2_fma(padded, weight, bias, s, pool, first, out) };
     }
-    conv_planes_with::<false>(padded, weight, bias, s, first, out)
+    conv_planes_with::<false>(padded, weight, bias, s, pool, first, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -142,10 +163,11 @@ unsafe fn conv_planes_avx2_fma(
     weight: &[f32],
     bias: &[u32],
     s: Shape,
+    pool: Option<MaxPool2x2>,
     first: usize,
     out: &mut [f32],
 ) {
-    conv_planes_with::<true>(padded, weight, bias, s, first, out)
+    conv_planes_with::<true>(padded, weight, bias, s, pool, first, out)
 }
 
 /// Each output plane is summed at the padded width, so every tap is one long contiguous
@@ -158,6 +180,7 @@ fn conv_planes_with<const FMA: bool>(
     weight: &[f32],
     bias: &[u32],
     s: Shape,
+    pool: Option<MaxPool2x2>,
     first: usize,
     out: &mut [f32],
 ) {
@@ -165,7 +188,12 @@ fn conv_planes_with<const FMA: bool>(
     let (ho, wo) = (hp - 2, wp - 2);
     let span = ho * wp;
     let mut acc = vec![0f32; span];
-    for (i, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
+    let mut rows = Vec::new();
+    let plane_len = match pool {
+        Some(pool) => pool.out_side(ho) * pool.out_side(wo),
+        None => ho * wo,
+    };
+    for (i, plane) in out.chunks_exact_mut(plane_len).enumerate() {
         let o = first + i;
         acc.fill(f32::from_bits(bias[o]));
         let taps = &weight[o * s.ci * 9..][..s.ci * 9];
@@ -184,8 +212,13 @@ fn conv_planes_with<const FMA: bool>(
                 }
             }
         }
-        for (dst, row) in plane.chunks_exact_mut(wo).zip(acc.chunks_exact(wp)) {
-            dst.copy_from_slice(&row[..wo]);
+        match pool {
+            Some(pool) => pool.pool_plane(&acc, wp, [ho, wo], plane, &mut rows),
+            None => {
+                for (dst, row) in plane.chunks_exact_mut(wo).zip(acc.chunks_exact(wp)) {
+                    dst.copy_from_slice(&row[..wo]);
+                }
+            }
         }
     }
 }
@@ -243,10 +276,25 @@ fn direct_form(model: &TypedModel, node: &TypedNode) -> Option<DirectConv3x3> {
         l if l == co => bias.iter().map(|b| b.to_bits()).collect(),
         _ => return None,
     };
-    Some(DirectConv3x3 { weight, bias, pad })
+    Some(DirectConv3x3 {
+        weight,
+        bias,
+        pad,
+        pool: None,
+    })
 }
 
-/// Replaces every convolution of `model` that [`direct_form`] accepts; returns how many.
+/// The [`MaxPool2x2`] node that alone reads `node`'s output, if there is one.
+fn pool_after(model: &TypedModel, node: &TypedNode) -> Option<(usize, MaxPool2x2)> {
+    let [succ] = model.outlet_successors(OutletId::new(node.id, 0)) else {
+        return None;
+    };
+    let pool = model.node(succ.node).op_as::<MaxPool2x2>()?;
+    Some((succ.node, *pool))
+}
+
+/// Replaces every convolution of `model` that [`direct_form`] accepts, taking in the
+/// [`MaxPool2x2`] after it where there is one; returns how many.
 pub(super) fn use_direct_convs(model: &mut TypedModel) -> TractResult<usize> {
     let swaps: Vec<(usize, DirectConv3x3)> = model
         .nodes()
@@ -257,8 +305,14 @@ pub(super) fn use_direct_convs(model: &mut TypedModel) -> TractResult<usize> {
         let node = &model.nodes()[*id];
         let mut patch = TypedModelPatch::default();
         let tap = patch.tap_model(model, node.inputs[0])?;
-        let out = patch.wire_node(&node.name, op.clone(), &[tap])?;
-        patch.shunt_outside(model, OutletId::new(*id, 0), out[0])?;
+        let mut op = op.clone();
+        let mut last = *id;
+        if let Some((pool_id, pool)) = pool_after(model, node) {
+            op.pool = Some(pool);
+            last = pool_id;
+        }
+        let out = patch.wire_node(&node.name, op, &[tap])?;
+        patch.shunt_outside(model, OutletId::new(last, 0), out[0])?;
         patch.apply(model)?;
     }
     Ok(swaps.len())
@@ -285,8 +339,8 @@ mod tests {
             let padded = pad_image(&x, shape);
             // In two calls, as a split over threads makes them.
             let (head, tail) = out.split_at_mut((co / 2) * ho * wo);
-            conv_planes(&padded, &weight, &bits, shape, 0, head);
-            conv_planes(&padded, &weight, &bits, shape, co / 2, tail);
+            conv_planes(&padded, &weight, &bits, shape, None, 0, head);
+            conv_planes(&padded, &weight, &bits, shape, None, co / 2, tail);
             for o in 0..co {
                 for y in 0..ho {
                     for xo in 0..wo {
@@ -312,6 +366,44 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// With the pool taken in, each plane is exactly the convolution's plane pooled: odd
+    /// sizes, a border, the ReLU, and a split over threads.
+    #[test]
+    fn fused_pool_matches_the_convolution_then_the_pool() {
+        let mut rng = models::rng::Rng::new(5);
+        let (ci, co, h, w) = (1, 5, 7, 9);
+        let x: Vec<f32> = (0..ci * h * w)
+            .map(|_| rng.next_f64() as f32 - 0.5)
+            .collect();
+        let weight: Vec<f32> = (0..co * ci * 9)
+            .map(|_| rng.next_f64() as f32 - 0.5)
+            .collect();
+        let bits: Vec<u32> = (0..co).map(|o| (o as f32 * 0.1 - 0.2).to_bits()).collect();
+        let shape = Shape { ci, h, w, pad: 1 };
+        let padded = pad_image(&x, shape);
+        let mut plain = vec![0f32; co * h * w];
+        conv_planes(&padded, &weight, &bits, shape, None, 0, &mut plain);
+        for pool in [
+            MaxPool2x2 { relu: true, pad: 1 },
+            MaxPool2x2 {
+                relu: false,
+                pad: 0,
+            },
+        ] {
+            let side = pool.out_side(h) * pool.out_side(w);
+            let mut want = vec![0f32; co * side];
+            for (plane, o) in plain.chunks_exact(h * w).zip(want.chunks_exact_mut(side)) {
+                pool.pool_plane(plane, w, [h, w], o, &mut Vec::new());
+            }
+            let mut got = vec![0f32; co * side];
+            let (head, tail) = got.split_at_mut(2 * side);
+            conv_planes(&padded, &weight, &bits, shape, Some(pool), 0, head);
+            conv_planes(&padded, &weight, &bits, shape, Some(pool), 2, tail);
+            assert_eq!(got, want, "{pool:?}");
+            assert!(pool.relu == got.iter().all(|&v| v >= 0.0));
         }
     }
 }

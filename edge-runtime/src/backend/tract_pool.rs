@@ -16,12 +16,19 @@ use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool, PaddingSpec};
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub(super) struct MaxPool2x2 {
     /// Clamp the pooled values at 0: the ReLU that fed the pool.
-    relu: bool,
+    pub relu: bool,
     /// Zeros written around each output plane: the padding of the convolution it feeds.
-    pad: usize,
+    pub pad: usize,
+}
+
+impl MaxPool2x2 {
+    /// Output plane side for an input side (odd edges dropped, as ONNX's floor mode does).
+    pub fn out_side(&self, side: usize) -> usize {
+        side / 2 + 2 * self.pad
+    }
 }
 
 impl Op for MaxPool2x2 {
@@ -45,34 +52,23 @@ impl EvalOp for MaxPool2x2 {
         let &[n, c, h, w] = input.shape() else {
             bail!("MaxPool2x2 takes NCHW, got shape {:?}", input.shape());
         };
-        let (ho, wo) = (h / 2, w / 2);
-        let p = self.pad;
-        let (hp, wp) = (ho + 2 * p, wo + 2 * p);
+        let (hp, wp) = (self.out_side(h), self.out_side(w));
         let mut out = Tensor::zero::<f32>(&[n, c, hp, wp])?;
         {
             let plain = input.try_as_plain_ram()?;
             let x = plain.as_slice::<f32>()?;
             let mut view = out.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
-            if p == 0 {
-                pool_planes(x, out, h, w);
-            } else {
-                // Pooled planes, then copied inside their zero borders.
-                let mut pooled = vec![0f32; n * c * ho * wo];
-                pool_planes(x, &mut pooled, h, w);
-                for (src, dst) in pooled
-                    .chunks_exact(ho * wo)
-                    .zip(out.chunks_exact_mut(hp * wp))
-                {
-                    for (y, row) in src.chunks_exact(wo).enumerate() {
-                        dst[(y + p) * wp + p..][..wo].copy_from_slice(row);
-                    }
+            // Planes split over tract's threads when a run installed some (one image on two
+            // threads); inline otherwise. Work is counted in values read.
+            tract_linalg::multithread::par_chunks_mut(out, hp * wp, x.len(), |first, out| {
+                let mut rows = Vec::new();
+                let planes = x[first * h * w..].chunks_exact(h * w);
+                for (plane, o) in planes.zip(out.chunks_exact_mut(hp * wp)) {
+                    self.pool_plane(plane, w, [h, w], o, &mut rows);
                 }
-            }
-            if self.relu {
-                out.iter_mut()
-                    .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
-            }
+                Ok(())
+            })?;
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -85,32 +81,39 @@ impl TypedOp for MaxPool2x2 {
         Ok(tvec!(f32::fact([
             s[0].clone(),
             s[1].clone(),
-            (h / 2 + 2 * self.pad).into(),
-            (w / 2 + 2 * self.pad).into()
+            self.out_side(h).into(),
+            self.out_side(w).into()
         ])))
     }
 
     as_op!();
 }
 
-/// Every `h x w` plane of `x` into its `(h/2) x (w/2)` plane of `out` (odd edges dropped,
-/// as ONNX's floor mode does).
-fn pool_planes(x: &[f32], out: &mut [f32], h: usize, w: usize) {
-    let (ho, wo) = (h / 2, w / 2);
-    if ho == 0 || wo == 0 {
-        return;
-    }
-    let mut rows = vec![0f32; 2 * wo];
-    for (plane, o) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(ho * wo)) {
-        for (i, o_row) in o.chunks_exact_mut(wo).enumerate() {
-            let r0 = &plane[2 * i * w..][..2 * wo];
-            let r1 = &plane[(2 * i + 1) * w..][..2 * wo];
+impl MaxPool2x2 {
+    /// One `h x w` plane, its rows `stride` apart in `plane`, into one bordered output plane
+    /// `out` (whose border is left as it is: zero). `rows` is scratch.
+    pub fn pool_plane(
+        &self,
+        plane: &[f32],
+        stride: usize,
+        [h, w]: [usize; 2],
+        out: &mut [f32],
+        rows: &mut Vec<f32>,
+    ) {
+        let (ho, wo) = (h / 2, w / 2);
+        let (p, wp) = (self.pad, self.out_side(w));
+        rows.resize(2 * wo, 0.0);
+        for i in 0..ho {
+            let r0 = &plane[2 * i * stride..][..2 * wo];
+            let r1 = &plane[(2 * i + 1) * stride..][..2 * wo];
             // `if a > b` rather than f32::max: a plain maxps, no NaN fix-ups.
             for ((m, &a), &b) in rows.iter_mut().zip(r0).zip(r1) {
                 *m = if a > b { a } else { b };
             }
+            let o_row = &mut out[(i + p) * wp + p..][..wo];
             for (o, pair) in o_row.iter_mut().zip(rows.chunks_exact(2)) {
-                *o = if pair[0] > pair[1] { pair[0] } else { pair[1] };
+                let m = if pair[0] > pair[1] { pair[0] } else { pair[1] };
+                *o = if self.relu && !(m > 0.0) { 0.0 } else { m };
             }
         }
     }
@@ -225,21 +228,45 @@ pub(super) fn use_fast_max_pools(model: &mut TypedModel) -> TractResult<usize> {
 mod tests {
     use super::*;
 
+    /// Every plane of `x` (`h x w`) through `pool`, as the op's eval does on one thread.
+    fn pool_planes(pool: MaxPool2x2, x: &[f32], [h, w]: [usize; 2]) -> Vec<f32> {
+        let side = pool.out_side(h) * pool.out_side(w);
+        let mut out = vec![f32::NAN; x.len() / (h * w) * side];
+        for (plane, o) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(side)) {
+            pool.pool_plane(plane, w, [h, w], o, &mut Vec::new());
+        }
+        out
+    }
+
     #[test]
     fn pools_rows_then_columns_with_odd_edges_dropped() {
+        let plain = MaxPool2x2 {
+            relu: false,
+            pad: 0,
+        };
         // One 3x5 plane: the last row and column fall outside every window.
         let x: Vec<f32> = vec![
             1., 9., 2., 3., 50., //
             4., 0., 8., -1., 50., //
             70., 70., 70., 70., 70.,
         ];
-        let mut out = vec![0.; 2];
-        pool_planes(&x, &mut out, 3, 5);
-        assert_eq!(out, [9., 8.]);
+        assert_eq!(pool_planes(plain, &x, [3, 5]), [9., 8.]);
         // Two planes of 2x2, negative values.
         let x = [-1., -2., -3., -4., -8., -7., -6., -5.];
-        let mut out = vec![0.; 2];
-        pool_planes(&x, &mut out, 2, 2);
-        assert_eq!(out, [-1., -5.]);
+        assert_eq!(pool_planes(plain, &x, [2, 2]), [-1., -5.]);
+        // The same inside a border of 1, clamped at 0: each pooled value at the centre of a
+        // 3x3 plane, the border left alone.
+        let x = [-1., -2., -3., -4., 8., 7., 6., 5.];
+        let border = MaxPool2x2 { relu: true, pad: 1 };
+        let out = pool_planes(border, &x, [2, 2]);
+        for (plane, want) in out.chunks_exact(9).zip([0., 8.]) {
+            assert_eq!(plane[4], want);
+            assert!(plane.iter().enumerate().all(|(i, v)| i == 4 || v.is_nan()));
+        }
+        // Rows further apart than the width (a wider buffer, as the fused convolution has).
+        let wide = [1., 2., 99., 3., 4., 99.];
+        let mut out = [0.];
+        plain.pool_plane(&wide, 3, [2, 2], &mut out, &mut Vec::new());
+        assert_eq!(out, [4.]);
     }
 }
