@@ -22,12 +22,6 @@ fn main() -> TractResult<()> {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
-    if let Some(p) = std::env::var("TRACT_PANELS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-    {
-        tract_linalg::multithread::set_threading_panel_threshold(p);
-    }
     if threads > 1 {
         let ex = tract_linalg::multithread::Executor::multithread(threads);
         let tract_linalg::multithread::Executor::MultiThread(pool) = ex.clone() else {
@@ -93,7 +87,7 @@ fn profile() -> TractResult<()> {
                 "| {} {} | {} | {us:.1} | {:.0}% |",
                 node.id,
                 node.name,
-                format!("{} {:?}", node.op().name(), node.op().info().ok()),
+                node.op().name(),
                 100.0 * per_node[node.id].as_secs_f64() / total.as_secs_f64()
             );
         }

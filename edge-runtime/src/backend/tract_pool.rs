@@ -113,7 +113,7 @@ impl MaxPool2x2 {
             let o_row = &mut out[(i + p) * wp + p..][..wo];
             for (o, pair) in o_row.iter_mut().zip(rows.chunks_exact(2)) {
                 let m = if pair[0] > pair[1] { pair[0] } else { pair[1] };
-                *o = if self.relu && !(m > 0.0) { 0.0 } else { m };
+                *o = if !self.relu || m > 0.0 { m } else { 0.0 };
             }
         }
     }
