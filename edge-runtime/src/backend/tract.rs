@@ -253,11 +253,13 @@ impl Runnable for TractRunnable {
         if n == 1 || self.executor.is_none() {
             // One image at a time, each split over the pool's threads (if any).
             return self.on_pool(|| {
-                let mut state = self.free_state();
-                for (image, o) in images.chunks_exact(per).zip(out.chunks_exact_mut(dim)) {
-                    self.run_one(&mut state, image, o)?;
-                }
-                Ok(out)
+                with_siblings_polling(|| {
+                    let mut state = self.free_state();
+                    for (image, o) in images.chunks_exact(per).zip(out.chunks_exact_mut(dim)) {
+                        self.run_one(&mut state, image, o)?;
+                    }
+                    Ok(out)
+                })
             });
         }
         // Several images: whole images go to the pool's threads, each image on one thread
@@ -284,6 +286,39 @@ impl Runnable for TractRunnable {
         split.map_err(inference_error)?;
         Ok(out)
     }
+}
+
+/// `f` while the pool's other threads poll for work instead of going to sleep between the
+/// run's parallel steps. A one-image run splits each op anew, every few microseconds; a
+/// sleeping thread takes about as long to wake as a whole op takes, so the caller would do
+/// most of each split alone.
+fn with_siblings_polling<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // Off the pool (one thread, no executor) there is nobody to keep awake.
+    let Some(caller) = rayon::current_thread_index() else {
+        return f();
+    };
+    let siblings = rayon::current_num_threads().saturating_sub(1);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let poll = || {
+        // The caller may pick up its own polling job while it waits inside `f` for a split
+        // to finish: it must not spin there for the `done` that only `f`'s end sets.
+        if rayon::current_thread_index() == Some(caller) {
+            return;
+        }
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
+        }
+    };
+    rayon::scope(|scope| {
+        for _ in 0..siblings {
+            scope.spawn(|_| poll());
+        }
+        let result = f();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        result
+    })
 }
 
 fn inference_error(e: TractError) -> EdgeError {
@@ -340,6 +375,12 @@ mod tests {
             // Images split across threads come back in order, exactly as on one thread.
             assert_eq!(parallel.run(&images, 3).unwrap(), a);
             assert_eq!(parallel.run(&images[..len], 1).unwrap(), a[..a.len() / 3]);
+            // Many one-image runs back to back, the sibling thread polling through each: the
+            // same result every time, and no run waits on a poller.
+            for _ in 0..200 {
+                let again = parallel.run(&images[len..2 * len], 1).unwrap();
+                assert_eq!(again, a[a.len() / 3..2 * a.len() / 3]);
+            }
             assert_eq!(a.len(), 3 * bundle.manifest.embedding.dim as usize);
             let worst = a
                 .iter()
