@@ -210,8 +210,8 @@ impl TractRunnable {
     /// `f` on one of the pool's own threads with the pool installed as tract's executor, so
     /// the splits inside run on that thread and its siblings: one hand-over per run rather
     /// than one per matrix product (the caller would otherwise sit idle, a third thread on
-    /// two cores, while the pool is woken for every product). Keeping the siblings spinning
-    /// through a run, as onnxruntime's pool does, was tried and made no difference.
+    /// two cores, while the pool is woken for every product). The siblings are kept awake
+    /// through a one-image run by [`with_siblings_polling`].
     fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.executor {
             Some(ex @ Executor::MultiThread(pool)) => {
