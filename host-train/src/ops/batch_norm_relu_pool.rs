@@ -220,10 +220,7 @@ mod tests {
             .unwrap();
         let eps = 1e-3f32;
         for i in [0, 5, 17, 31, 42, 63] {
-            let (mut up, mut down) = (x0.clone(), x0.clone());
-            up[i] += eps;
-            down[i] -= eps;
-            let numeric = (loss(&up) - loss(&down)) / (2.0 * eps as f64);
+            let numeric = super::super::central_difference(loss, &x0, i, eps);
             assert!(
                 (numeric - gx[i] as f64).abs() < 2e-2,
                 "x[{i}]: analytic {}, numeric {numeric}",

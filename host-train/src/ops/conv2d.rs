@@ -476,17 +476,15 @@ mod tests {
             let base: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
             let analytic: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
             for i in (0..base.len()).step_by(3) {
-                let mut plus = base.clone();
-                plus[i] += eps;
-                let mut minus = base.clone();
-                minus[i] -= eps;
-                let p = Tensor::from_vec(plus, t.dims(), &Device::Cpu).unwrap();
-                let m = Tensor::from_vec(minus, t.dims(), &Device::Cpu).unwrap();
-                let numeric = if is_x {
-                    loss(&p, &w) - loss(&m, &w)
-                } else {
-                    loss(&x, &p) - loss(&x, &m)
-                } / (2.0 * eps as f64);
+                let at = |v: &[f32]| {
+                    let v = Tensor::from_slice(v, t.dims(), &Device::Cpu).unwrap();
+                    if is_x {
+                        loss(&v, &w)
+                    } else {
+                        loss(&x, &v)
+                    }
+                };
+                let numeric = super::super::central_difference(at, &base, i, eps);
                 assert!(
                     (numeric - analytic[i] as f64).abs() < 2e-2,
                     "element {i}: {numeric} vs {}",

@@ -90,6 +90,20 @@ fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
     }
 }
 
+/// Central finite difference of `loss` at `x` along entry `i`, for gradient tests.
+#[cfg(test)]
+pub(crate) fn central_difference(
+    loss: impl Fn(&[f32]) -> f64,
+    x: &[f32],
+    i: usize,
+    eps: f32,
+) -> f64 {
+    let (mut up, mut down) = (x.to_vec(), x.to_vec());
+    up[i] += eps;
+    down[i] -= eps;
+    (loss(&up) - loss(&down)) / (2.0 * f64::from(eps))
+}
+
 /// Largest absolute difference between two tensors of one shape, for tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
