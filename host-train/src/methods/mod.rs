@@ -1,6 +1,7 @@
 //! The self-supervised methods. Each has its own config; defaults come from the papers and
 //! their official code.
 
+pub mod bank_loss;
 pub mod deepcluster;
 pub mod local_aggregation;
 pub mod npid;

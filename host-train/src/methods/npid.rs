@@ -20,6 +20,7 @@ use models::linalg::l2_normalize_rows;
 use models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::bank_loss::{bank_loss, BankObjective};
 use super::deepcluster::EpochStats;
 use super::local_aggregation::{la_loss, CloseNeighbours};
 use crate::augment::AugmentConfig;
@@ -205,10 +206,16 @@ pub fn train_epoch(
                 }
             };
             nce_loss(&v, &positives, &noise, inv_t, log_z, n)?
+        } else if device.is_cpu() {
+            let objective = match close {
+                Some(close) => BankObjective::LocalAggregation(close),
+                None => BankObjective::Instance,
+            };
+            bank_loss(&v, bank, idx, inv_t, objective)?
         } else {
             // The non-parametric softmax over the whole bank; LA restricts it to neighbours.
             let m = Tensor::from_slice(&bank.rows, (n, bank.dim), device)?;
-            let logits = (v.matmul(&m.t()?)? * inv_t)?;
+            let logits = (v.affine(inv_t, 0.0)?).matmul(&m.t()?)?;
             match close {
                 Some(close) => la_loss(&logits, idx, close)?,
                 None => {

@@ -16,6 +16,7 @@ pub mod cudnn_conv;
 mod im2col;
 mod max_pool;
 mod max_pool_window;
+mod precomputed_loss;
 
 pub use batch_norm_relu::{batch_norm_relu_train, BatchStats};
 pub use batch_norm_relu_pool::batch_norm_relu_pool_train;
@@ -23,6 +24,7 @@ pub use conv2d::{conv2d, Conv2dGeometry};
 pub use cross_entropy::cross_entropy;
 pub use max_pool::max_pool_2x2;
 pub use max_pool_window::max_pool2d;
+pub use precomputed_loss::precomputed_loss;
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 
