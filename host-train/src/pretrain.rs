@@ -44,6 +44,14 @@ pub struct RunConfig {
     pub npid: NpidConfig,
     #[serde(default)]
     pub la: LaConfig,
+    /// Evaluate every this many epochs (and after the last); each evaluation extracts the
+    /// test features and runs kNN and k-means, about 20 s on 60k images on 2 cores.
+    #[serde(default = "every_epoch")]
+    pub eval_every: usize,
+}
+
+fn every_epoch() -> usize {
+    1
 }
 
 /// One line of `metrics.jsonl`.
@@ -202,13 +210,16 @@ pub fn pretrain(
 
     let mut last_eval = None;
     for epoch in start..cfg.epochs {
-        let needs_features = cfg.method == Method::Deepcluster || test.is_some();
+        // A resumed run's first epoch was evaluated at the end of the run it continues.
+        let eval_now =
+            test.is_some() && epoch % cfg.eval_every.max(1) == 0 && !(resume && epoch == start);
+        let needs_features = cfg.method == Method::Deepcluster || eval_now;
         let feats = if needs_features {
             Some(extract(encoder.as_ref(), train, 512, device, "features")?)
         } else {
             None
         };
-        if let Some(f) = &feats {
+        if let Some(f) = feats.as_ref().filter(|_| eval_now) {
             if let Some((row, r)) = eval_row(encoder.as_ref(), f, train, test, epoch, cfg, device)?
             {
                 emit(row)?;
@@ -225,6 +236,7 @@ pub fn pretrain(
                 } else {
                     None
                 };
+                opt.set_learning_rate(cfg.npid.lr_for_epoch(epoch, cfg.epochs));
                 let stats = npid::train_epoch(
                     encoder.as_ref(),
                     &mut opt,

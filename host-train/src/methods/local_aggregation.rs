@@ -22,22 +22,36 @@ use crate::TrainError;
 pub struct LaConfig {
     /// Epochs of plain NPID before the LA loss: the paper's instance-recognition warm start.
     pub warmup_epochs: usize,
-    /// Background neighbours per image (the paper's 4096).
-    pub background_k: usize,
+    /// Background neighbours per image; `None` takes the paper's 4096, or a tenth of the
+    /// set when that is smaller (4096 of 1.28M ImageNet images is a thin shell around each;
+    /// 4096 of 1,000 would be nearly everything).
+    pub background_k: Option<usize>,
     /// Clusters per k-means run over the bank.
     pub kmeans_k: usize,
-    /// k-means runs with different seeds; their clusters are united into the close set.
+    /// k-means runs with different seeds (the paper's H); their clusters are united into the
+    /// close set.
     pub kmeans_runs: usize,
 }
 
 impl Default for LaConfig {
+    /// H = 10 k-means runs, as the LA code's ResNet-18 setting; k comes from the data
+    /// (`host-train` passes 10x the number of classes).
     fn default() -> Self {
         Self {
             warmup_epochs: 1,
-            background_k: 4096,
+            background_k: None,
             kmeans_k: 100,
-            kmeans_runs: 3,
+            kmeans_runs: 10,
         }
+    }
+}
+
+impl LaConfig {
+    /// Background neighbours per image for a bank of `n` rows.
+    pub fn background_for(&self, n: usize) -> usize {
+        self.background_k
+            .unwrap_or_else(|| 4096.min(n / 10))
+            .clamp(1, n.max(1))
     }
 }
 
@@ -67,7 +81,7 @@ pub fn close_neighbours(
         .collect::<std::result::Result<_, _>>()?;
     Ok(CloseNeighbours {
         labels,
-        background_k: cfg.background_k,
+        background_k: cfg.background_for(bank.len()),
     })
 }
 
@@ -111,6 +125,21 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+
+    #[test]
+    fn background_defaults_to_4096_or_a_tenth_of_a_small_set() {
+        let cfg = LaConfig::default();
+        assert_eq!(cfg.kmeans_runs, 10);
+        assert_eq!(cfg.background_for(60_000), 4096);
+        assert_eq!(cfg.background_for(1_000), 100);
+        assert_eq!(cfg.background_for(5), 1);
+        let set = LaConfig {
+            background_k: Some(200),
+            ..cfg
+        };
+        assert_eq!(set.background_for(1_000), 200);
+        assert_eq!(set.background_for(50), 50);
+    }
 
     #[test]
     fn loss_is_the_log_ratio_of_background_to_close_background_mass() {

@@ -51,6 +51,11 @@ pub struct NpidConfig {
     /// training collapsed (kNN 0.75 -> 0.34 in one epoch; 0.64 with this).
     #[serde(default)]
     pub nce_z_every_batch: bool,
+    /// Fractions of the run's epochs after which the learning rate drops tenfold: the
+    /// reference code's steps at epochs 120 and 160 of 200, scaled to the run's length.
+    /// Runs from before the schedule (no field in `config.json`) keep a constant rate.
+    #[serde(default)]
+    pub lr_steps: Vec<f64>,
 }
 
 impl Default for NpidConfig {
@@ -64,6 +69,7 @@ impl Default for NpidConfig {
             full_softmax_max_n: 200_000,
             nce_noise: 0,
             nce_z_every_batch: false,
+            lr_steps: vec![0.6, 0.8],
         }
     }
 }
@@ -75,6 +81,16 @@ impl NpidConfig {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
         }
+    }
+
+    /// The learning rate of `epoch` (0-based) in a run of `epochs`.
+    pub fn lr_for_epoch(&self, epoch: usize, epochs: usize) -> f64 {
+        let steps = self
+            .lr_steps
+            .iter()
+            .filter(|&&f| epoch as f64 >= (f * epochs as f64).round())
+            .count();
+        self.lr * 0.1f64.powi(steps as i32)
     }
 
     pub fn temperature_for(&self, n: usize) -> f64 {
@@ -303,6 +319,29 @@ mod tests {
         let cfg = NpidConfig::default();
         assert_eq!(cfg.temperature_for(5_000), 0.1);
         assert_eq!(cfg.temperature_for(60_000), 0.07);
+    }
+
+    #[test]
+    fn learning_rate_drops_tenfold_at_60_and_80_percent_of_the_run() {
+        let cfg = NpidConfig::default();
+        let lrs: Vec<f64> = (0..10).map(|e| cfg.lr_for_epoch(e, 10)).collect();
+        for (e, lr) in lrs.iter().enumerate() {
+            let want = match e {
+                0..=5 => 0.03,
+                6 | 7 => 0.003,
+                _ => 0.0003,
+            };
+            assert!((lr - want).abs() < 1e-12, "epoch {e}: {lr}");
+        }
+        // The reference schedule: 200 epochs, steps at 120 and 160.
+        assert!((cfg.lr_for_epoch(119, 200) - 0.03).abs() < 1e-12);
+        assert!((cfg.lr_for_epoch(120, 200) - 0.003).abs() < 1e-12);
+        assert!((cfg.lr_for_epoch(160, 200) - 0.0003).abs() < 1e-12);
+        let constant = NpidConfig {
+            lr_steps: vec![],
+            ..cfg
+        };
+        assert_eq!(constant.lr_for_epoch(9, 10), 0.03);
     }
 
     #[test]
