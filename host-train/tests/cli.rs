@@ -120,3 +120,53 @@ fn missing_or_empty_data_is_a_clear_error() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn pretrain_flags_reach_the_run_config() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(&dir.path().join("data"), 10);
+    let config = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let run = dir.path().join(out);
+        let status = host_train()
+            .args([
+                "pretrain", "--method", "la", "--size", "28", "--epochs", "0",
+            ])
+            .args(extra)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap()
+    };
+    let defaults = config("defaults", &[]);
+    assert_eq!(defaults["npid"]["lr_steps"], serde_json::json!([0.6, 0.8]));
+    assert_eq!(defaults["la"]["kmeans_runs"], 10);
+    assert_eq!(defaults["la"]["background_k"], serde_json::Value::Null);
+    assert_eq!(defaults["eval_every"], 1);
+    let set = config(
+        "set",
+        &[
+            "--constant-lr",
+            "--la-runs",
+            "4",
+            "--la-background",
+            "7",
+            "--la-warmup",
+            "2",
+            "--eval-every",
+            "3",
+        ],
+    );
+    assert_eq!(set["npid"]["lr_steps"], serde_json::json!([]));
+    assert_eq!(set["la"]["kmeans_runs"], 4);
+    assert_eq!(set["la"]["background_k"], 7);
+    assert_eq!(set["la"]["warmup_epochs"], 2);
+    assert_eq!(set["eval_every"], 3);
+}
