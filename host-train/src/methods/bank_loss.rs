@@ -131,7 +131,7 @@ mod tests {
     use crate::methods::local_aggregation::la_loss;
     use crate::ops::max_abs_diff;
 
-    /// A random bank of `n` unit rows and a batch of `b` unit embeddings.
+    /// A bank of `n` rows initialised as NPID's, and a batch of `b` unit embeddings.
     fn bank_and_batch(n: usize, b: usize, d: usize) -> (MemoryBank, Var) {
         let bank = MemoryBank::new(n, d, 7);
         let mut rng = Rng::new(11);

@@ -86,6 +86,8 @@ pub fn close_neighbours(
 }
 
 /// The LA loss of a batch: `logits` (b, n) = v . bank^T / tau, `idx` the batch's images.
+/// Built from candle's ops, so it runs on any device; on the CPU training uses the fused
+/// `bank_loss`, which is tested against this.
 pub fn la_loss(logits: &Tensor, idx: &[usize], close: &CloseNeighbours) -> Result<Tensor> {
     let (b, n) = logits.dims2()?;
     if idx.len() != b || close.labels.iter().any(|l| l.len() != n) {
