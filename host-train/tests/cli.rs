@@ -1,7 +1,7 @@
 //! The `host-train` binary on folders of generated images, good and bad.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use image::{GrayImage, Luma};
 
@@ -30,31 +30,37 @@ fn host_train() -> Command {
     Command::new(env!("CARGO_BIN_EXE_host-train"))
 }
 
+/// Runs `cmd` and asserts that it succeeded, showing its stderr otherwise.
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[test]
 fn baseline_clusters_a_labeled_image_folder() {
     let dir = tempfile::tempdir().unwrap();
     make_dataset(dir.path(), 30);
     let json = dir.path().join("out.json");
-    let out = host_train()
-        .args([
-            "--threads",
-            "2",
-            "baseline",
-            "--pca-dim",
-            "2",
-            "--size",
-            "28",
-            "--data",
-        ])
-        .arg(dir.path())
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        host_train()
+            .args([
+                "--threads",
+                "2",
+                "baseline",
+                "--pca-dim",
+                "2",
+                "--size",
+                "28",
+                "--data",
+            ])
+            .arg(dir.path())
+            .arg("--json")
+            .arg(&json),
     );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["n"], 90);
@@ -85,15 +91,10 @@ fn corrupt_images_are_named_or_skipped() {
     assert!(err.contains("zz-corrupt.png"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
-    let out = host_train()
-        .args(["baseline", "--pca-dim", "8", "--skip-bad", "--data"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        host_train()
+            .args(["baseline", "--pca-dim", "8", "--skip-bad", "--data"])
+            .arg(dir.path()),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -127,21 +128,16 @@ fn pretrain_flags_reach_the_run_config() {
     make_dataset(&dir.path().join("data"), 10);
     let config = |out: &str, extra: &[&str]| -> serde_json::Value {
         let run = dir.path().join(out);
-        let status = host_train()
-            .args([
-                "pretrain", "--method", "la", "--size", "28", "--epochs", "0",
-            ])
-            .args(extra)
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .arg("--out")
-            .arg(&run)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stderr)
+        run_ok(
+            host_train()
+                .args([
+                    "pretrain", "--method", "la", "--size", "28", "--epochs", "0",
+                ])
+                .args(extra)
+                .arg("--data")
+                .arg(dir.path().join("data"))
+                .arg("--out")
+                .arg(&run),
         );
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap()
     };

@@ -212,6 +212,7 @@ mod tests {
     use candle_nn::VarMap;
 
     use super::*;
+    use crate::ops::{max_abs, max_abs_diff};
 
     #[test]
     fn deepcluster_shapes_and_parameter_count() {
@@ -279,15 +280,8 @@ mod tests {
         let graph = net.folded_graph([1, 64, 72]).unwrap();
         let want = net.forward_t(&x, false).unwrap();
         let got = graph.forward(&x, |_, _| Ok(())).unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let d = (want - got).unwrap().abs().unwrap().max_all().unwrap();
-        let d = d.to_scalar::<f32>().unwrap();
+        let scale = max_abs(&want);
+        let d = max_abs_diff(&want, &got);
         assert!(
             d <= 1e-5 * scale.max(1.0),
             "folded differs by {d} (scale {scale})"

@@ -202,6 +202,7 @@ pub fn train_epoch(
     let mut rng = Rng::new(seed);
     let order = rng.sample_indices(n, n);
     let mut losses = Vec::new();
+    let mut logits_scratch = Vec::new();
     let bar = Progress::new(n as u64, "train");
     for (b, idx) in order.chunks(batch_size).enumerate() {
         if idx.len() < 2 {
@@ -227,7 +228,7 @@ pub fn train_epoch(
                 Some(close) => BankObjective::LocalAggregation(close),
                 None => BankObjective::Instance,
             };
-            bank_loss(&v, bank, idx, inv_t, objective)?
+            bank_loss(&v, bank, idx, inv_t, objective, &mut logits_scratch)?
         } else {
             // The non-parametric softmax over the whole bank; LA restricts it to neighbours.
             let m = Tensor::from_slice(&bank.rows, (n, bank.dim), device)?;

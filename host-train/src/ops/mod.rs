@@ -109,14 +109,11 @@ pub(crate) fn central_difference(
 /// Largest absolute difference between two tensors of one shape, for tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
+}
+
+/// Largest absolute entry of a tensor, for tests' tolerances.
+#[cfg(test)]
+pub(crate) fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
 }
