@@ -28,16 +28,16 @@ need_rust_component() {
     done
 }
 
-# A Python virtual environment under target/ with the given PyPI packages; prints its python.
+# A Python virtual environment target/venv-NAME with the pinned PyPI packages of
+# scripts/requirements/NAME.txt; prints its python.
 python_env() {
-    local venv="target/venv-$1"; shift
-    if [ ! -x "$venv/bin/python" ]; then
-        python3 -m venv "$venv" >&2
-    fi
+    local name=$1 venv="target/venv-$1"
+    local req="scripts/requirements/$name.txt"
+    [ -f "$req" ] || { echo "no $req" >&2; return 1; }
     if ! "$venv/bin/python" -c "import sys" 2>/dev/null; then
         rm -rf "$venv" && python3 -m venv "$venv" >&2
     fi
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2
     echo "$PWD/$venv/bin/python"
 }
 
@@ -72,3 +72,7 @@ for header in ("rknn_api.h", "rknn_matmul_api.h"):
 PY
     "$cc" -shared -fPIC -Wl,-soname,librknnrt.so -o "$out/librknnrt.so" "$out/rknnrt_stub.c"
 }
+
+# What a bare Debian machine with rustup lacks: a C compiler and linker (build-essential),
+# pkg-config, and python3-venv for the reference environments above.
+need_apt build-essential pkg-config python3-venv
