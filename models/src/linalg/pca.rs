@@ -1,6 +1,11 @@
 //! PCA with optional whitening, as faiss `PCAMatrix` computes it: the covariance of the
 //! centred data (divided by n), its eigenvectors in decreasing order of eigenvalue, each
 //! scaled by eigenvalue^eigen_power. With eigen_power = -0.5 the output is whitened.
+//!
+//! With fewer samples than dimensions (n < d, say 1,800 RGB images of 64x64, d = 12,288) the
+//! d x d covariance is replaced, as faiss does, by the n x n Gram matrix G = X X^T / n of the
+//! centred rows: it has the same non-zero eigenvalues, and each eigenvector v of G gives the
+//! covariance's u = X^T v / |X^T v|.
 
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, Par, Side};
@@ -84,19 +89,23 @@ impl PcaParams {
         }
 
         let mean = column_means(data);
-        let eig = covariance_lower(data, &mean)
-            .self_adjoint_eigen(Side::Lower)
-            .map_err(|_| PcaError::Eigen)?;
-        let (u, s) = (eig.U(), eig.S().column_vector());
-        let mut order: Vec<usize> = (0..d).collect();
-        order.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+        let eigen = if n < d {
+            gram_eigen(data, &mean, d_out)?
+        } else {
+            covariance_eigen(data, &mean, d_out)?
+        };
+        Ok(self.assemble(eigen, mean, d))
+    }
 
-        let top = s[order[0]].max(0.0);
+    /// Scales each eigenvector by its eigenvalue^eigen_power and fixes its sign.
+    fn assemble(&self, eigen: TopEigen, mean: Vec<f64>, d: usize) -> Pca {
+        let d_out = eigen.values.len();
+        let top = eigen.values.first().copied().unwrap_or(0.0).max(0.0);
         let mut eigenvalues = Vec::with_capacity(d_out);
         let mut components = Vec::with_capacity(d_out * d);
         let mut matrix = Vec::with_capacity(d_out * d);
-        for &c in &order[..d_out] {
-            let lambda = s[c].max(0.0);
+        for (c, &value) in eigen.values.iter().enumerate() {
+            let lambda = value.max(0.0);
             // Rounding leaves the null space with tiny or negative eigenvalues; a negative
             // power of those would be infinite.
             let floor = top * f64::EPSILON * d as f64;
@@ -105,7 +114,7 @@ impl PcaParams {
             } else {
                 (lambda.max(floor) + self.epsilon).powf(self.eigen_power)
             };
-            let v: Vec<f64> = (0..d).map(|i| u[(i, c)]).collect();
+            let v = &eigen.vectors[c * d..(c + 1) * d];
             // Deterministic sign: the largest coordinate is positive (scikit-learn's rule).
             let pivot = v
                 .iter()
@@ -124,7 +133,7 @@ impl PcaParams {
                     .sum::<f64>() as f32
             })
             .collect();
-        Ok(Pca {
+        Pca {
             mean: mean.iter().map(|&m| m as f32).collect(),
             components,
             matrix,
@@ -132,8 +141,88 @@ impl PcaParams {
             eigenvalues,
             d_in: d,
             d_out,
-        })
+        }
     }
+}
+
+/// The `values.len()` largest eigenvalues of the covariance, in decreasing order, and their
+/// unit eigenvectors as rows of `vectors` (values.len() x d).
+struct TopEigen {
+    values: Vec<f64>,
+    vectors: Vec<f64>,
+}
+
+/// The covariance route: eigendecomposition of the d x d covariance.
+fn covariance_eigen(data: MatRef<'_>, mean: &[f64], d_out: usize) -> Result<TopEigen, PcaError> {
+    let d = data.cols();
+    let eig = covariance_lower(data, mean)
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|_| PcaError::Eigen)?;
+    let (u, s) = (eig.U(), eig.S().column_vector());
+    let order = decreasing(d, |i| s[i]);
+    Ok(TopEigen {
+        values: order[..d_out].iter().map(|&c| s[c]).collect(),
+        vectors: order[..d_out]
+            .iter()
+            .flat_map(|&c| (0..d).map(move |i| u[(i, c)]))
+            .collect(),
+    })
+}
+
+/// The Gram route for n < d: eigendecomposition of the n x n matrix X X^T / n of the centred
+/// rows, each eigenvector v mapped to X^T v and normalised.
+fn gram_eigen(data: MatRef<'_>, mean: &[f64], d_out: usize) -> Result<TopEigen, PcaError> {
+    let (n, d) = (data.rows(), data.cols());
+    let centred: Vec<f64> = data
+        .as_slice()
+        .par_chunks(d)
+        .flat_map_iter(|row| row.iter().zip(mean).map(|(&x, &m)| x as f64 - m))
+        .collect();
+    let x = faer::MatRef::from_row_major_slice(centred.as_slice(), n, d);
+    let mut gram = Mat::<f64>::zeros(n, n);
+    triangular::matmul(
+        gram.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        x,
+        BlockStructure::Rectangular,
+        x.transpose(),
+        BlockStructure::Rectangular,
+        1.0 / n as f64,
+        Par::rayon(0),
+    );
+    let eig = gram
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|_| PcaError::Eigen)?;
+    let (v, s) = (eig.U(), eig.S().column_vector());
+    let order = decreasing(n, |i| s[i]);
+    let mut top_v = Mat::<f64>::zeros(n, d_out);
+    for (j, &c) in order[..d_out].iter().enumerate() {
+        for i in 0..n {
+            top_v[(i, j)] = v[(i, c)];
+        }
+    }
+    // (d x n) (n x d_out): every column of u at once.
+    let u = x.transpose() * top_v.as_ref();
+    let mut vectors = Vec::with_capacity(d_out * d);
+    for j in 0..d_out {
+        let norm = (0..d).map(|i| u[(i, j)] * u[(i, j)]).sum::<f64>().sqrt();
+        // A zero norm means a zero eigenvalue: its direction is arbitrary, and never whitened
+        // past the floor in `assemble`.
+        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        vectors.extend((0..d).map(|i| u[(i, j)] * inv));
+    }
+    Ok(TopEigen {
+        values: order[..d_out].iter().map(|&c| s[c]).collect(),
+        vectors,
+    })
+}
+
+/// Indices 0..len in decreasing order of `key`.
+fn decreasing(len: usize, key: impl Fn(usize) -> f64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+    order
 }
 
 fn column_means(data: MatRef<'_>) -> Vec<f64> {
@@ -307,6 +396,52 @@ mod tests {
                 && (c[1] - std::f64::consts::FRAC_1_SQRT_2).abs() < 0.02
                 && c[2].abs() < 0.02
         );
+    }
+
+    #[test]
+    fn the_gram_route_for_few_samples_equals_the_covariance_route() {
+        // 40 samples of 60 dimensions (n < d): low-rank signal plus noise.
+        let (n, d, k) = (40, 60, 5);
+        let mut r = Rng::new(5);
+        let basis: Vec<f64> = (0..4 * d).map(|_| r.next_f64() - 0.5).collect();
+        let mut x = Vec::with_capacity(n * d);
+        for _ in 0..n {
+            let w: Vec<f64> = (0..4)
+                .map(|j| (r.next_f64() - 0.5) * (8.0 - 2.0 * j as f64))
+                .collect();
+            for i in 0..d {
+                let s: f64 = (0..4).map(|j| w[j] * basis[j * d + i]).sum();
+                x.push((s + 0.01 * (r.next_f64() - 0.5) + 0.3) as f32);
+            }
+        }
+        let m = MatRef::new(&x, d).unwrap();
+        let mean = column_means(m);
+        let gram = gram_eigen(m, &mean, k).unwrap();
+        let cov = covariance_eigen(m, &mean, k).unwrap();
+        for c in 0..k {
+            let (a, b) = (gram.values[c], cov.values[c]);
+            assert!(
+                (a - b).abs() <= 1e-9 * cov.values[0],
+                "eigenvalue {c}: {a} vs {b}"
+            );
+            // The same unit vector up to sign.
+            let dot: f64 = (0..d)
+                .map(|i| gram.vectors[c * d + i] * cov.vectors[c * d + i])
+                .sum();
+            assert!(
+                (dot.abs() - 1.0).abs() < 1e-6,
+                "component {c}: |cos| {}",
+                dot.abs()
+            );
+        }
+        // Through fit (which picks the Gram route here), the whitened output's covariance is
+        // the identity on the kept components.
+        let pca = PcaParams::new(k).fit(m).unwrap();
+        let y = pca.transform(m).unwrap();
+        for i in 0..k {
+            let v: f64 = y.chunks(k).map(|row| (row[i] as f64).powi(2)).sum::<f64>() / n as f64;
+            assert!((v - 1.0).abs() < 1e-3, "variance {i}: {v}");
+        }
     }
 
     #[test]
