@@ -22,6 +22,26 @@ pub struct AugmentConfig {
     /// RGB only: probability of turning the image grayscale.
     #[serde(default)]
     pub grayscale_p: f32,
+    /// RGB only: hue jitter strength, as a fraction of a full turn of the hue circle.
+    #[serde(default)]
+    pub hue: f32,
+    /// Probability that the colour jitter (brightness, contrast, saturation, hue) is applied.
+    #[serde(default = "always")]
+    pub jitter_p: f32,
+    /// Probability of a Gaussian blur.
+    #[serde(default)]
+    pub blur_p: f32,
+    /// Range of the blur's sigma, as a fraction of the image side.
+    #[serde(default = "blur_sigma")]
+    pub blur_sigma: (f32, f32),
+}
+
+fn always() -> f32 {
+    1.0
+}
+
+fn blur_sigma() -> (f32, f32) {
+    (0.005, 0.04)
 }
 
 impl Default for AugmentConfig {
@@ -34,6 +54,10 @@ impl Default for AugmentConfig {
             jitter: 0.2,
             saturation: 0.4,
             grayscale_p: 0.2,
+            hue: 0.0,
+            jitter_p: 1.0,
+            blur_p: 0.0,
+            blur_sigma: blur_sigma(),
         }
     }
 }
@@ -47,6 +71,41 @@ impl AugmentConfig {
             jitter: 0.0,
             saturation: 0.0,
             grayscale_p: 0.0,
+            hue: 0.0,
+            // Jitter strengths are 0, so this draws nothing visible; a config built from
+            // `none()` with one strength set applies it every time.
+            jitter_p: 1.0,
+            blur_p: 0.0,
+            blur_sigma: blur_sigma(),
+        }
+    }
+
+    /// SimCLR/SwAV-strength views: random resized crop of 20-100% of the area, flip, colour
+    /// jitter (brightness, contrast and saturation 0.4, hue 0.1) with p = 0.8, grayscale with
+    /// p = 0.2, Gaussian blur with p = 0.5 (sigma 0.5-4% of the side). Colour and
+    /// brightness then carry no information about which image a view came from, so what two
+    /// views share is shape.
+    pub fn strong() -> Self {
+        Self {
+            crop_padding: 0,
+            resized_crop_scale: Some((0.2, 1.0)),
+            horizontal_flip: true,
+            jitter: 0.4,
+            saturation: 0.4,
+            grayscale_p: 0.2,
+            hue: 0.1,
+            jitter_p: 0.8,
+            blur_p: 0.5,
+            blur_sigma: blur_sigma(),
+        }
+    }
+
+    /// SwAV's small multi-crop views: strong views of 5-30% of the area (at the network's
+    /// input size, which the fixed-size encoders here need).
+    pub fn small_crop() -> Self {
+        Self {
+            resized_crop_scale: Some((0.05, 0.3)),
+            ..Self::strong()
         }
     }
 
@@ -70,21 +129,100 @@ impl AugmentConfig {
                 row.reverse();
             }
         }
-        if c == 3 && self.saturation > 0.0 {
-            let s = 1.0 + self.saturation * (2.0 * rng.next_f64() as f32 - 1.0);
-            blend_with_gray(dst, h * w, s);
+        if self.jitter_p > 0.0 && (rng.next_f64() as f32) < self.jitter_p {
+            self.colour_jitter(dst, c, h * w, rng);
         }
         if c == 3 && self.grayscale_p > 0.0 && (rng.next_f64() as f32) < self.grayscale_p {
             blend_with_gray(dst, h * w, 0.0);
         }
+        if self.blur_p > 0.0 && (rng.next_f64() as f32) < self.blur_p {
+            let (lo, hi) = self.blur_sigma;
+            let sigma = (lo + (hi - lo) * rng.next_f64() as f32) * h.max(w) as f32;
+            gaussian_blur(dst, c, h, w, sigma, &mut tmp);
+        }
+    }
+
+    /// Saturation, hue, contrast and brightness, in that order.
+    fn colour_jitter(&self, dst: &mut [f32], c: usize, plane: usize, rng: &mut Rng) {
+        if c == 3 && self.saturation > 0.0 {
+            let s = 1.0 + self.saturation * (2.0 * rng.next_f64() as f32 - 1.0);
+            blend_with_gray(dst, plane, s);
+        }
+        if c == 3 && self.hue > 0.0 {
+            let turn = self.hue * (2.0 * rng.next_f64() as f32 - 1.0);
+            rotate_hue(dst, plane, turn * std::f32::consts::TAU);
+        }
         if self.jitter > 0.0 {
             let contrast = 1.0 + self.jitter * (2.0 * rng.next_f64() as f32 - 1.0);
             let brightness = self.jitter * (2.0 * rng.next_f64() as f32 - 1.0);
-            for plane in dst.chunks_exact_mut(h * w) {
+            for plane in dst.chunks_exact_mut(plane) {
                 let mean = plane.iter().sum::<f32>() / plane.len() as f32;
                 for v in plane.iter_mut() {
                     *v = (*v - mean) * contrast + mean + brightness;
                 }
+            }
+        }
+    }
+}
+
+/// Planar RGB: rotates each pixel's chroma by `angle` radians in YIQ space, which keeps its
+/// luminance Y and turns its hue (one 3x3 matrix per image instead of an HSV round trip).
+fn rotate_hue(rgb: &mut [f32], plane: usize, angle: f32) {
+    const TO_YIQ: [[f32; 3]; 3] = [
+        [0.299, 0.587, 0.114],
+        [0.596, -0.274, -0.322],
+        [0.211, -0.523, 0.312],
+    ];
+    const TO_RGB: [[f32; 3]; 3] = [
+        [1.0, 0.956, 0.621],
+        [1.0, -0.272, -0.647],
+        [1.0, -1.106, 1.703],
+    ];
+    let (cos, sin) = (angle.cos(), angle.sin());
+    let rot = [[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]];
+    let mul = |a: &[[f32; 3]; 3], b: &[[f32; 3]; 3]| -> [[f32; 3]; 3] {
+        std::array::from_fn(|i| std::array::from_fn(|j| (0..3).map(|k| a[i][k] * b[k][j]).sum()))
+    };
+    let m = mul(&TO_RGB, &mul(&rot, &TO_YIQ));
+    let (r, rest) = rgb.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for i in 0..plane {
+        let p = [r[i], g[i], b[i]];
+        let dot = |row: &[f32; 3]| row[0] * p[0] + row[1] * p[1] + row[2] * p[2];
+        (r[i], g[i], b[i]) = (dot(&m[0]), dot(&m[1]), dot(&m[2]));
+    }
+}
+
+/// Separable Gaussian blur of each (h, w) plane in place, edges clamped; `tmp` holds the
+/// horizontal pass.
+fn gaussian_blur(x: &mut [f32], c: usize, h: usize, w: usize, sigma: f32, tmp: &mut [f32]) {
+    let radius = (2.0 * sigma).ceil().max(1.0) as isize;
+    let mut kernel: Vec<f32> = (-radius..=radius)
+        .map(|t| (-(t * t) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    kernel.iter_mut().for_each(|k| *k /= total);
+    let at = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+    for ch in 0..c {
+        let base = ch * h * w;
+        for y in 0..h {
+            for xx in 0..w {
+                tmp[base + y * w + xx] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &kv)| kv * x[base + y * w + at(xx as isize + k as isize - radius, w)])
+                    .sum();
+            }
+        }
+        for y in 0..h {
+            for xx in 0..w {
+                x[base + y * w + xx] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &kv)| {
+                        kv * tmp[base + at(y as isize + k as isize - radius, h) * w + xx]
+                    })
+                    .sum();
             }
         }
     }
@@ -223,6 +361,52 @@ mod tests {
         sat.apply(&src, 3, 1, 1, &mut Rng::new(5), &mut dst);
         let y = 0.299 * dst[0] + 0.587 * dst[1] + 0.114 * dst[2];
         assert!((y - 0.299).abs() < 1e-6);
+    }
+
+    #[test]
+    fn hue_rotation_keeps_luminance_and_a_full_turn_is_identity() {
+        let src = [0.8f32, 0.3, 0.1];
+        let mut px = src;
+        rotate_hue(&mut px, 1, 1.0);
+        let y = |p: &[f32; 3]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+        assert!((y(&px) - y(&src)).abs() < 2e-3, "{px:?}");
+        assert!(
+            px.iter().zip(&src).any(|(a, b)| (a - b).abs() > 0.05),
+            "hue moved"
+        );
+        let mut full = src;
+        rotate_hue(&mut full, 1, std::f32::consts::TAU);
+        assert!(
+            full.iter().zip(&src).all(|(a, b)| (a - b).abs() < 2e-3),
+            "{full:?}"
+        );
+    }
+
+    #[test]
+    fn blur_keeps_the_mean_of_a_flat_image_and_smooths_an_edge() {
+        let (h, w) = (6, 6);
+        let mut flat = vec![0.4f32; h * w];
+        let mut tmp = vec![0.0; h * w];
+        gaussian_blur(&mut flat, 1, h, w, 1.0, &mut tmp);
+        assert!(flat.iter().all(|&v| (v - 0.4).abs() < 1e-6));
+        let mut edge: Vec<f32> = (0..h * w)
+            .map(|i| if i % w < 3 { 0.0 } else { 1.0 })
+            .collect();
+        gaussian_blur(&mut edge, 1, h, w, 1.0, &mut tmp);
+        assert!(edge[2] > 0.1 && edge[3] < 0.9, "{:?}", &edge[..w]);
+    }
+
+    #[test]
+    fn strong_views_of_one_image_differ_and_keep_the_range_plausible() {
+        let src: Vec<f32> = (0..3 * 16 * 16)
+            .map(|i| ((i * 7) % 13) as f32 / 13.0)
+            .collect();
+        let strong = AugmentConfig::strong();
+        let (mut a, mut b) = (vec![0.0; src.len()], vec![0.0; src.len()]);
+        strong.apply(&src, 3, 16, 16, &mut Rng::new(1), &mut a);
+        strong.apply(&src, 3, 16, 16, &mut Rng::new(2), &mut b);
+        assert_ne!(a, b);
+        assert!(a.iter().all(|v| v.is_finite() && (-2.0..3.0).contains(v)));
     }
 
     #[test]

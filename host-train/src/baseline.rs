@@ -40,6 +40,8 @@ pub struct Args {
     /// Skip unreadable images (counted) instead of stopping at the first.
     #[arg(long)]
     skip_bad: bool,
+    #[command(flatten)]
+    split: crate::pretrain_cmd::SplitArgs,
     #[arg(long, default_value_t = 1234)]
     seed: u64,
     /// Also write the results as JSON to this file.
@@ -55,6 +57,9 @@ fn load(args: &Args) -> Result<(ImageSet, Option<ImageSet>)> {
         rgb: args.rgb,
         skip_bad: args.skip_bad,
         limit: None,
+        val: args.split.val.clone(),
+        val_fraction: args.split.val_fraction,
+        split_seed: args.seed,
     };
     let (train, test) = load_images(&spec)?;
     for s in &train.skipped {

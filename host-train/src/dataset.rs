@@ -154,7 +154,7 @@ mod tests {
 }
 
 /// How `--data` is read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSpec {
     /// `fashion-mnist`, a folder of IDX files, or a folder of images.
     pub source: String,
@@ -164,10 +164,84 @@ pub struct DataSpec {
     pub skip_bad: bool,
     /// Use only the first N training (and N/6 test) images.
     pub limit: Option<usize>,
+    /// A labeled folder of validation images, read like the training folder.
+    #[serde(default)]
+    pub val: Option<String>,
+    /// Without `val`: the fraction of a labeled training folder held out for validation,
+    /// per class (0: none).
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    /// Seeds the validation split.
+    #[serde(default)]
+    pub split_seed: u64,
 }
 
-/// The training images and, for Fashion-MNIST, the labeled test split.
+fn default_val_fraction() -> f64 {
+    0.2
+}
+
+impl DataSpec {
+    /// `source` read with the defaults: images of `size`, grayscale, a 20% validation split.
+    pub fn new(source: impl Into<String>, size: u32) -> Self {
+        Self {
+            source: source.into(),
+            size,
+            rgb: false,
+            skip_bad: false,
+            limit: None,
+            val: None,
+            val_fraction: default_val_fraction(),
+            split_seed: 0,
+        }
+    }
+
+    /// Refuses settings that cannot be read: a validation fraction outside [0, 1).
+    pub fn check(&self) -> Result<(), TrainError> {
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return Err(TrainError::Config(format!(
+                "--val-fraction must be at least 0 and below 1, got {}",
+                self.val_fraction
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `set`'s labels renumbered to the class indices of `classes` (the training folder's), so a
+/// separate validation folder's sub-folder `shirt` gets the training `shirt`'s index.
+fn relabel(
+    mut set: ImageSet,
+    classes: &[String],
+    dir: &std::path::Path,
+) -> Result<ImageSet, TrainError> {
+    let Some(labels) = set.labels.as_mut() else {
+        return Err(TrainError::Config(format!(
+            "{}: a validation folder needs one sub-folder per class",
+            dir.display()
+        )));
+    };
+    let map = set
+        .class_names
+        .iter()
+        .map(|name| {
+            classes.iter().position(|c| c == name).ok_or_else(|| {
+                models::data::DataError::UnknownClass {
+                    path: dir.to_path_buf(),
+                    class: name.clone(),
+                    known: classes.join(", "),
+                }
+            })
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    labels.iter_mut().for_each(|l| *l = map[*l as usize] as u32);
+    set.class_names = classes.to_vec();
+    Ok(set)
+}
+
+/// The training images and the labeled held-out images: Fashion-MNIST's test split, the
+/// `val` folder, or a split of a labeled training folder.
 pub fn load_images(spec: &DataSpec) -> Result<(ImageSet, Option<ImageSet>), TrainError> {
+    spec.check()?;
     use models::data::{
         load_fashion_mnist, read_image_folder, ColorMode, DataSource, ImageFolderOptions, Split,
     };
@@ -198,7 +272,20 @@ pub fn load_images(spec: &DataSpec) -> Result<(ImageSet, Option<ImageSet>), Trai
                 skip_bad: spec.skip_bad,
                 ..Default::default()
             };
-            (read_image_folder(&dir, &opts)?, None)
+            let all = read_image_folder(&dir, &opts)?;
+            match &spec.val {
+                Some(val_dir) => {
+                    let val_dir = std::path::Path::new(val_dir);
+                    let val = read_image_folder(val_dir, &opts)?;
+                    let val = relabel(val, &all.class_names, val_dir)?;
+                    (all, Some(val))
+                }
+                None if all.labels.is_some() && spec.val_fraction > 0.0 => {
+                    let (train, val) = all.split_stratified(spec.val_fraction, spec.split_seed);
+                    (train, Some(val))
+                }
+                None => (all, None),
+            }
         }
     };
     if let Some(n) = spec.limit {

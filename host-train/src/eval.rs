@@ -66,6 +66,62 @@ pub fn evaluate(
     })
 }
 
+/// What an unlabeled set's embeddings can say about themselves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelFreeReport {
+    pub k: usize,
+    pub objective: f64,
+    /// Entropy of the cluster sizes divided by log(k).
+    pub size_entropy: f64,
+    /// NMI against the `previous` clustering, when one was given.
+    pub nmi_vs_previous: Option<f64>,
+    pub labels: Vec<u32>,
+}
+
+/// k-means with `k` clusters (at most n / 2) on the L2-normalised `features` (rows of `dim`).
+pub fn label_free(
+    features: &[f32],
+    dim: usize,
+    k: usize,
+    previous: Option<&[u32]>,
+    seed: u64,
+) -> Result<LabelFreeReport, TrainError> {
+    let mut x = features.to_vec();
+    l2_normalize_rows(&mut x, dim);
+    let n = x.len() / dim.max(1);
+    let k = k.min(n / 2).max(1);
+    let fit = KMeansParams::new(k)
+        .seed(seed)
+        .n_redo(3)
+        .check()?
+        .fit(MatRef::new(&x, dim)?)?;
+    let mut sizes = vec![0usize; k];
+    fit.labels.iter().for_each(|&l| sizes[l as usize] += 1);
+    let entropy: f64 = sizes
+        .iter()
+        .filter(|&&s| s > 0)
+        .map(|&s| {
+            let p = s as f64 / n as f64;
+            -p * p.ln()
+        })
+        .sum();
+    let nmi_vs_previous = previous
+        .filter(|p| p.len() == fit.labels.len())
+        .map(|p| normalized_mutual_info(p, &fit.labels))
+        .transpose()?;
+    Ok(LabelFreeReport {
+        k,
+        objective: fit.objective(),
+        size_entropy: if k > 1 {
+            entropy / (k as f64).ln()
+        } else {
+            0.0
+        },
+        nmi_vs_previous,
+        labels: fit.labels,
+    })
+}
+
 /// Weighted kNN top-1 of `test` against `train` (rows of `dim`) after L2-normalising both;
 /// also hands back the normalised train rows.
 fn normalized_knn(
@@ -116,6 +172,24 @@ mod tests {
         let whitened = r.knn_top1_whitened.unwrap();
         assert!(r.knn_top1 < 0.8, "raw kNN {}", r.knn_top1);
         assert!(whitened > 0.95, "whitened kNN {whitened}");
+    }
+
+    #[test]
+    fn label_free_figures_see_balanced_clusters_and_repeat_themselves() {
+        // Four tight, equal groups on the axes.
+        let x: Vec<f32> = (0..400)
+            .flat_map(|i| {
+                let mut row = [0.01f32 * (i % 7) as f32; 4];
+                row[i % 4] = 1.0;
+                row
+            })
+            .collect();
+        let r = label_free(&x, 4, 4, None, 1).unwrap();
+        assert_eq!(r.k, 4);
+        assert!((r.size_entropy - 1.0).abs() < 1e-9, "{}", r.size_entropy);
+        assert!(r.nmi_vs_previous.is_none());
+        let again = label_free(&x, 4, 4, Some(&r.labels), 2).unwrap();
+        assert!((again.nmi_vs_previous.unwrap() - 1.0).abs() < 1e-9);
     }
 
     #[test]

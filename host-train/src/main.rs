@@ -1,13 +1,15 @@
 //! `host-train`: unsupervised pretraining on the host.
 //!
 //! - `baseline`: PCA-whitened pixels + k-means, the floor every learned encoder must beat.
-//! - `pretrain`: learn an encoder without labels (DeepCluster).
+//! - `pretrain`: learn an encoder without labels (DeepCluster, NPID, Local Aggregation, SwAV).
 //! - `eval`: score a run's encoder with weighted kNN and k-means against labels.
+//! - `make-scenes`: a labeled folder of generated RGB scenes for testing.
 //! - `export`: fold BatchNorm, write ONNX fp32 + int8 and the manifest; `--verify` checks parity.
 
 mod baseline;
 mod export_cmd;
 mod pretrain_cmd;
+mod scenes_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +37,9 @@ enum Command {
     Export(export_cmd::ExportArgs),
     /// Redraw a run's plots/metrics.png from its metrics.jsonl.
     Plot(pretrain_cmd::PlotArgs),
+    /// Write a labeled folder of generated RGB scenes (object shape as the class; colour,
+    /// background and lighting random).
+    MakeScenes(scenes_cmd::MakeScenesArgs),
 }
 
 fn main() -> Result<()> {
@@ -62,5 +67,6 @@ fn main() -> Result<()> {
         Command::Eval(args) => pretrain_cmd::eval(&args),
         Command::Export(args) => export_cmd::export(&args),
         Command::Plot(args) => pretrain_cmd::plot(&args),
+        Command::MakeScenes(args) => scenes_cmd::make_scenes(&args),
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use crate::pretrain::MetricsRow;
+use crate::run_dir::MetricsRow;
 use crate::TrainError;
 
 const WIDTH: u32 = 760;
@@ -67,7 +67,9 @@ pub fn write_metrics_plot(rows: &[MetricsRow], path: &Path) -> Result<(), TrainE
     let last_epoch = rows
         .iter()
         .map(|r| match r {
-            MetricsRow::Train { epoch, .. } | MetricsRow::Eval { epoch, .. } => *epoch,
+            MetricsRow::Train { epoch, .. }
+            | MetricsRow::Eval { epoch, .. }
+            | MetricsRow::LabelFree { epoch, .. } => *epoch,
         })
         .max()
         .unwrap_or(1)

@@ -10,14 +10,16 @@ use serde::{Deserialize, Serialize};
 use crate::augment::AugmentConfig;
 use crate::dataset::{DataSpec, Normalization, TrainSet};
 use crate::encoders::{Arch, Encoder};
-use crate::eval::{evaluate, EvalReport};
+use crate::eval::{evaluate, label_free, EvalReport};
 use crate::features::extract;
 use crate::gallery::{write_gallery, GalleryConfig};
-use crate::methods::deepcluster::{self, DeepClusterConfig};
+use crate::methods::deepcluster::{self, DeepClusterConfig, EpochStats};
 use crate::methods::local_aggregation::{self, LaConfig};
-use crate::methods::npid::{self, MemoryBank, NpidConfig};
+use crate::methods::npid::{self, FeatureBank, NpidConfig};
+use crate::methods::swav::{self, FeatureQueue, Prototypes, SwavConfig};
 use crate::methods::Method;
 use crate::optim::SgdMomentum;
+pub use crate::run_dir::MetricsRow;
 use crate::run_dir::{labels_to_tensor, restore_momentum, sorted_vars, tensor_to_labels, RunDir};
 use crate::seeded_init::seeded_var_builder;
 use crate::TrainError;
@@ -44,6 +46,8 @@ pub struct RunConfig {
     pub npid: NpidConfig,
     #[serde(default)]
     pub la: LaConfig,
+    #[serde(default)]
+    pub swav: SwavConfig,
     /// Evaluate every this many epochs (and after the last); each evaluation extracts the
     /// test features and runs kNN and k-means, about 20 s on 60k images on 2 cores.
     #[serde(default = "every_epoch")]
@@ -52,40 +56,6 @@ pub struct RunConfig {
 
 fn every_epoch() -> usize {
     1
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
-pub enum MetricsRow {
-    /// Training epoch `epoch` (1-based) finished.
-    Train {
-        epoch: usize,
-        loss: f64,
-        /// Mean loss of the first and last quarter of the epoch's batches.
-        #[serde(default)]
-        loss_start: f64,
-        #[serde(default)]
-        loss_end: f64,
-        images_per_s: f64,
-        /// DeepCluster only: the k-means objective and non-empty clusters of this epoch.
-        kmeans_objective: Option<f64>,
-        non_empty_clusters: Option<usize>,
-        /// NMI between this epoch's pseudo-labels and the previous epoch's.
-        nmi_vs_previous: Option<f64>,
-        seconds: f64,
-    },
-    /// The model after `epoch` epochs (0: at initialisation), against held-out labels.
-    Eval {
-        epoch: usize,
-        knn_top1: f64,
-        /// kNN of the PCA-whitened features (see `eval`); absent in runs from before it.
-        #[serde(default)]
-        knn_top1_whitened: Option<f64>,
-        nmi: f64,
-        ari: f64,
-        accuracy: f64,
-    },
 }
 
 pub fn build_encoder(
@@ -151,6 +121,267 @@ pub struct Pretrained {
     pub last_eval: Option<EvalReport>,
 }
 
+/// What a method carries from epoch to epoch besides the network.
+enum MethodState {
+    /// DeepCluster: the previous epoch's pseudo-labels.
+    Clusters { previous: Option<Vec<u32>> },
+    /// NPID and Local Aggregation: one embedding per image.
+    Bank(FeatureBank),
+    /// SwAV: the prototypes (also in the variable map) and the queue.
+    Swav {
+        prototypes: Prototypes,
+        queue: FeatureQueue,
+    },
+}
+
+/// The network, its optimiser and where a run writes: what every epoch uses.
+struct Trainer<'a> {
+    cfg: &'a RunConfig,
+    train: &'a TrainSet,
+    run: &'a RunDir,
+    device: &'a Device,
+    vm: VarMap,
+    encoder: Box<dyn Encoder>,
+    names: Vec<String>,
+    opt: SgdMomentum,
+}
+
+impl Trainer<'_> {
+    fn checkpoint(&self, epoch: usize, extra: Vec<(&str, Tensor)>) -> Result<(), TrainError> {
+        let mut tensors = vec![("epoch", Tensor::new(&[epoch as u32], &Device::Cpu)?)];
+        tensors.extend(extra);
+        self.run
+            .save_checkpoint(&self.vm, &self.opt, &self.names, &tensors)
+    }
+
+    fn train_row(&self, epoch: usize, stats: &EpochStats, t0: std::time::Instant) -> MetricsRow {
+        MetricsRow::Train {
+            epoch,
+            loss: stats.loss,
+            loss_start: stats.loss_start,
+            loss_end: stats.loss_end,
+            images_per_s: stats.images as f64 / stats.seconds,
+            kmeans_objective: None,
+            non_empty_clusters: None,
+            nmi_vs_previous: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// One epoch (0-based `epoch`) of the run's method; `feats` are the current training
+    /// embeddings when the epoch began with them.
+    fn epoch(
+        &mut self,
+        state: &mut MethodState,
+        epoch: usize,
+        feats: Option<&[f32]>,
+    ) -> Result<MetricsRow, TrainError> {
+        let seed = self.cfg.seed.wrapping_add(epoch as u64 * 7919);
+        match state {
+            MethodState::Bank(bank) => self.bank_epoch(bank, epoch, seed),
+            MethodState::Clusters { previous } => {
+                let feats =
+                    feats.ok_or_else(|| TrainError::Config("DeepCluster needs features".into()))?;
+                self.deepcluster_epoch(previous, feats, epoch, seed)
+            }
+            MethodState::Swav { prototypes, queue } => {
+                self.swav_epoch(prototypes, queue, epoch, seed)
+            }
+        }
+    }
+
+    fn bank_epoch(
+        &mut self,
+        bank: &mut FeatureBank,
+        epoch: usize,
+        seed: u64,
+    ) -> Result<MetricsRow, TrainError> {
+        let (cfg, t0) = (self.cfg, std::time::Instant::now());
+        let close = if cfg.method == Method::La && epoch >= cfg.la.warmup_epochs {
+            Some(local_aggregation::close_neighbours(bank, &cfg.la, seed)?)
+        } else {
+            None
+        };
+        self.opt
+            .set_learning_rate(cfg.npid.lr_for_epoch(epoch, cfg.epochs));
+        let stats = npid::train_epoch(
+            self.encoder.as_ref(),
+            &mut self.opt,
+            self.train,
+            bank,
+            &cfg.npid,
+            cfg.batch_size,
+            &cfg.augment,
+            seed,
+            self.device,
+            close.as_ref(),
+        )?;
+        check_finite(epoch + 1, stats.loss)?;
+        let saved = Tensor::from_slice(&bank.rows, (bank.len(), bank.dim), &Device::Cpu)?;
+        self.checkpoint(epoch + 1, vec![("memory_bank", saved)])?;
+        Ok(self.train_row(epoch + 1, &stats, t0))
+    }
+
+    fn deepcluster_epoch(
+        &mut self,
+        previous: &mut Option<Vec<u32>>,
+        feats: &[f32],
+        epoch: usize,
+        seed: u64,
+    ) -> Result<MetricsRow, TrainError> {
+        let (cfg, t0) = (self.cfg, std::time::Instant::now());
+        let clustering = deepcluster::cluster(
+            feats,
+            self.encoder.embed_dim(),
+            &cfg.deepcluster,
+            seed,
+            self.device,
+        )?;
+        write_gallery(
+            &self.train.images,
+            &clustering.labels,
+            &GalleryConfig::default(),
+            &self.run.path("plots/gallery.png"),
+        )?;
+        let nmi_vs_previous = previous
+            .as_ref()
+            .map(|p| normalized_mutual_info(p, &clustering.labels))
+            .transpose()?;
+        let n = cfg
+            .deepcluster
+            .samples_per_epoch
+            .unwrap_or(self.train.len());
+        let order = deepcluster::sample_uniform_over_clusters(
+            &clustering.labels,
+            cfg.deepcluster.k,
+            n,
+            &mut Rng::new(seed),
+        );
+        let stats = deepcluster::train_epoch(
+            self.encoder.as_ref(),
+            &mut self.opt,
+            self.train,
+            &clustering.labels,
+            &order,
+            &cfg.deepcluster,
+            cfg.batch_size,
+            &cfg.augment,
+            seed,
+            self.device,
+        )?;
+        check_finite(epoch + 1, stats.loss)?;
+        self.checkpoint(
+            epoch + 1,
+            vec![("assignments", labels_to_tensor(&clustering.labels)?)],
+        )?;
+        let mut row = self.train_row(epoch + 1, &stats, t0);
+        if let MetricsRow::Train {
+            kmeans_objective,
+            non_empty_clusters,
+            nmi_vs_previous: nmi,
+            ..
+        } = &mut row
+        {
+            *kmeans_objective = Some(clustering.objective);
+            *non_empty_clusters = Some(clustering.non_empty);
+            *nmi = nmi_vs_previous;
+        }
+        *previous = Some(clustering.labels);
+        Ok(row)
+    }
+
+    fn swav_epoch(
+        &mut self,
+        prototypes: &Prototypes,
+        queue: &mut FeatureQueue,
+        epoch: usize,
+        seed: u64,
+    ) -> Result<MetricsRow, TrainError> {
+        let (cfg, t0) = (self.cfg, std::time::Instant::now());
+        let small = AugmentConfig {
+            resized_crop_scale: AugmentConfig::small_crop().resized_crop_scale,
+            ..cfg.augment
+        };
+        let stats = swav::train_epoch(
+            self.encoder.as_ref(),
+            &mut self.opt,
+            self.train,
+            cfg.batch_size,
+            swav::SwavEpoch {
+                cfg: &cfg.swav,
+                prototypes,
+                queue,
+                large: &cfg.augment,
+                small: &small,
+                epoch,
+                epochs: cfg.epochs,
+            },
+            seed,
+            self.device,
+        )?;
+        check_finite(epoch + 1, stats.loss)?;
+        self.checkpoint(epoch + 1, vec![])?;
+        Ok(self.train_row(epoch + 1, &stats, t0))
+    }
+}
+
+/// The label-free figures of one epoch's embeddings, and its clustering for the next.
+fn label_free_row(
+    feats: &[f32],
+    dim: usize,
+    cfg: &RunConfig,
+    epoch: usize,
+    previous: &mut Option<Vec<u32>>,
+) -> Result<MetricsRow, TrainError> {
+    let k = cfg.deepcluster.k;
+    let r = label_free(feats, dim, k, previous.as_deref(), cfg.seed)?;
+    *previous = Some(r.labels);
+    Ok(MetricsRow::LabelFree {
+        epoch,
+        k: r.k,
+        kmeans_objective: r.objective,
+        cluster_entropy: r.size_entropy,
+        nmi_vs_previous: r.nmi_vs_previous,
+    })
+}
+
+/// Restores the optimiser, the epoch reached and the method's state from the last checkpoint.
+fn resume_state(t: &mut Trainer<'_>, state: &mut MethodState) -> Result<usize, TrainError> {
+    t.run.load_model(&mut t.vm)?;
+    let saved = t.run.load_state(t.device)?;
+    restore_momentum(&mut t.opt, &t.names, &saved)?;
+    let start = saved
+        .get("epoch")
+        .map(|t| t.to_dtype(DType::U32).and_then(|t| t.to_vec1::<u32>()))
+        .transpose()?
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0) as usize;
+    match state {
+        MethodState::Clusters { previous } => {
+            *previous = saved.get("assignments").map(tensor_to_labels).transpose()?;
+        }
+        MethodState::Bank(bank) => {
+            if let Some(rows) = saved.get("memory_bank") {
+                if rows.dims() != [bank.len(), bank.dim] {
+                    return Err(TrainError::Checkpoint {
+                        path: t.run.path("state.safetensors"),
+                        reason: format!(
+                            "memory bank {:?} does not fit {} images x {}",
+                            rows.dims(),
+                            bank.len(),
+                            bank.dim
+                        ),
+                    });
+                }
+                bank.rows = rows.flatten_all()?.to_vec1()?;
+            }
+        }
+        MethodState::Swav { prototypes, .. } => prototypes.normalize()?,
+    }
+    tracing::info!(epoch = start, run = %t.run.path("").display(), "resumed");
+    Ok(start)
+}
+
 /// Runs (or resumes) pretraining in `run`.
 pub fn pretrain(
     cfg: &RunConfig,
@@ -161,46 +392,43 @@ pub fn pretrain(
     resume: bool,
     log: &mut dyn FnMut(&MetricsRow),
 ) -> Result<Pretrained, TrainError> {
-    let mut vm = VarMap::new();
+    let vm = VarMap::new();
     let encoder = build_encoder(cfg, &vm, device)?;
+    let dim = encoder.embed_dim();
+    let mut state = match cfg.method {
+        Method::Deepcluster => MethodState::Clusters { previous: None },
+        Method::Npid | Method::La => {
+            MethodState::Bank(FeatureBank::new(train.len(), dim, cfg.seed))
+        }
+        Method::Swav => MethodState::Swav {
+            // Created before the optimiser collects the variables, so that it moves them.
+            prototypes: Prototypes::new(&vm, cfg.swav.prototypes, dim, cfg.seed, device)?,
+            queue: FeatureQueue::new(cfg.swav.queue_length, dim),
+        },
+    };
     let (names, vars) = sorted_vars(&vm);
     let sgd = match cfg.method {
         Method::Deepcluster => cfg.deepcluster.sgd(),
         Method::Npid | Method::La => cfg.npid.sgd(),
+        Method::Swav => cfg.swav.sgd(),
     };
-    let mut opt = SgdMomentum::new(vars, sgd)?;
-    let mut bank = matches!(cfg.method, Method::Npid | Method::La)
-        .then(|| MemoryBank::new(train.len(), encoder.embed_dim(), cfg.seed));
-    let (mut start, mut previous): (usize, Option<Vec<u32>>) = (0, None);
-    if resume {
-        run.load_model(&mut vm)?;
-        let state = run.load_state(device)?;
-        restore_momentum(&mut opt, &names, &state)?;
-        start = state
-            .get("epoch")
-            .map(|t| t.to_dtype(DType::U32).and_then(|t| t.to_vec1::<u32>()))
-            .transpose()?
-            .and_then(|v| v.first().copied())
-            .unwrap_or(0) as usize;
-        previous = state.get("assignments").map(tensor_to_labels).transpose()?;
-        if let (Some(bank), Some(saved)) = (bank.as_mut(), state.get("memory_bank")) {
-            if saved.dims() != [bank.len(), bank.dim] {
-                return Err(TrainError::Checkpoint {
-                    path: run.path("state.safetensors"),
-                    reason: format!(
-                        "memory bank {:?} does not fit {} images x {}",
-                        saved.dims(),
-                        bank.len(),
-                        bank.dim
-                    ),
-                });
-            }
-            bank.rows = saved.flatten_all()?.to_vec1()?;
-        }
-        tracing::info!(epoch = start, run = %run.path("").display(), "resumed");
+    let opt = SgdMomentum::new(vars, sgd)?;
+    let mut t = Trainer {
+        cfg,
+        train,
+        run,
+        device,
+        vm,
+        encoder,
+        names,
+        opt,
+    };
+    let start = if resume {
+        resume_state(&mut t, &mut state)?
     } else {
         run.write_json("config.json", cfg)?;
-    }
+        0
+    };
     let mut emit = |row: MetricsRow| -> Result<(), TrainError> {
         run.append_metrics(&row)?;
         log(&row);
@@ -208,150 +436,42 @@ pub fn pretrain(
         crate::plot::write_metrics_plot(&run.read_metrics()?, &run.path("plots/metrics.png"))
     };
 
-    let mut last_eval = None;
-    for epoch in start..cfg.epochs {
+    let (mut last_eval, mut label_free_previous) = (None, None);
+    for epoch in start..=cfg.epochs {
+        let last = epoch == cfg.epochs;
         // A resumed run's first epoch was evaluated at the end of the run it continues.
-        let eval_now =
-            test.is_some() && epoch % cfg.eval_every.max(1) == 0 && !(resume && epoch == start);
-        let needs_features = cfg.method == Method::Deepcluster || eval_now;
+        let eval_now = (last || epoch % cfg.eval_every.max(1) == 0) && !(resume && epoch == start);
+        let needs_features = (!last && cfg.method == Method::Deepcluster) || eval_now;
         let feats = if needs_features {
-            Some(extract(encoder.as_ref(), train, 512, device, "features")?)
+            Some(extract(t.encoder.as_ref(), train, 512, device, "features")?)
         } else {
             None
         };
-        if let Some(f) = feats.as_ref().filter(|_| eval_now) {
-            if let Some((row, r)) = eval_row(encoder.as_ref(), f, train, test, epoch, cfg, device)?
-            {
-                emit(row)?;
-                last_eval = Some(r);
+        if let Some(f) = feats.as_deref().filter(|_| eval_now) {
+            match eval_row(t.encoder.as_ref(), f, train, test, epoch, cfg, device)? {
+                Some((row, r)) => {
+                    emit(row)?;
+                    last_eval = Some(r);
+                }
+                None => emit(label_free_row(
+                    f,
+                    dim,
+                    cfg,
+                    epoch,
+                    &mut label_free_previous,
+                )?)?,
             }
         }
-        let t0 = std::time::Instant::now();
-        let seed = cfg.seed.wrapping_add(epoch as u64 * 7919);
-        let epoch_tensor = Tensor::new(&[epoch as u32 + 1], &Device::Cpu)?;
-        let row = match (&cfg.method, &mut bank) {
-            (Method::Npid | Method::La, Some(bank)) => {
-                let close = if cfg.method == Method::La && epoch >= cfg.la.warmup_epochs {
-                    Some(local_aggregation::close_neighbours(bank, &cfg.la, seed)?)
-                } else {
-                    None
-                };
-                opt.set_learning_rate(cfg.npid.lr_for_epoch(epoch, cfg.epochs));
-                let stats = npid::train_epoch(
-                    encoder.as_ref(),
-                    &mut opt,
-                    train,
-                    bank,
-                    &cfg.npid,
-                    cfg.batch_size,
-                    &cfg.augment,
-                    seed,
-                    device,
-                    close.as_ref(),
-                )?;
-                check_finite(epoch + 1, stats.loss)?;
-                let saved = Tensor::from_slice(&bank.rows, (bank.len(), bank.dim), &Device::Cpu)?;
-                run.save_checkpoint(
-                    &vm,
-                    &opt,
-                    &names,
-                    &[("epoch", epoch_tensor), ("memory_bank", saved)],
-                )?;
-                MetricsRow::Train {
-                    epoch: epoch + 1,
-                    loss: stats.loss,
-                    loss_start: stats.loss_start,
-                    loss_end: stats.loss_end,
-                    images_per_s: stats.images as f64 / stats.seconds,
-                    kmeans_objective: None,
-                    non_empty_clusters: None,
-                    nmi_vs_previous: None,
-                    seconds: t0.elapsed().as_secs_f64(),
-                }
-            }
-            _ => {
-                let feats = feats
-                    .as_deref()
-                    .ok_or_else(|| TrainError::Config("DeepCluster needs features".into()))?;
-                let clustering = deepcluster::cluster(
-                    feats,
-                    encoder.embed_dim(),
-                    &cfg.deepcluster,
-                    seed,
-                    device,
-                )?;
-                write_gallery(
-                    &train.images,
-                    &clustering.labels,
-                    &GalleryConfig::default(),
-                    &run.path("plots/gallery.png"),
-                )?;
-                let nmi_vs_previous = previous
-                    .as_ref()
-                    .map(|p| normalized_mutual_info(p, &clustering.labels))
-                    .transpose()?;
-                let n = cfg.deepcluster.samples_per_epoch.unwrap_or(train.len());
-                let order = deepcluster::sample_uniform_over_clusters(
-                    &clustering.labels,
-                    cfg.deepcluster.k,
-                    n,
-                    &mut Rng::new(seed),
-                );
-                let stats = deepcluster::train_epoch(
-                    encoder.as_ref(),
-                    &mut opt,
-                    train,
-                    &clustering.labels,
-                    &order,
-                    &cfg.deepcluster,
-                    cfg.batch_size,
-                    &cfg.augment,
-                    seed,
-                    device,
-                )?;
-                check_finite(epoch + 1, stats.loss)?;
-                run.save_checkpoint(
-                    &vm,
-                    &opt,
-                    &names,
-                    &[
-                        ("epoch", epoch_tensor),
-                        ("assignments", labels_to_tensor(&clustering.labels)?),
-                    ],
-                )?;
-                let row = MetricsRow::Train {
-                    epoch: epoch + 1,
-                    loss: stats.loss,
-                    loss_start: stats.loss_start,
-                    loss_end: stats.loss_end,
-                    images_per_s: stats.images as f64 / stats.seconds,
-                    kmeans_objective: Some(clustering.objective),
-                    non_empty_clusters: Some(clustering.non_empty),
-                    nmi_vs_previous,
-                    seconds: t0.elapsed().as_secs_f64(),
-                };
-                previous = Some(clustering.labels);
-                row
-            }
-        };
+        if last {
+            break;
+        }
+        let row = t.epoch(&mut state, epoch, feats.as_deref())?;
         emit(row)?;
     }
-    if test.is_some() {
-        let feats = extract(encoder.as_ref(), train, 512, device, "features")?;
-        if let Some((row, r)) = eval_row(
-            encoder.as_ref(),
-            &feats,
-            train,
-            test,
-            cfg.epochs,
-            cfg,
-            device,
-        )? {
-            emit(row)?;
-            last_eval = Some(r);
-        }
-    }
-    Ok(Pretrained { encoder, last_eval })
+    Ok(Pretrained {
+        encoder: t.encoder,
+        last_eval,
+    })
 }
 
 /// Loads a finished run's encoder for evaluation or export.

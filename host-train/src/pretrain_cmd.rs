@@ -13,6 +13,7 @@ use host_train::features::{extract_layer, Layer};
 use host_train::methods::deepcluster::DeepClusterConfig;
 use host_train::methods::local_aggregation::LaConfig;
 use host_train::methods::npid::NpidConfig;
+use host_train::methods::swav::SwavConfig;
 use host_train::methods::Method;
 use host_train::pretrain::{load_encoder, pretrain as run_pretrain, MetricsRow, RunConfig};
 use host_train::run_dir::RunDir;
@@ -35,16 +36,33 @@ pub struct DataArgs {
     /// Use only the first N training images (and N/6 test images).
     #[arg(long)]
     limit: Option<usize>,
+    #[command(flatten)]
+    split: SplitArgs,
+}
+
+/// Where the labeled validation images of a folder come from.
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// A labeled folder of validation images (class sub-folders named as in --data).
+    #[arg(long)]
+    pub val: Option<String>,
+    /// Without --val: the fraction of each class of a labeled --data folder held out for
+    /// validation (seeded by --seed; 0 keeps every image for training).
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
 }
 
 impl DataArgs {
-    fn spec(&self) -> DataSpec {
+    fn spec(&self, seed: u64) -> DataSpec {
         DataSpec {
             source: self.data.clone(),
             size: self.size,
             rgb: self.rgb,
             skip_bad: self.skip_bad,
             limit: self.limit,
+            val: self.split.val.clone(),
+            val_fraction: self.split.val_fraction,
+            split_seed: seed,
         }
     }
 }
@@ -103,6 +121,21 @@ pub struct PretrainArgs {
     /// set when smaller).
     #[arg(long)]
     la_background: Option<usize>,
+    /// Training views: `default` (mild crops, flips, jitter) or `strong` (SimCLR/SwAV-level
+    /// crops, colour jitter, grayscale and blur). Default: strong for SwAV, default otherwise.
+    #[arg(long, value_enum)]
+    augment: Option<Views>,
+    /// SwAV: small crops per image beside the two large ones (multi-crop).
+    #[arg(long, default_value_t = SwavConfig::default().small_crops)]
+    small_crops: usize,
+    /// SwAV: embeddings queued from earlier batches for the Sinkhorn codes (default: none
+    /// when a batch's two views outnumber the prototypes threefold, otherwise about three
+    /// per prototype).
+    #[arg(long)]
+    queue: Option<usize>,
+    /// SwAV: epochs of linear learning-rate warm-up before the cosine decay.
+    #[arg(long, default_value_t = SwavConfig::default().warmup_epochs)]
+    warmup_epochs: f64,
     #[arg(long, default_value_t = 1234)]
     seed: u64,
     /// `cpu` or `cuda:N` (CUDA needs the `cuda` feature).
@@ -114,6 +147,13 @@ pub struct PretrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+}
+
+/// The training views `--augment` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Views {
+    Default,
+    Strong,
 }
 
 #[derive(Debug, Args)]
@@ -158,7 +198,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         cfg.epochs = args.epochs;
         cfg
     } else {
-        let spec = args.data.spec();
+        let spec = args.data.spec(args.seed);
         let (train, _) = load_images(&spec)?;
         let classes = train.class_names.len().max(10);
         RunConfig {
@@ -171,7 +211,12 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             seed: args.seed,
             normalization: Normalization::measure(&train),
             input: (train.channels, train.height, train.width),
-            augment: AugmentConfig::default(),
+            augment: match args.augment {
+                Some(Views::Strong) => AugmentConfig::strong(),
+                Some(Views::Default) => AugmentConfig::default(),
+                None if args.method == Method::Swav => AugmentConfig::strong(),
+                None => AugmentConfig::default(),
+            },
             deepcluster: {
                 let d = DeepClusterConfig::for_arch(args.arch);
                 DeepClusterConfig {
@@ -196,6 +241,23 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
                 background_k: args.la_background,
                 kmeans_k: args.k.unwrap_or(10 * classes),
                 kmeans_runs: args.la_runs,
+            },
+            swav: {
+                let d = SwavConfig::default();
+                let prototypes = args.k.unwrap_or(10 * classes);
+                SwavConfig {
+                    prototypes,
+                    temperature: args.temperature.unwrap_or(d.temperature),
+                    small_crops: args.small_crops,
+                    queue_length: args.queue.unwrap_or(SwavConfig::queue_for(
+                        args.batch_size,
+                        prototypes,
+                        train.len(),
+                    )),
+                    lr: args.lr.unwrap_or(d.lr),
+                    warmup_epochs: args.warmup_epochs,
+                    ..d
+                }
             },
             data: spec,
             eval_every: args.eval_every.max(1),
@@ -225,6 +287,15 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
                 cfg.la.kmeans_k,
                 cfg.la.kmeans_runs,
                 cfg.la.background_for(train.len())
+            ),
+            Method::Swav => format!(
+                "{} prototypes, tau = {}, 2 + {} crops, queue {}, lr {} (warm-up {} epochs, then cosine)",
+                cfg.swav.prototypes,
+                cfg.swav.temperature,
+                cfg.swav.small_crops,
+                cfg.swav.queue_length,
+                cfg.swav.lr,
+                cfg.swav.warmup_epochs
             ),
         },
         args.out.display()
@@ -269,6 +340,10 @@ fn print_row(row: &MetricsRow, t0: std::time::Instant) {
             "[{t:6.0} s] after {epoch} epochs: kNN {knn_top1:.4}{}, NMI {nmi:.4}, ARI {ari:.4}, accuracy {accuracy:.4}",
             whitened(*knn_top1_whitened)
         ),
+        MetricsRow::LabelFree { epoch, k, kmeans_objective, cluster_entropy, nmi_vs_previous } => println!(
+            "[{t:6.0} s] after {epoch} epochs (no labels): k-means k = {k} objective {kmeans_objective:.1}, size entropy {cluster_entropy:.3}{}",
+            nmi_vs_previous.map_or(String::new(), |v| format!(", NMI vs previous {v:.4}"))
+        ),
     }
 }
 
@@ -299,7 +374,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let (train, test) = load_images(&cfg.data)?;
     let (Some(test), Some(_)) = (test, train.labels.as_ref()) else {
         bail!(
-            "{}: evaluation needs labeled train and test images (Fashion-MNIST)",
+            "{}: evaluation needs labels: Fashion-MNIST, or a folder with one sub-folder per \
+             class (split by --val-fraction at pretraining, or given a --val folder)",
             cfg.data.source
         );
     };

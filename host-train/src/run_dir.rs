@@ -6,10 +6,55 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::optim::SgdMomentum;
 use crate::TrainError;
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum MetricsRow {
+    /// Training epoch `epoch` (1-based) finished.
+    Train {
+        epoch: usize,
+        loss: f64,
+        /// Mean loss of the first and last quarter of the epoch's batches.
+        #[serde(default)]
+        loss_start: f64,
+        #[serde(default)]
+        loss_end: f64,
+        images_per_s: f64,
+        /// DeepCluster only: the k-means objective and non-empty clusters of this epoch.
+        kmeans_objective: Option<f64>,
+        non_empty_clusters: Option<usize>,
+        /// NMI between this epoch's pseudo-labels and the previous epoch's.
+        nmi_vs_previous: Option<f64>,
+        seconds: f64,
+    },
+    /// The model after `epoch` epochs (0: at initialisation), against held-out labels.
+    Eval {
+        epoch: usize,
+        knn_top1: f64,
+        /// kNN of the PCA-whitened features (see `eval`); absent in runs from before it.
+        #[serde(default)]
+        knn_top1_whitened: Option<f64>,
+        nmi: f64,
+        ari: f64,
+        accuracy: f64,
+    },
+    /// Without labels: k-means (k clusters) on the L2-normalised training embeddings after
+    /// `epoch` epochs.
+    LabelFree {
+        epoch: usize,
+        k: usize,
+        kmeans_objective: f64,
+        /// Entropy of the cluster sizes over log(k): 1 for equal clusters, 0 for one.
+        cluster_entropy: f64,
+        /// NMI between this clustering and the previous label-free one.
+        nmi_vs_previous: Option<f64>,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct RunDir {

@@ -64,11 +64,8 @@ fn fashion_mnist_slice(n: usize) -> (RunConfig, TrainSet, TrainSet) {
         dir.display()
     );
     let spec = DataSpec {
-        source: dir.to_string_lossy().into_owned(),
-        size: 28,
-        rgb: false,
-        skip_bad: false,
         limit: Some(n),
+        ..DataSpec::new(dir.to_string_lossy().into_owned(), 28)
     };
     let (train, test) = load_images(&spec).unwrap();
     let norm = Normalization::measure(&train);

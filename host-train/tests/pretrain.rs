@@ -26,11 +26,8 @@ fn config(epochs: usize) -> (RunConfig, TrainSet, TrainSet) {
 
 fn config_for(method: Method, epochs: usize) -> (RunConfig, TrainSet, TrainSet) {
     let spec = DataSpec {
-        source: fashion_mnist(),
-        size: 28,
-        rgb: false,
-        skip_bad: false,
         limit: Some(1000),
+        ..DataSpec::new(fashion_mnist(), 28)
     };
     let (train, test) = load_images(&spec).unwrap();
     let norm = Normalization::measure(&train);

@@ -12,7 +12,7 @@ use models::linalg::{matmul, Operand, Parallelism};
 use rayon::prelude::*;
 
 use super::local_aggregation::CloseNeighbours;
-use super::npid::MemoryBank;
+use super::npid::FeatureBank;
 
 /// Which loss over the bank's non-parametric softmax P(j | v) = exp(v . m_j / tau) / Z.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +29,7 @@ pub enum BankObjective<'a> {
 /// zero-filled and page-faulted in every time.
 pub fn bank_loss(
     v: &Tensor,
-    bank: &MemoryBank,
+    bank: &FeatureBank,
     idx: &[usize],
     inv_t: f64,
     objective: BankObjective<'_>,
@@ -136,8 +136,8 @@ mod tests {
     use crate::ops::{max_abs, max_abs_diff};
 
     /// A bank of `n` rows initialised as NPID's, and a batch of `b` unit embeddings.
-    fn bank_and_batch(n: usize, b: usize, d: usize) -> (MemoryBank, Var) {
-        let bank = MemoryBank::new(n, d, 7);
+    fn bank_and_batch(n: usize, b: usize, d: usize) -> (FeatureBank, Var) {
+        let bank = FeatureBank::new(n, d, 7);
         let mut rng = Rng::new(11);
         let mut v: Vec<f32> = (0..b * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
         models::linalg::l2_normalize_rows(&mut v, d);
@@ -147,7 +147,7 @@ mod tests {
 
     /// The same loss through candle's ops: the logits, then `reference` on them.
     fn through_candle(
-        bank: &MemoryBank,
+        bank: &FeatureBank,
         v: &Var,
         inv_t: f64,
         reference: impl Fn(&Tensor) -> Tensor,
@@ -163,7 +163,7 @@ mod tests {
     }
 
     fn fused(
-        bank: &MemoryBank,
+        bank: &FeatureBank,
         v: &Var,
         idx: &[usize],
         inv_t: f64,

@@ -14,7 +14,7 @@ use models::cluster::KMeansParams;
 use models::MatRef;
 use serde::{Deserialize, Serialize};
 
-use super::npid::MemoryBank;
+use super::npid::FeatureBank;
 use crate::TrainError;
 
 /// Local Aggregation's hyper-parameters (the bank, temperature and optimiser are NPID's).
@@ -64,7 +64,7 @@ pub struct CloseNeighbours {
 
 /// Clusters the bank `kmeans_runs` times.
 pub fn close_neighbours(
-    bank: &MemoryBank,
+    bank: &FeatureBank,
     cfg: &LaConfig,
     seed: u64,
 ) -> std::result::Result<CloseNeighbours, TrainError> {

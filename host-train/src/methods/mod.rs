@@ -5,6 +5,7 @@ pub mod bank_loss;
 pub mod deepcluster;
 pub mod local_aggregation;
 pub mod npid;
+pub mod swav;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,4 +17,6 @@ pub enum Method {
     Npid,
     /// Local Aggregation: NPID's bank, then the close/background neighbour loss.
     La,
+    /// SwAV: swapped prediction of Sinkhorn codes over learnable prototypes, multi-crop.
+    Swav,
 }

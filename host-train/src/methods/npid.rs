@@ -101,7 +101,7 @@ impl NpidConfig {
 
 /// One L2-normalised vector per training image.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MemoryBank {
+pub struct FeatureBank {
     pub rows: Vec<f32>,
     pub dim: usize,
     /// NCE's log Z, estimated on the first batch that needs it (not saved: a resumed run
@@ -109,7 +109,7 @@ pub struct MemoryBank {
     pub nce_log_z: Option<f64>,
 }
 
-impl MemoryBank {
+impl FeatureBank {
     /// Uniform in [-s, s] with s = 1 / sqrt(dim / 3), as the reference code initialises it.
     pub fn new(n: usize, dim: usize, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
@@ -167,7 +167,7 @@ pub fn train_epoch(
     encoder: &dyn Encoder,
     opt: &mut SgdMomentum,
     set: &TrainSet,
-    bank: &mut MemoryBank,
+    bank: &mut FeatureBank,
     cfg: &NpidConfig,
     batch_size: usize,
     augment: &AugmentConfig,
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn bank_rows_move_halfway_and_stay_unit_length() {
-        let mut bank = MemoryBank {
+        let mut bank = FeatureBank {
             nce_log_z: None,
             rows: vec![1.0, 0.0, 0.0, 1.0],
             dim: 2,
@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn initial_bank_follows_the_reference_range_and_temperature_defaults() {
-        let bank = MemoryBank::new(100, 12, 3);
+        let bank = FeatureBank::new(100, 12, 3);
         let s = 1.0 / 2.0f32; // 1 / sqrt(12 / 3)
         assert!(bank.rows.iter().all(|&v| v.abs() <= s));
         assert_eq!(bank.len(), 100);

@@ -1,5 +1,7 @@
-//! Optimisers for candle `Var`s.
+//! Optimisers for candle `Var`s, and learning-rate schedules.
 
+mod schedule;
 mod sgd;
 
+pub use schedule::WarmupCosine;
 pub use sgd::{SgdMomentum, SgdParams};

@@ -36,6 +36,12 @@ pub enum DataError {
     NoImages { path: PathBuf },
     #[error("{path}: every image failed to load ({skipped} skipped)")]
     AllSkipped { path: PathBuf, skipped: usize },
+    #[error("{path}: class folder `{class}` is not among the training classes ({known})")]
+    UnknownClass {
+        path: PathBuf,
+        class: String,
+        known: String,
+    },
     #[error("{path}: neither Fashion-MNIST IDX files nor a folder of images")]
     UnknownSource { path: PathBuf },
 }

@@ -91,6 +91,59 @@ impl ImageSet {
         })
     }
 
+    /// The images `indices`, in that order, with their labels and paths.
+    pub fn select(&self, indices: &[usize]) -> ImageSet {
+        let mut pixels = Vec::with_capacity(indices.len() * self.image_len());
+        for &i in indices {
+            pixels.extend_from_slice(self.image(i));
+        }
+        ImageSet {
+            pixels,
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| indices.iter().map(|&i| l[i]).collect()),
+            paths: if self.paths.is_empty() {
+                Vec::new()
+            } else {
+                indices.iter().map(|&i| self.paths[i].clone()).collect()
+            },
+            class_names: self.class_names.clone(),
+            skipped: Vec::new(),
+            ..*self
+        }
+    }
+
+    /// A deterministic (train, validation) split of a labeled set: within each class, a
+    /// seeded shuffle puts `fraction` of its images (rounded, at least one of any class with
+    /// two or more) in validation. Unlabeled sets and `fraction <= 0` keep every image in
+    /// train. The two parts are disjoint and keep the original order.
+    pub fn split_stratified(&self, fraction: f64, seed: u64) -> (ImageSet, ImageSet) {
+        let mut val = vec![false; self.len()];
+        if let (Some(labels), true) = (self.labels.as_ref(), fraction > 0.0) {
+            let classes = labels.iter().max().map_or(0, |&m| m as usize + 1);
+            let mut members: Vec<Vec<usize>> = vec![Vec::new(); classes];
+            labels
+                .iter()
+                .enumerate()
+                .for_each(|(i, &l)| members[l as usize].push(i));
+            for (class, m) in members.iter().enumerate() {
+                if m.len() < 2 {
+                    continue;
+                }
+                let take = ((m.len() as f64 * fraction).round() as usize).clamp(1, m.len() - 1);
+                let mut rng = crate::rng::Rng::new(
+                    seed ^ (class as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+                );
+                for j in rng.sample_indices(m.len(), take) {
+                    val[m[j]] = true;
+                }
+            }
+        }
+        let (v, t): (Vec<usize>, Vec<usize>) = (0..self.len()).partition(|&i| val[i]);
+        (self.select(&t), self.select(&v))
+    }
+
     /// Pixels as `f32` in `[0, 1]`, one row per image.
     pub fn to_f32(&self) -> Vec<f32> {
         self.pixels
@@ -123,6 +176,46 @@ mod tests {
         );
         assert_eq!(set.to_f32()[11], 11.0 / 255.0);
         assert_eq!(ImageSet::default().len(), 0);
+    }
+
+    #[test]
+    fn stratified_split_is_deterministic_disjoint_and_per_class() {
+        let labels: Vec<u32> = (0..100).map(|i| (i % 4) as u32).collect();
+        let set = ImageSet {
+            pixels: (0..100u8).collect(),
+            channels: 1,
+            height: 1,
+            width: 1,
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let (train, val) = set.split_stratified(0.2, 7);
+        assert_eq!((train.len(), val.len()), (80, 20));
+        // Each image (its pixel is its index) lands in exactly one part.
+        let mut seen: Vec<u8> = train.pixels.iter().chain(&val.pixels).copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100u8).collect::<Vec<_>>());
+        let per_class = |s: &ImageSet, c: u32| {
+            s.labels
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter(|&&l| l == c)
+                .count()
+        };
+        assert!((0..4).all(|c| per_class(&val, c) == 5));
+        let (train2, val2) = set.split_stratified(0.2, 7);
+        assert_eq!(
+            (train2.pixels, val2.pixels.clone()),
+            (train.pixels, val.pixels.clone())
+        );
+        let (_, other) = set.split_stratified(0.2, 8);
+        assert_ne!(other.pixels, val.pixels, "another seed, another split");
+        let unlabeled = ImageSet {
+            labels: None,
+            ..set.clone()
+        };
+        assert_eq!(unlabeled.split_stratified(0.2, 7).1.len(), 0);
     }
 
     #[test]

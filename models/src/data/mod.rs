@@ -9,6 +9,7 @@ mod idx;
 #[cfg(feature = "image")]
 mod image_folder;
 mod image_set;
+mod scenes;
 mod source;
 
 pub use error::DataError;
@@ -22,4 +23,5 @@ pub use image_folder::{
     image_pixels, read_image, read_image_folder, ColorMode, ImageFolderOptions, ResizeMode,
 };
 pub use image_set::{ImageSet, SkippedFile};
+pub use scenes::{render_scene, render_scenes, SceneParams, SCENE_SHAPES};
 pub use source::DataSource;
