@@ -41,8 +41,10 @@ pub fn evaluate(
     seed: u64,
 ) -> Result<EvalReport, TrainError> {
     let labels = (train_labels, test_labels);
-    let knn_top1_whitened = if dim <= WHITEN_MAX_DIM {
-        let pca = PcaParams::new(dim.min(WHITEN_DIM)).fit(MatRef::new(train, dim)?)?;
+    let n = train.len() / dim.max(1);
+    // Whitening keeps fewer components than samples (a small validation run has few).
+    let knn_top1_whitened = if dim <= WHITEN_MAX_DIM && n > 2 {
+        let pca = PcaParams::new(dim.min(WHITEN_DIM).min(n - 1)).fit(MatRef::new(train, dim)?)?;
         let tr = pca.transform(MatRef::new(train, dim)?)?;
         let te = pca.transform(MatRef::new(test, dim)?)?;
         Some(normalized_knn(tr, te, pca.d_out(), labels)?.0)

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
+use host_train::cluster_head::{ClusterHead, HEAD_FILE};
 use host_train::dataset::{load_images, TrainSet};
 use host_train::export::verify::{verify, VerifyConfig};
 use host_train::export::{export as run_export, ExportConfig};
 use host_train::pretrain::load_encoder;
 use host_train::run_dir::RunDir;
+use models::manifest::Centroids;
 use models::quant::Calibrator;
 
 #[derive(Debug, Args)]
@@ -29,6 +31,11 @@ pub struct ExportArgs {
     /// k of the training-set centroids stored in the manifest (0: none).
     #[arg(long, default_value_t = 10)]
     centroids: usize,
+    /// Where the manifest's centroids come from: `head` (the run's cluster head, from
+    /// `host-train cluster-head`), `kmeans` (k-means with --centroids), or `auto` (the head
+    /// when the run has one).
+    #[arg(long, value_enum, default_value = "auto")]
+    centroids_from: CentroidSource,
     /// Run the exported files with tract and print the parity report; fail if a target is missed.
     #[arg(long)]
     verify: bool,
@@ -37,15 +44,50 @@ pub struct ExportArgs {
     verify_images: usize,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CentroidSource {
+    Auto,
+    Head,
+    Kmeans,
+}
+
+/// The cluster head's centroids, if they are to be used.
+fn head_centroids(run: &RunDir, from: CentroidSource) -> Result<Option<Centroids>> {
+    let head = match from {
+        CentroidSource::Kmeans => return Ok(None),
+        _ => ClusterHead::load(run)?,
+    };
+    match (head, from) {
+        (None, CentroidSource::Head) => bail!(
+            "{} has no {HEAD_FILE}: run `host-train cluster-head --checkpoint {}` first",
+            run.path("").display(),
+            run.path("").display()
+        ),
+        (None, _) => Ok(None),
+        (Some(h), _) => Ok(Some(Centroids {
+            k: h.config.clusters as u32,
+            dim: h.dim as u32,
+            values: h.centroids,
+        })),
+    }
+}
+
 pub fn export(args: &ExportArgs) -> Result<()> {
     let run = RunDir::open(&args.checkpoint)?;
     let (cfg, encoder) = load_encoder(&run, &Device::Cpu)?;
+    let head_centroids = head_centroids(&run, args.centroids_from)?;
+    match &head_centroids {
+        Some(c) => println!("centroids: the cluster head's {} clusters", c.k),
+        None if args.centroids > 0 => println!("centroids: k-means, k = {}", args.centroids),
+        None => {}
+    }
     let (train, test) = load_images(&cfg.data)?;
     let train = TrainSet::new(train, cfg.normalization.clone())?;
     let ecfg = ExportConfig {
         calibration_images: args.calibration_images,
         calibrator: args.calibrator,
         centroids_k: args.centroids,
+        head_centroids,
         seed: cfg.seed,
     };
     let source = args.checkpoint.display().to_string();

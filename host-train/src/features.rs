@@ -1,4 +1,5 @@
-//! The feature pass: outputs of the encoder for a whole data set, without augmentation.
+//! The feature pass: outputs of the encoder for a whole data set, without augmentation (or
+//! with it, for the views a cluster head trains on).
 
 use candle_core::Device;
 
@@ -38,6 +39,26 @@ pub fn extract(
     extract_layer(encoder, Layer::Embedding, set, batch, device, what)
 }
 
+/// Embeddings of an augmented view of every image of `set` (seeded), in eval mode.
+pub fn extract_view(
+    encoder: &dyn Encoder,
+    set: &TrainSet,
+    augment: &AugmentConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<f32>, TrainError> {
+    pass(
+        encoder,
+        Layer::Embedding,
+        set,
+        augment,
+        seed,
+        512,
+        device,
+        "view",
+    )
+}
+
 /// Outputs of `layer` for every image of `set`, row by row, in eval mode.
 pub fn extract_layer(
     encoder: &dyn Encoder,
@@ -47,12 +68,34 @@ pub fn extract_layer(
     device: &Device,
     what: &str,
 ) -> Result<Vec<f32>, TrainError> {
+    pass(
+        encoder,
+        layer,
+        set,
+        &AugmentConfig::none(),
+        0,
+        batch,
+        device,
+        what,
+    )
+}
+
+fn pass(
+    encoder: &dyn Encoder,
+    layer: Layer,
+    set: &TrainSet,
+    augment: &AugmentConfig,
+    seed: u64,
+    batch: usize,
+    device: &Device,
+    what: &str,
+) -> Result<Vec<f32>, TrainError> {
     let n = set.len();
     let mut out = Vec::with_capacity(n * layer.dim(encoder));
     let bar = Progress::new(n as u64, what);
     let idx: Vec<usize> = (0..n).collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let x = set.batch(chunk, &AugmentConfig::none(), 0, device)?;
+    for (bi, chunk) in idx.chunks(batch.max(1)).enumerate() {
+        let x = set.batch(chunk, augment, seed ^ ((bi as u64) << 24), device)?;
         let e = match layer {
             Layer::Embedding => encoder.embed(&x, false)?,
             Layer::Backbone => encoder.features(&x, false)?,

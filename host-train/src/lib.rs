@@ -4,10 +4,12 @@
 //!   gradients.
 //! - [`optim`]: SGD with momentum and weight decay, as PyTorch defines it.
 //! - [`encoders`]: the networks, one file each, each with a `Config`.
-//! - [`methods`]: DeepCluster (NPID and Local Aggregation are still to come).
+//! - [`methods`]: DeepCluster, NPID, Local Aggregation and SwAV.
+//! - [`cluster_head`]: a SCAN-style cluster head trained on a pretrained encoder.
 //! - [`pretrain`]: the loop with run directory, checkpoints, resume and evaluation.
 
 pub mod augment;
+pub mod cluster_head;
 #[cfg(feature = "cuda")]
 mod cuda_kernels;
 pub mod dataset;

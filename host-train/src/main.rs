@@ -2,11 +2,13 @@
 //!
 //! - `baseline`: PCA-whitened pixels + k-means, the floor every learned encoder must beat.
 //! - `pretrain`: learn an encoder without labels (DeepCluster, NPID, Local Aggregation, SwAV).
+//! - `cluster-head`: a SCAN-style cluster head on a run's encoder.
 //! - `eval`: score a run's encoder with weighted kNN and k-means against labels.
 //! - `make-scenes`: a labeled folder of generated RGB scenes for testing.
 //! - `export`: fold BatchNorm, write ONNX fp32 + int8 and the manifest; `--verify` checks parity.
 
 mod baseline;
+mod cluster_head_cmd;
 mod export_cmd;
 mod pretrain_cmd;
 mod scenes_cmd;
@@ -33,6 +35,9 @@ enum Command {
     Pretrain(pretrain_cmd::PretrainArgs),
     /// Evaluate the encoder of a run directory.
     Eval(pretrain_cmd::EvalArgs),
+    /// Train a SCAN-style cluster head on a run's encoder (saved in the run; export sends
+    /// its clusters to the board as centroids).
+    ClusterHead(cluster_head_cmd::ClusterHeadArgs),
     /// Export a run's encoder for the board: ONNX fp32 and QDQ int8, and a manifest.
     Export(export_cmd::ExportArgs),
     /// Redraw a run's plots/metrics.png from its metrics.jsonl.
@@ -65,6 +70,7 @@ fn main() -> Result<()> {
         Command::Baseline(args) => baseline::run(&args),
         Command::Pretrain(args) => pretrain_cmd::pretrain(&args),
         Command::Eval(args) => pretrain_cmd::eval(&args),
+        Command::ClusterHead(args) => cluster_head_cmd::cluster_head(&args),
         Command::Export(args) => export_cmd::export(&args),
         Command::Plot(args) => pretrain_cmd::plot(&args),
         Command::MakeScenes(args) => scenes_cmd::make_scenes(&args),

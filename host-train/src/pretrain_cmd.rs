@@ -168,7 +168,7 @@ pub struct EvalArgs {
     layer: Layer,
 }
 
-fn device(spec: &str) -> Result<Device> {
+pub fn device(spec: &str) -> Result<Device> {
     if spec == "cpu" {
         return Ok(Device::Cpu);
     }

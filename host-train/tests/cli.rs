@@ -63,7 +63,8 @@ fn baseline_clusters_a_labeled_image_folder() {
             .arg(&json),
     );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(report["n"], 90);
+    // A fifth of each class is held out for the kNN queries.
+    assert_eq!(report["n"], 72);
     assert_eq!(report["k"], 3, "k defaults to the number of class folders");
     let nmi = report["nmi"].as_f64().unwrap();
     assert!(
@@ -98,7 +99,7 @@ fn corrupt_images_are_named_or_skipped() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("30 images") && stdout.contains("1 skipped"),
+        stdout.contains("24 images") && stdout.contains("1 skipped"),
         "{stdout}"
     );
 }
@@ -165,4 +166,171 @@ fn pretrain_flags_reach_the_run_config() {
     assert_eq!(set["la"]["background_k"], 7);
     assert_eq!(set["la"]["warmup_epochs"], 2);
     assert_eq!(set["eval_every"], 3);
+}
+
+/// The README's quick start on a generated RGB folder: make-scenes, pretrain (SwAV, with the
+/// labeled folder split for validation), eval, cluster-head, export with the head's centroids.
+#[test]
+fn quick_start_on_a_generated_scene_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run, model) = (
+        dir.path().join("scenes"),
+        dir.path().join("run"),
+        dir.path().join("model"),
+    );
+    run_ok(
+        host_train()
+            .args([
+                "make-scenes",
+                "--per-class",
+                "8",
+                "--classes",
+                "3",
+                "--size",
+                "16",
+                "--out",
+            ])
+            .arg(&data),
+    );
+    let out = run_ok(
+        host_train()
+            .args([
+                "--threads",
+                "2",
+                "pretrain",
+                "--method",
+                "swav",
+                "--rgb",
+                "--size",
+                "16",
+                "--arch",
+                "small-cnn",
+                "--embed-dim",
+                "16",
+                "--k",
+                "6",
+                "--batch-size",
+                "12",
+                "--epochs",
+                "2",
+                "--val-fraction",
+                "0.25",
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("18 images") && stdout.contains("after 2 epochs: kNN"),
+        "{stdout}"
+    );
+    let out = run_ok(host_train().args(["eval", "--checkpoint"]).arg(&run));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NMI"));
+    let out = run_ok(
+        host_train()
+            .args([
+                "cluster-head",
+                "--k",
+                "3",
+                "--neighbours",
+                "3",
+                "--epochs",
+                "3",
+                "--heads",
+                "1",
+                "--checkpoint",
+            ])
+            .arg(&run),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("validation: 6 images") && stdout.contains("head: NMI"),
+        "{stdout}"
+    );
+    run_ok(
+        host_train()
+            .args(["export", "--calibration-images", "8", "--checkpoint"])
+            .arg(&run)
+            .arg("--out")
+            .arg(&model),
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
+    let head: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("cluster_head.json")).unwrap()).unwrap();
+    assert_eq!(manifest["centroids"]["k"], 3);
+    assert_eq!(manifest["centroids"]["values"], head["centroids"]);
+}
+
+/// Runs `args` and returns its stderr, asserting that it failed without a panic.
+fn run_err(args: &[&str], paths: &[&Path]) -> String {
+    let mut cmd = host_train();
+    cmd.args(args);
+    for p in paths {
+        cmd.arg(p);
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn bad_values_of_the_new_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data, 4);
+    let err = run_err(&["baseline", "--val-fraction", "1.5", "--data"], &[&data]);
+    assert!(
+        err.contains("--val-fraction must be at least 0 and below 1"),
+        "{err}"
+    );
+    let val = dir.path().join("val");
+    std::fs::create_dir_all(val.join("nowhere")).unwrap();
+    std::fs::copy(data.join("top/000.png"), val.join("nowhere/a.png")).unwrap();
+    let err = run_err(&["baseline", "--data"], &[&data, Path::new("--val"), &val]);
+    assert!(
+        err.contains("class folder `nowhere`") && err.contains("blob"),
+        "{err}"
+    );
+    let err = run_err(
+        &["make-scenes", "--classes", "9", "--out"],
+        &[&dir.path().join("s")],
+    );
+    assert!(err.contains("--classes must be 2-8"), "{err}");
+    let err = run_err(&["make-scenes", "--out"], &[&data]);
+    assert!(err.contains("already exists"), "{err}");
+    let run = dir.path().join("run");
+    run_ok(
+        host_train()
+            .args(["pretrain", "--size", "28", "--epochs", "1", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run),
+    );
+    let err = run_err(&["cluster-head", "--k", "100", "--checkpoint"], &[&run]);
+    assert!(
+        err.contains("--k must be between 2 and half the images"),
+        "{err}"
+    );
+    let err = run_err(
+        &["export", "--centroids-from", "head", "--checkpoint"],
+        &[&run, Path::new("--out"), &dir.path().join("m")],
+    );
+    assert!(err.contains("has no cluster_head.json"), "{err}");
+    let err = run_err(
+        &[
+            "pretrain",
+            "--method",
+            "swav",
+            "--augment",
+            "wild",
+            "--data",
+        ],
+        &[&data],
+    );
+    assert!(err.contains("wild"), "{err}");
 }

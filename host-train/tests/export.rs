@@ -84,6 +84,7 @@ fn fashion_mnist_slice(n: usize) -> (RunConfig, TrainSet, TrainSet) {
         deepcluster: Default::default(),
         npid: Default::default(),
         la: Default::default(),
+        swav: Default::default(),
         eval_every: 1,
     };
     (

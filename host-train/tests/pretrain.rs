@@ -49,6 +49,7 @@ fn config_for(method: Method, epochs: usize) -> (RunConfig, TrainSet, TrainSet) 
         },
         npid: Default::default(),
         la: Default::default(),
+        swav: Default::default(),
         eval_every: 1,
     };
     (

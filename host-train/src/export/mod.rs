@@ -46,6 +46,9 @@ pub struct ExportConfig {
     pub calibrator: Calibrator,
     /// k of the k-means centroids stored in the manifest (0: none).
     pub centroids_k: usize,
+    /// Centroids fixed by a cluster head (`host-train cluster-head`); when set they are
+    /// stored instead of k-means centroids.
+    pub head_centroids: Option<Centroids>,
     pub seed: u64,
 }
 
@@ -55,6 +58,7 @@ impl Default for ExportConfig {
             calibration_images: 512,
             calibrator: Calibrator::default(),
             centroids_k: 10,
+            head_centroids: None,
             seed: 0,
         }
     }
@@ -90,9 +94,10 @@ pub fn export(
     let quant = quantize::quantize_graph(&graph, &amax);
     let int8 = onnx::write_onnx(&graph, Some(&quant), &doc);
 
-    let centroids = match cfg.centroids_k {
-        0 => None,
-        k => Some(train_centroids(encoder, train, k, cfg.seed)?),
+    let centroids = match (&cfg.head_centroids, cfg.centroids_k) {
+        (Some(head), _) => Some(head.clone()),
+        (None, 0) => None,
+        (None, k) => Some(train_centroids(encoder, train, k, cfg.seed)?),
     };
     let arch = serde_json::to_value(run.arch)
         .ok()

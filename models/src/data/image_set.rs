@@ -141,7 +141,12 @@ impl ImageSet {
             }
         }
         let (v, t): (Vec<usize>, Vec<usize>) = (0..self.len()).partition(|&i| val[i]);
-        (self.select(&t), self.select(&v))
+        // The files skipped while reading stay reported, with the training part.
+        let train = ImageSet {
+            skipped: self.skipped.clone(),
+            ..self.select(&t)
+        };
+        (train, self.select(&v))
     }
 
     /// Pixels as `f32` in `[0, 1]`, one row per image.

@@ -73,61 +73,19 @@ impl WeightedKnn {
         let k = self.0.k.min(n_ref);
         let inv_t = 1.0 / self.0.temperature;
         let n_classes = *reference_labels.iter().max().expect("non-empty") as usize + 1;
-        // Cosine similarity is the dot product of unit vectors.
-        let mut r = reference.as_slice().to_vec();
-        l2_normalize_rows(&mut r, d);
-        let mut q = queries.as_slice().to_vec();
-        l2_normalize_rows(&mut q, d);
-
-        let mut out = vec![0u32; queries.rows()];
-        out.par_chunks_mut(QUERY_BLOCK)
-            .enumerate()
-            .for_each(|(bi, out_block)| {
-                let rows = out_block.len();
-                let qb = &q[bi * QUERY_BLOCK * d..(bi * QUERY_BLOCK + rows) * d];
-                let mut sims = vec![0f32; rows * REF_CHUNK];
-                // Per query: candidates above the running threshold, pruned to the top k
-                // whenever the buffer doubles.
-                let mut cand: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(2 * k); rows];
-                let mut floor = vec![f32::NEG_INFINITY; rows];
-                for c0 in (0..n_ref).step_by(REF_CHUNK) {
-                    let cn = REF_CHUNK.min(n_ref - c0);
-                    matmul(
-                        &mut sims[..rows * cn],
-                        Operand::new(qb, rows, d),
-                        Operand::new(&r[c0 * d..(c0 + cn) * d], cn, d).t(),
-                        1.0,
-                        gemm::Parallelism::None,
-                    );
-                    for qi in 0..rows {
-                        for (j, &s) in sims[qi * cn..(qi + 1) * cn].iter().enumerate() {
-                            if s > floor[qi] {
-                                cand[qi].push((s, reference_labels[c0 + j]));
-                                if cand[qi].len() == 2 * k {
-                                    keep_top(&mut cand[qi], k);
-                                    floor[qi] = cand[qi][k - 1].0;
-                                }
-                            }
-                        }
-                    }
+        let top = top_k_cosine(reference, queries, k);
+        let mut votes = vec![0f64; n_classes];
+        Ok(top
+            .iter()
+            .map(|cand| {
+                votes.fill(0.0);
+                for &(s, j) in cand {
+                    votes[reference_labels[j as usize] as usize] += ((s * inv_t) as f64).exp();
                 }
-                let mut votes = vec![0f64; n_classes];
-                for (qi, o) in out_block.iter_mut().enumerate() {
-                    keep_top(&mut cand[qi], k);
-                    votes.fill(0.0);
-                    for &(s, l) in &cand[qi] {
-                        votes[l as usize] += ((s * inv_t) as f64).exp();
-                    }
-                    let mut best = 0;
-                    for c in 1..n_classes {
-                        if votes[c] > votes[best] {
-                            best = c;
-                        }
-                    }
-                    *o = best as u32;
-                }
-            });
-        Ok(out)
+                (1..n_classes).fold(0, |best, c| if votes[c] > votes[best] { c } else { best })
+                    as u32
+            })
+            .collect())
     }
 
     /// Top-1 accuracy of [`Self::predict`] against the queries' labels.
@@ -155,6 +113,78 @@ impl WeightedKnn {
             .count();
         Ok(hits as f64 / query_labels.len() as f64)
     }
+}
+
+/// The `k` nearest rows of `reference` (by cosine similarity) of each row of `data`, itself
+/// left out: `data.rows() x k` indices, nearest first. Used to mine neighbours (SCAN).
+pub fn nearest_neighbours(data: MatRef<'_>, k: usize) -> Result<Vec<u32>, MetricsError> {
+    let n = data.rows();
+    if n < 2 || k == 0 {
+        return Err(MetricsError::Empty);
+    }
+    let k = k.min(n - 1);
+    let top = top_k_cosine(data, data, k + 1);
+    Ok(top
+        .iter()
+        .enumerate()
+        .flat_map(|(i, cand)| {
+            // Itself is normally first; with duplicates it may be elsewhere, or cut off.
+            let mut others: Vec<u32> = cand
+                .iter()
+                .map(|&(_, j)| j)
+                .filter(|&j| j as usize != i)
+                .collect();
+            others.truncate(k);
+            others
+        })
+        .collect())
+}
+
+/// For each query, the `k` most cosine-similar reference rows as (similarity, index),
+/// most similar first. Queries go in blocks against reference chunks, so the whole
+/// similarity matrix is never held.
+fn top_k_cosine(reference: MatRef<'_>, queries: MatRef<'_>, k: usize) -> Vec<Vec<(f32, u32)>> {
+    let (n_ref, d) = (reference.rows(), reference.cols());
+    // Cosine similarity is the dot product of unit vectors.
+    let mut r = reference.as_slice().to_vec();
+    l2_normalize_rows(&mut r, d);
+    let mut q = queries.as_slice().to_vec();
+    l2_normalize_rows(&mut q, d);
+    let mut out: Vec<Vec<(f32, u32)>> = vec![Vec::new(); queries.rows()];
+    out.par_chunks_mut(QUERY_BLOCK)
+        .enumerate()
+        .for_each(|(bi, out_block)| {
+            let rows = out_block.len();
+            let qb = &q[bi * QUERY_BLOCK * d..(bi * QUERY_BLOCK + rows) * d];
+            let mut sims = vec![0f32; rows * REF_CHUNK];
+            // Per query: candidates above the running threshold, pruned to the top k
+            // whenever the buffer doubles.
+            let mut floor = vec![f32::NEG_INFINITY; rows];
+            out_block.iter_mut().for_each(|c| c.reserve(2 * k));
+            for c0 in (0..n_ref).step_by(REF_CHUNK) {
+                let cn = REF_CHUNK.min(n_ref - c0);
+                matmul(
+                    &mut sims[..rows * cn],
+                    Operand::new(qb, rows, d),
+                    Operand::new(&r[c0 * d..(c0 + cn) * d], cn, d).t(),
+                    1.0,
+                    gemm::Parallelism::None,
+                );
+                for (qi, cand) in out_block.iter_mut().enumerate() {
+                    for (j, &s) in sims[qi * cn..(qi + 1) * cn].iter().enumerate() {
+                        if s > floor[qi] {
+                            cand.push((s, (c0 + j) as u32));
+                            if cand.len() == 2 * k {
+                                keep_top(cand, k);
+                                floor[qi] = cand[k - 1].0;
+                            }
+                        }
+                    }
+                }
+            }
+            out_block.iter_mut().for_each(|c| keep_top(c, k));
+        });
+    out
 }
 
 /// Keeps the k largest similarities, sorted in decreasing order.
@@ -221,6 +251,28 @@ mod tests {
                 .unwrap();
             assert_eq!(got, brute(&r, &rl, &q, d, k, 0.07), "k = {k}");
         }
+    }
+
+    #[test]
+    fn nearest_neighbours_leave_out_the_point_itself() {
+        // Points on a line of angles: each one's nearest are its angular neighbours.
+        let x: Vec<f32> = (0..20)
+            .flat_map(|i| {
+                let a = i as f32 * 0.1;
+                [a.cos(), a.sin()]
+            })
+            .collect();
+        let nn = nearest_neighbours(MatRef::new(&x, 2).unwrap(), 2).unwrap();
+        assert_eq!(nn.len(), 40);
+        let mut five = nn[10..12].to_vec();
+        five.sort_unstable();
+        assert_eq!(five, vec![4, 6]);
+        assert_eq!(nn[0], 1);
+        assert!(nn
+            .chunks(2)
+            .enumerate()
+            .all(|(i, c)| !c.contains(&(i as u32))));
+        assert!(nearest_neighbours(MatRef::new(&x[..2], 2).unwrap(), 1).is_err());
     }
 
     #[test]

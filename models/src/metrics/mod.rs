@@ -14,7 +14,7 @@ mod knn;
 #[cfg(feature = "std")]
 pub use hungarian::{clustering_accuracy, max_weight_assignment, min_cost_assignment};
 #[cfg(feature = "std")]
-pub use knn::{WeightedKnn, WeightedKnnParams};
+pub use knn::{nearest_neighbours, WeightedKnn, WeightedKnnParams};
 
 use thiserror::Error;
 

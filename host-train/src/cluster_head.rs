@@ -1,0 +1,456 @@
+//! A SCAN-style cluster head (Van Gansbeke et al. 2020) on a pretrained encoder.
+//!
+//! k-means on an embedding finds the directions of largest variance, which can still be
+//! colour or background when the embedding also carries the object. SCAN instead trusts the
+//! embedding's nearest neighbours: mine the `neighbours` nearest images of each image, then
+//! train a head that maps an image and its neighbours to the same cluster,
+//! loss = - mean log <p(a), p(n)> - w H(mean p), where the entropy H of the mean
+//! prediction keeps every cluster in use.
+//!
+//! The encoder stays frozen (the head trains in seconds on the CPU): the head sees the
+//! embeddings of several strongly augmented views of each image, computed once, so it still
+//! learns to give every view of an image one cluster. Several heads train from different
+//! seeds and the one with the lowest loss is kept, without labels. The board receives the
+//! head's clusters as centroids: the mean unit embedding of each cluster.
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarMap};
+use models::linalg::l2_normalize_rows;
+use models::metrics::nearest_neighbours;
+use models::rng::Rng;
+use models::MatRef;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::AugmentConfig;
+use crate::dataset::TrainSet;
+use crate::encoders::Encoder;
+use crate::features::{extract, extract_view};
+use crate::run_dir::RunDir;
+use crate::seeded_init::seeded_var_builder;
+use crate::TrainError;
+
+/// Where a run directory keeps its head.
+pub const HEAD_FILE: &str = "cluster_head.json";
+
+/// The head's hyper-parameters; defaults from SCAN's code where they apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterHeadConfig {
+    pub clusters: usize,
+    /// Nearest neighbours mined per image.
+    pub neighbours: usize,
+    /// Weight w of the entropy term.
+    pub entropy_weight: f64,
+    /// Heads trained from different seeds; the lowest final loss is kept.
+    pub heads: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+}
+
+impl Default for ClusterHeadConfig {
+    fn default() -> Self {
+        Self {
+            clusters: 10,
+            neighbours: 20,
+            entropy_weight: 5.0,
+            heads: 5,
+            epochs: 30,
+            batch_size: 256,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+impl ClusterHeadConfig {
+    pub fn check(&self, n: usize) -> Result<(), TrainError> {
+        let bad = |what: String| Err(TrainError::Config(format!("cluster head: {what}")));
+        if self.clusters < 2 || self.clusters > n / 2 {
+            return bad(format!(
+                "--k must be between 2 and half the images ({}), got {}",
+                n / 2,
+                self.clusters
+            ));
+        }
+        if self.neighbours == 0 || self.neighbours >= n {
+            return bad(format!(
+                "--neighbours must be between 1 and {}, got {}",
+                n - 1,
+                self.neighbours
+            ));
+        }
+        if self.heads == 0 || self.epochs == 0 || self.batch_size < 2 {
+            return bad("needs at least one head, one epoch and batches of two".into());
+        }
+        if !(self.entropy_weight >= 0.0 && self.lr > 0.0) {
+            return bad("the entropy weight must be at least 0 and the rate positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The SCAN loss of anchor and neighbour logits (b, k): (total, consistency, entropy).
+pub fn scan_loss(
+    anchor_logits: &Tensor,
+    neighbour_logits: &Tensor,
+    entropy_weight: f64,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let pa = candle_nn::ops::softmax(anchor_logits, D::Minus1)?;
+    let pn = candle_nn::ops::softmax(neighbour_logits, D::Minus1)?;
+    let agreement = (&pa * &pn)?.sum(D::Minus1)?;
+    let consistency = agreement.clamp(1e-7, 1.0)?.log()?.mean_all()?.neg()?;
+    let mean = pa.mean(0)?;
+    let entropy = (&mean * mean.clamp(1e-8, 1.0)?.log()?)?.sum_all()?.neg()?;
+    let total = (&consistency - (&entropy * entropy_weight)?)?;
+    Ok((total, consistency, entropy))
+}
+
+/// A trained head: logits = x W^T + b on unit embeddings, and its clusters' centroids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterHead {
+    pub config: ClusterHeadConfig,
+    pub dim: usize,
+    /// (clusters, dim), row-major.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// The mean unit embedding of each cluster, normalised: what the board assigns by.
+    pub centroids: Vec<f32>,
+    /// The kept head's final loss, consistency and entropy.
+    pub loss: f64,
+    pub consistency: f64,
+    pub entropy: f64,
+}
+
+impl ClusterHead {
+    /// The cluster of each row of `embeddings` (normalised here).
+    pub fn assign(&self, embeddings: &[f32]) -> Vec<u32> {
+        let mut x = embeddings.to_vec();
+        l2_normalize_rows(&mut x, self.dim);
+        x.chunks_exact(self.dim)
+            .map(|row| {
+                let logit = |c: usize| -> f32 {
+                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
+                    w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() + self.bias[c]
+                };
+                (0..self.config.clusters)
+                    .map(|c| (c, logit(c)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(0, |(c, _)| c as u32)
+            })
+            .collect()
+    }
+
+    /// The nearest centroid (cosine) of each row: the board's assignment.
+    pub fn nearest_centroid(&self, embeddings: &[f32]) -> Vec<u32> {
+        let mut x = embeddings.to_vec();
+        l2_normalize_rows(&mut x, self.dim);
+        x.chunks_exact(self.dim)
+            .map(|row| {
+                self.centroids
+                    .chunks_exact(self.dim)
+                    .enumerate()
+                    .map(|(c, m)| (c, m.iter().zip(row).map(|(a, b)| a * b).sum::<f32>()))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(0, |(c, _)| c as u32)
+            })
+            .collect()
+    }
+}
+
+/// Embeds `train` once clean and `views` times through `augment`, then trains the head.
+/// Also hands back the clean embeddings.
+pub fn fit_cluster_head(
+    encoder: &dyn Encoder,
+    train: &TrainSet,
+    augment: &AugmentConfig,
+    views: usize,
+    cfg: &ClusterHeadConfig,
+    device: &Device,
+) -> Result<(ClusterHead, Vec<f32>), TrainError> {
+    let clean = extract(encoder, train, 512, device, "embeddings")?;
+    let views = (0..views.max(1))
+        .map(|v| {
+            extract_view(
+                encoder,
+                train,
+                augment,
+                cfg.seed ^ (0x5CA7 + v as u64),
+                device,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let head = train_cluster_head(&clean, &views, encoder.embed_dim(), cfg)?;
+    Ok((head, clean))
+}
+
+impl ClusterHead {
+    pub fn save(&self, run: &RunDir) -> Result<(), TrainError> {
+        run.write_json(HEAD_FILE, self)
+    }
+
+    /// The run's head, if `host-train cluster-head` trained one.
+    pub fn load(run: &RunDir) -> Result<Option<Self>, TrainError> {
+        if !run.path(HEAD_FILE).exists() {
+            return Ok(None);
+        }
+        run.read_json(HEAD_FILE).map(Some)
+    }
+}
+
+/// Trains heads on `views`: `views.len()` augmented embeddings of each of n images (each
+/// `n * dim`), with neighbours mined on `clean` (the un-augmented embeddings, `n * dim`).
+pub fn train_cluster_head(
+    clean: &[f32],
+    views: &[Vec<f32>],
+    dim: usize,
+    cfg: &ClusterHeadConfig,
+) -> Result<ClusterHead, TrainError> {
+    let n = clean.len() / dim;
+    cfg.check(n)?;
+    if views.is_empty() || views.iter().any(|v| v.len() != clean.len()) {
+        return Err(TrainError::Config(
+            "cluster head: every view needs one embedding per image".into(),
+        ));
+    }
+    let neighbours = nearest_neighbours(MatRef::new(clean, dim)?, cfg.neighbours)?;
+    let views: Vec<Vec<f32>> = views
+        .iter()
+        .map(|v| {
+            let mut v = v.clone();
+            l2_normalize_rows(&mut v, dim);
+            v
+        })
+        .collect();
+    let mut best: Option<ClusterHead> = None;
+    for h in 0..cfg.heads {
+        let head = train_one_head(&views, &neighbours, dim, cfg, cfg.seed ^ (h as u64 + 1))?;
+        tracing::info!(
+            head = h,
+            loss = head.loss,
+            consistency = head.consistency,
+            entropy = head.entropy,
+            "cluster head"
+        );
+        if best.as_ref().is_none_or(|b| head.loss < b.loss) {
+            best = Some(head);
+        }
+    }
+    let mut head = best.expect("at least one head");
+    head.centroids = centroids(clean, &head.assign(clean), dim, cfg.clusters);
+    Ok(head)
+}
+
+fn train_one_head(
+    views: &[Vec<f32>],
+    neighbours: &[u32],
+    dim: usize,
+    cfg: &ClusterHeadConfig,
+    seed: u64,
+) -> Result<ClusterHead, TrainError> {
+    let dev = Device::Cpu;
+    let n = views[0].len() / dim;
+    let vm = VarMap::new();
+    let vb = seeded_var_builder(&vm, seed, DType::F32, &dev);
+    let linear = candle_nn::linear(dim, cfg.clusters, vb.pp("head"))?;
+    let mut opt = AdamW::new(
+        vm.all_vars(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = Rng::new(seed);
+    let k_nb = neighbours.len() / n;
+    let mut last = (0.0, 0.0, 0.0);
+    for _ in 0..cfg.epochs {
+        let order = rng.sample_indices(n, n);
+        let mut sums = (0.0, 0.0, 0.0, 0usize);
+        for idx in order.chunks(cfg.batch_size).filter(|c| c.len() >= 2) {
+            let mut anchors = Vec::with_capacity(idx.len() * dim);
+            let mut others = Vec::with_capacity(idx.len() * dim);
+            for &i in idx {
+                let j = neighbours[i * k_nb + rng.below(k_nb)] as usize;
+                let (va, vn) = (
+                    &views[rng.below(views.len())],
+                    &views[rng.below(views.len())],
+                );
+                anchors.extend_from_slice(&va[i * dim..(i + 1) * dim]);
+                others.extend_from_slice(&vn[j * dim..(j + 1) * dim]);
+            }
+            let a = Tensor::from_vec(anchors, (idx.len(), dim), &dev)?;
+            let o = Tensor::from_vec(others, (idx.len(), dim), &dev)?;
+            let (total, cons, ent) = scan_loss(
+                &linear.forward(&a)?,
+                &linear.forward(&o)?,
+                cfg.entropy_weight,
+            )?;
+            opt.backward_step(&total)?;
+            sums.0 += total.to_scalar::<f32>()? as f64;
+            sums.1 += cons.to_scalar::<f32>()? as f64;
+            sums.2 += ent.to_scalar::<f32>()? as f64;
+            sums.3 += 1;
+        }
+        let b = sums.3.max(1) as f64;
+        last = (sums.0 / b, sums.1 / b, sums.2 / b);
+    }
+    Ok(ClusterHead {
+        config: cfg.clone(),
+        dim,
+        weight: linear.weight().flatten_all()?.to_vec1()?,
+        bias: linear
+            .bias()
+            .map(|b| b.to_vec1())
+            .transpose()?
+            .unwrap_or_else(|| vec![0.0; cfg.clusters]),
+        centroids: Vec::new(),
+        loss: last.0,
+        consistency: last.1,
+        entropy: last.2,
+    })
+}
+
+/// The normalised mean unit embedding of each cluster (a zero row for an empty one).
+fn centroids(emb: &[f32], labels: &[u32], dim: usize, k: usize) -> Vec<f32> {
+    let mut x = emb.to_vec();
+    l2_normalize_rows(&mut x, dim);
+    let mut sums = vec![0f32; k * dim];
+    for (row, &l) in x.chunks_exact(dim).zip(labels) {
+        sums[l as usize * dim..(l as usize + 1) * dim]
+            .iter_mut()
+            .zip(row)
+            .for_each(|(s, v)| *s += v);
+    }
+    l2_normalize_rows(&mut sums, dim);
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn by_hand(a: &[Vec<f64>], n: &[Vec<f64>], w: f64) -> f64 {
+        let softmax = |r: &Vec<f64>| -> Vec<f64> {
+            let m = r.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = r.iter().map(|x| (x - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|x| x / s).collect()
+        };
+        let pa: Vec<Vec<f64>> = a.iter().map(softmax).collect();
+        let pn: Vec<Vec<f64>> = n.iter().map(softmax).collect();
+        let b = a.len() as f64;
+        let cons = -pa
+            .iter()
+            .zip(&pn)
+            .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>().ln())
+            .sum::<f64>()
+            / b;
+        let k = a[0].len();
+        let mean: Vec<f64> = (0..k)
+            .map(|c| pa.iter().map(|p| p[c]).sum::<f64>() / b)
+            .collect();
+        let ent = -mean.iter().map(|m| m * m.ln()).sum::<f64>();
+        cons - w * ent
+    }
+
+    #[test]
+    fn scan_loss_matches_the_formula_and_its_gradient_finite_differences() {
+        let mut rng = Rng::new(4);
+        let mut rows = |r: usize| -> Vec<Vec<f64>> {
+            (0..r)
+                .map(|_| (0..3).map(|_| 2.0 * rng.next_f64() - 1.0).collect())
+                .collect()
+        };
+        let (a, n) = (rows(4), rows(4));
+        let w = 2.0;
+        let t = |m: &[Vec<f64>]| {
+            let flat: Vec<f32> = m.iter().flatten().map(|&v| v as f32).collect();
+            Var::from_tensor(&Tensor::from_vec(flat, (m.len(), 3), &Device::Cpu).unwrap()).unwrap()
+        };
+        let (va, vn) = (t(&a), t(&n));
+        let (total, _, _) = scan_loss(va.as_tensor(), vn.as_tensor(), w).unwrap();
+        let got = total.to_scalar::<f32>().unwrap() as f64;
+        assert!((got - by_hand(&a, &n, w)).abs() < 1e-5, "{got}");
+        let grads = total.backward().unwrap();
+        let ga: Vec<Vec<f32>> = grads.get(va.as_tensor()).unwrap().to_vec2().unwrap();
+        let gn: Vec<Vec<f32>> = grads.get(vn.as_tensor()).unwrap().to_vec2().unwrap();
+        let h = 1e-5;
+        for (i, j) in [(0, 0), (1, 2), (3, 1)] {
+            let (mut up, mut down) = (a.clone(), a.clone());
+            up[i][j] += h;
+            down[i][j] -= h;
+            let fd = (by_hand(&up, &n, w) - by_hand(&down, &n, w)) / (2.0 * h);
+            assert!(
+                (ga[i][j] as f64 - fd).abs() < 1e-4,
+                "da[{i}][{j}] {} vs {fd}",
+                ga[i][j]
+            );
+            let (mut up, mut down) = (n.clone(), n.clone());
+            up[i][j] += h;
+            down[i][j] -= h;
+            let fd = (by_hand(&a, &up, w) - by_hand(&a, &down, w)) / (2.0 * h);
+            assert!(
+                (gn[i][j] as f64 - fd).abs() < 1e-4,
+                "dn[{i}][{j}] {} vs {fd}",
+                gn[i][j]
+            );
+        }
+    }
+
+    /// Three groups whose first coordinate is a loud nuisance shared across groups.
+    fn groups(n: usize, rng: &mut Rng) -> (Vec<f32>, Vec<u32>) {
+        let mut x = Vec::with_capacity(n * 4);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let g = i % 3;
+            let mut row = [0f32; 4];
+            row[0] = 3.0 * (rng.next_f64() as f32 - 0.5);
+            row[g + 1] = 1.0;
+            for v in row.iter_mut().skip(1) {
+                *v += 0.15 * (rng.next_f64() as f32 - 0.5);
+            }
+            x.extend_from_slice(&row);
+            labels.push(g as u32);
+        }
+        (x, labels)
+    }
+
+    #[test]
+    fn the_head_finds_groups_and_its_centroids_reproduce_them() {
+        let mut rng = Rng::new(9);
+        let (clean, labels) = groups(300, &mut rng);
+        let views: Vec<Vec<f32>> = (0..2)
+            .map(|_| {
+                clean
+                    .iter()
+                    .map(|v| v + 0.05 * (rng.next_f64() as f32 - 0.5))
+                    .collect()
+            })
+            .collect();
+        let cfg = ClusterHeadConfig {
+            clusters: 3,
+            neighbours: 5,
+            heads: 2,
+            epochs: 40,
+            batch_size: 64,
+            lr: 1e-2,
+            ..Default::default()
+        };
+        let head = train_cluster_head(&clean, &views, 4, &cfg).unwrap();
+        let found = head.assign(&clean);
+        let nmi = models::metrics::normalized_mutual_info(&labels, &found).unwrap();
+        assert!(nmi > 0.8, "NMI {nmi}");
+        let board = head.nearest_centroid(&clean);
+        let agree = board.iter().zip(&found).filter(|(a, b)| a == b).count();
+        assert!(agree as f64 > 0.9 * found.len() as f64, "{agree}");
+        let bad = ClusterHeadConfig {
+            clusters: 200,
+            ..cfg
+        };
+        assert!(train_cluster_head(&clean, &views, 4, &bad).is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! `host-train cluster-head`: a SCAN-style cluster head on a run's encoder.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::Args;
+use host_train::cluster_head::{fit_cluster_head, ClusterHead, ClusterHeadConfig, HEAD_FILE};
+use host_train::dataset::{load_images, TrainSet};
+use host_train::features::extract;
+use host_train::pretrain::load_encoder;
+use host_train::run_dir::RunDir;
+use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
+
+#[derive(Debug, Args)]
+pub struct ClusterHeadArgs {
+    /// A run directory written by `host-train pretrain`; the head is saved in it.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Clusters (default: the number of classes of a labeled set, else 10).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Nearest neighbours mined per image.
+    #[arg(long, default_value_t = ClusterHeadConfig::default().neighbours)]
+    neighbours: usize,
+    /// Augmented views embedded per image for the head to train on.
+    #[arg(long, default_value_t = 4)]
+    views: usize,
+    /// Heads trained from different seeds; the lowest loss is kept (no labels used).
+    #[arg(long, default_value_t = ClusterHeadConfig::default().heads)]
+    heads: usize,
+    #[arg(long, default_value_t = ClusterHeadConfig::default().epochs)]
+    epochs: usize,
+    /// Weight of the entropy term that keeps every cluster in use.
+    #[arg(long, default_value_t = ClusterHeadConfig::default().entropy_weight)]
+    entropy_weight: f64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
+    let dev = crate::pretrain_cmd::device(&args.device)?;
+    let run = RunDir::open(&args.checkpoint)?;
+    let (cfg, encoder) = load_encoder(&run, &dev)?;
+    let (train, val) = load_images(&cfg.data)?;
+    let classes = train.class_names.len();
+    let train = TrainSet::new(train, cfg.normalization.clone())?;
+    let hcfg = ClusterHeadConfig {
+        clusters: args.k.unwrap_or(if classes > 1 { classes } else { 10 }),
+        neighbours: args.neighbours,
+        heads: args.heads,
+        epochs: args.epochs,
+        entropy_weight: args.entropy_weight,
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let (head, clean) = fit_cluster_head(
+        encoder.as_ref(),
+        &train,
+        &cfg.augment,
+        args.views,
+        &hcfg,
+        &dev,
+    )?;
+    head.save(&run)?;
+    println!(
+        "cluster head: {} clusters, {} neighbours, {} views, best of {} heads: loss {:.4} (consistency {:.4}, entropy {:.4}); {:.0} s; saved {}",
+        hcfg.clusters,
+        hcfg.neighbours,
+        args.views,
+        hcfg.heads,
+        head.loss,
+        head.consistency,
+        head.entropy,
+        t0.elapsed().as_secs_f64(),
+        run.path(HEAD_FILE).display()
+    );
+    report("train", &head, &clean, train.images.labels.as_deref())?;
+    if let Some(val) = val {
+        let val = TrainSet::new(val, cfg.normalization.clone())?;
+        let emb = extract(encoder.as_ref(), &val, 512, &Device::Cpu, "validation")?;
+        report("validation", &head, &emb, val.images.labels.as_deref())?;
+    }
+    Ok(())
+}
+
+/// The head's clusters and the board's nearest-centroid clusters, against labels if any.
+fn report(what: &str, head: &ClusterHead, emb: &[f32], labels: Option<&[u32]>) -> Result<()> {
+    let found = head.assign(emb);
+    let board = head.nearest_centroid(emb);
+    let agree =
+        found.iter().zip(&board).filter(|(a, b)| a == b).count() as f64 / found.len() as f64;
+    let mut sizes = vec![0usize; head.config.clusters];
+    found.iter().for_each(|&c| sizes[c as usize] += 1);
+    println!(
+        "{what}: {} images, cluster sizes {sizes:?}, nearest-centroid agreement {agree:.4}",
+        found.len()
+    );
+    if let Some(labels) = labels {
+        for (name, l) in [("head", &found), ("nearest centroid", &board)] {
+            println!(
+                "  {name}: NMI {:.4}, ARI {:.4}, accuracy {:.4}",
+                normalized_mutual_info(labels, l)?,
+                adjusted_rand_index(labels, l)?,
+                clustering_accuracy(labels, l)?
+            );
+        }
+    }
+    Ok(())
+}
