@@ -51,6 +51,7 @@ pub enum Activity {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum CompanionError {
     Pin(digital::ErrorKind),
     Io(embedded_io::ErrorKind),
@@ -58,6 +59,19 @@ pub enum CompanionError {
     /// Too many messages or frames wait; the trigger was not fired.
     OutboxFull,
 }
+
+impl core::fmt::Display for CompanionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CompanionError::Pin(k) => write!(f, "pin: {k:?}"),
+            CompanionError::Io(k) => write!(f, "link I/O: {k:?}"),
+            CompanionError::Wire(e) => write!(f, "link framing: {e}"),
+            CompanionError::OutboxFull => f.write_str("too many messages wait; trigger not fired"),
+        }
+    }
+}
+
+impl core::error::Error for CompanionError {}
 
 impl<E: embedded_io::Error> From<SessionError<E>> for CompanionError {
     fn from(e: SessionError<E>) -> Self {

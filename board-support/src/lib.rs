@@ -23,3 +23,8 @@ pub mod wire;
 
 #[cfg(test)]
 mod test_pipe;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

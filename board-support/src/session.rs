@@ -60,13 +60,35 @@ pub enum SessionEvent {
     Damaged(WireError),
 }
 
+/// Why the session could not send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum SessionError<E> {
     Io(E),
     Wire(WireError),
     /// Every outbox slot waits for an ack; poll and retry later.
     OutboxFull,
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for SessionError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SessionError::Io(e) => write!(f, "link I/O: {e:?}"),
+            SessionError::Wire(e) => write!(f, "link framing: {e}"),
+            SessionError::OutboxFull => f.write_str("every outbox slot waits for an ack"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug + core::error::Error + 'static> core::error::Error for SessionError<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            SessionError::Io(e) => Some(e),
+            SessionError::Wire(e) => Some(e),
+            SessionError::OutboxFull => None,
+        }
+    }
 }
 
 impl<E> From<FrameWriteError<E>> for SessionError<E> {

@@ -2,6 +2,10 @@
 //! `small-cnn` (forward, backward, SGD with momentum) at batch 256 on 1x28x28 inputs, side by
 //! side with the same network in PyTorch on the CPU with the same number of threads.
 //!
+//! Also: strong SimCLR/SwAV views of 3x32x32 images per second, and a SwAV step (small-cnn, two
+//! large + two small crops, batch 128) with the share of it spent making the views, which must
+//! not become the bottleneck.
+//!
 //! Environment: `THREADS` (default 2), `PYTHON` (needs torch; default `python3`).
 //! Writes `target/bench/train.json`.
 
@@ -11,8 +15,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{linear, Module, Optimizer, VarBuilder, VarMap};
-use host_train::encoders::{SmallCnn, SmallCnnConfig};
+use host_train::augment::AugmentConfig;
+use host_train::dataset::{Normalization, TrainSet};
+use host_train::encoders::{Encoder, SmallCnn, SmallCnnConfig};
+use host_train::methods::npid::l2_normalize;
+use host_train::methods::swav::{sinkhorn, swapped_prediction_loss};
 use host_train::optim::{SgdMomentum, SgdParams};
+use models::data::{render_scenes, ImageSet, SceneParams};
 use serde_json::{json, Value};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -53,6 +62,109 @@ fn ours() -> BenchResult<f64> {
         best = best.max((BATCH * STEPS) as f64 / t0.elapsed().as_secs_f64());
     }
     Ok(best)
+}
+
+/// Best of `WINDOWS` windows of `STEPS` calls of `f`, in calls per second.
+fn best_rate(mut f: impl FnMut() -> BenchResult<()>) -> BenchResult<f64> {
+    for _ in 0..WARMUP {
+        f()?;
+    }
+    let mut best = 0f64;
+    for _ in 0..WINDOWS {
+        let t0 = Instant::now();
+        for _ in 0..STEPS {
+            f()?;
+        }
+        best = best.max(STEPS as f64 / t0.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+const SWAV_BATCH: usize = 128;
+
+/// (strong views per second, SwAV images per second, the step's share spent on views).
+fn ours_swav() -> BenchResult<(f64, f64, f64)> {
+    let dev = Device::Cpu;
+    let params = SceneParams {
+        size: 32,
+        ..Default::default()
+    };
+    let (pixels, labels) = render_scenes(&params, SWAV_BATCH / 6 + 1, 1);
+    let images = ImageSet {
+        pixels,
+        channels: 3,
+        height: 32,
+        width: 32,
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let norm = Normalization::measure(&images);
+    let set = TrainSet::new(images, norm)?;
+    let idx: Vec<usize> = (0..SWAV_BATCH).collect();
+    let (strong, small) = (AugmentConfig::strong(), AugmentConfig::small_crop());
+    let mut seed = 0u64;
+    let views_per_s = SWAV_BATCH as f64
+        * best_rate(|| {
+            seed += 1;
+            set.batch(&idx, &strong, seed, &dev)?;
+            Ok(())
+        })?;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let cfg = SmallCnnConfig {
+        in_channels: 3,
+        ..Default::default()
+    };
+    let net = SmallCnn::new(cfg, vb.pp("encoder"))?;
+    let protos = vb.get_with_hints(
+        (60, net.embed_dim()),
+        "prototypes",
+        candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: 1.0,
+        },
+    )?;
+    let mut opt = SgdMomentum::new(vm.all_vars(), SgdParams::default())?;
+    let mut view_seconds = 0f64;
+    let mut step_seconds = 0f64;
+    let steps_per_s = best_rate(|| {
+        let t0 = Instant::now();
+        seed += 1;
+        let views = (0..4)
+            .map(|v| {
+                set.batch(
+                    &idx,
+                    if v < 2 { &strong } else { &small },
+                    seed ^ (v << 40),
+                    &dev,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        view_seconds += t0.elapsed().as_secs_f64();
+        let z = l2_normalize(&net.forward_t(&Tensor::cat(&views, 0)?, true)?)?;
+        let c = l2_normalize(&protos)?;
+        let codes = [0, 1].map(|v| -> BenchResult<Tensor> {
+            let s: Vec<f32> = z
+                .narrow(0, v * SWAV_BATCH, SWAV_BATCH)?
+                .matmul(&c.t()?)?
+                .flatten_all()?
+                .to_vec1()?;
+            Ok(Tensor::from_vec(
+                sinkhorn(&s, 60, 0.05, 3),
+                (SWAV_BATCH, 60),
+                &dev,
+            )?)
+        });
+        let [a, b] = codes;
+        opt.backward_step(&swapped_prediction_loss(&z, &c, &[a?, b?], 4, 0.1)?)?;
+        step_seconds += t0.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    Ok((
+        views_per_s,
+        steps_per_s * SWAV_BATCH as f64,
+        view_seconds / step_seconds,
+    ))
 }
 
 fn pytorch(threads: usize, root: &Path) -> BenchResult<Value> {
@@ -114,8 +226,25 @@ fn main() -> BenchResult<()> {
         torch["torch"].as_str().unwrap_or("?")
     );
     println!("ratio ours/PyTorch: {:.2}", ours / theirs);
+    let (views_per_s, swav_img_per_s, view_share) = pool.install(ours_swav)?;
+    println!(
+        "\nSwAV on 3x32x32 scenes, small-cnn, 2 + 2 crops, batch {SWAV_BATCH}, {threads} threads"
+    );
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| strong views made | {views_per_s:.0} views/s |");
+    println!(
+        "| SwAV training step | {swav_img_per_s:.0} images/s ({:.0} crops/s) |",
+        4.0 * swav_img_per_s
+    );
+    println!(
+        "| share of the step spent making views | {:.1}% |",
+        100.0 * view_share
+    );
     let report = json!({
         "ours_img_per_s": ours, "pytorch_img_per_s": theirs, "threads": threads, "batch": BATCH,
+        "strong_views_per_s": views_per_s, "swav_img_per_s": swav_img_per_s,
+        "swav_view_share": view_share,
         "ratio": ours / theirs, "pytorch_version": torch["torch"],
         "steps_per_window": STEPS, "windows": WINDOWS,
     });

@@ -81,10 +81,12 @@ impl AugmentConfig {
     }
 
     /// SimCLR/SwAV-strength views: random resized crop of 20-100% of the area, flip, colour
-    /// jitter (brightness, contrast and saturation 0.4, hue 0.1) with p = 0.8, grayscale with
-    /// p = 0.2, Gaussian blur with p = 0.5 (sigma 0.5-4% of the side). Colour and
-    /// brightness then carry no information about which image a view came from, so what two
-    /// views share is shape.
+    /// jitter with p = 0.8 (brightness, contrast and saturation 0.4, and hue over the whole
+    /// circle), grayscale with p = 0.2, Gaussian blur with p = 0.5 (sigma 0.5-4% of the
+    /// side). SimCLR turns hue by at most 0.1-0.2 of the circle; a whole turn keeps an
+    /// object's colour from telling two images apart (on generated scenes where colour is a
+    /// nuisance, NPID's kNN after 60 epochs: 0.22 with hue 0.5, 0.20 with 0.1). Where colour
+    /// is the class, lower it (`--hue`).
     pub fn strong() -> Self {
         Self {
             crop_padding: 0,
@@ -93,7 +95,7 @@ impl AugmentConfig {
             jitter: 0.4,
             saturation: 0.4,
             grayscale_p: 0.2,
-            hue: 0.1,
+            hue: 0.5,
             jitter_p: 0.8,
             blur_p: 0.5,
             blur_sigma: blur_sigma(),

@@ -10,7 +10,10 @@ use host_train::dataset::{load_images, TrainSet};
 use host_train::features::extract;
 use host_train::pretrain::load_encoder;
 use host_train::run_dir::RunDir;
-use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
+use models::metrics::{
+    adjusted_rand_index, clustering_accuracy, nearest_neighbours, normalized_mutual_info,
+};
+use models::MatRef;
 
 #[derive(Debug, Args)]
 pub struct ClusterHeadArgs {
@@ -29,8 +32,9 @@ pub struct ClusterHeadArgs {
     /// Heads trained from different seeds; the lowest loss is kept (no labels used).
     #[arg(long, default_value_t = ClusterHeadConfig::default().heads)]
     heads: usize,
-    #[arg(long, default_value_t = ClusterHeadConfig::default().epochs)]
-    epochs: usize,
+    /// Optimiser steps per head.
+    #[arg(long, default_value_t = ClusterHeadConfig::default().steps)]
+    steps: usize,
     /// Weight of the entropy term that keeps every cluster in use.
     #[arg(long, default_value_t = ClusterHeadConfig::default().entropy_weight)]
     entropy_weight: f64,
@@ -49,7 +53,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         clusters: args.k.unwrap_or(if classes > 1 { classes } else { 10 }),
         neighbours: args.neighbours,
         heads: args.heads,
-        epochs: args.epochs,
+        steps: args.steps,
         entropy_weight: args.entropy_weight,
         seed: cfg.seed,
         ..Default::default()
@@ -76,6 +80,20 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         t0.elapsed().as_secs_f64(),
         run.path(HEAD_FILE).display()
     );
+    if let Some(labels) = train.images.labels.as_deref() {
+        let dim = head.dim;
+        let nb = nearest_neighbours(MatRef::new(&clean, dim)?, hcfg.neighbours)?;
+        let k = hcfg.neighbours.min(labels.len() - 1);
+        let same = nb
+            .iter()
+            .enumerate()
+            .filter(|(i, &j)| labels[i / k] == labels[j as usize])
+            .count();
+        println!(
+            "neighbour purity: {:.4} of the {k} nearest neighbours share the image's class",
+            same as f64 / nb.len() as f64
+        );
+    }
     report("train", &head, &clean, train.images.labels.as_deref())?;
     if let Some(val) = val {
         let val = TrainSet::new(val, cfg.normalization.clone())?;

@@ -128,6 +128,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn defaults_scale_with_the_data() {
+        let small = DataDefaults::for_images(1_800, Some(64));
+        assert_eq!((small.size, small.batch_size, small.epochs), (64, 128, 166));
+        let tiny = DataDefaults::for_images(100, Some(250));
+        assert_eq!((tiny.size, tiny.batch_size, tiny.epochs), (64, 16, 200));
+        let big = DataDefaults::for_images(60_000, Some(30));
+        assert_eq!((big.size, big.batch_size, big.epochs), (28, 256, 10));
+        assert_eq!(DataDefaults::for_images(500, None).size, 32);
+    }
+
+    #[test]
     fn normalization_is_measured_and_applied() {
         let set = ImageSet {
             pixels: vec![0, 255, 0, 255],
@@ -204,6 +215,51 @@ impl DataSpec {
             )));
         }
         Ok(())
+    }
+}
+
+/// Settings chosen from the data when the user gives none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataDefaults {
+    /// Images in the source (before any validation split).
+    pub images: usize,
+    /// The median shorter side of a folder's images (28 for Fashion-MNIST).
+    pub median_side: Option<u32>,
+    /// Input side: the median shorter side, a multiple of 4 between 16 and 64 (the small
+    /// networks pool twice; larger inputs cost more than they give on 2 cores).
+    pub size: u32,
+    /// The largest power of two up to 256 that gives at least 8 batches, but at least 16.
+    pub batch_size: usize,
+    /// About 300k images seen in all, between 10 and 200 epochs.
+    pub epochs: usize,
+}
+
+impl DataDefaults {
+    fn for_images(images: usize, median_side: Option<u32>) -> Self {
+        let size = median_side.map_or(32, |s| (s / 4 * 4).clamp(16, 64));
+        let per_batch = (images / 8).max(16).min(256);
+        Self {
+            images,
+            median_side,
+            size,
+            batch_size: 1 << per_batch.ilog2(),
+            epochs: (300_000 / images.max(1)).clamp(10, 200),
+        }
+    }
+
+    /// Surveys `source` (file headers only, for a folder).
+    pub fn survey(source: &str) -> Result<Self, TrainError> {
+        use models::data::{survey_image_folder, DataSource};
+        Ok(match DataSource::resolve(source)? {
+            DataSource::FashionMnist(_) => Self {
+                size: 28,
+                ..Self::for_images(60_000, Some(28))
+            },
+            DataSource::ImageFolder(dir) => {
+                let (n, side) = survey_image_folder(&dir, 64)?;
+                Self::for_images(n, side)
+            }
+        })
     }
 }
 

@@ -21,6 +21,7 @@ pub mod eval;
 pub mod export;
 pub mod features;
 pub mod gallery;
+pub mod graph;
 pub mod malloc;
 pub mod methods;
 pub mod ops;

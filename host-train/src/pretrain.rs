@@ -14,9 +14,10 @@ use crate::eval::{evaluate, label_free, EvalReport};
 use crate::features::extract;
 use crate::gallery::{write_gallery, GalleryConfig};
 use crate::methods::deepcluster::{self, DeepClusterConfig, EpochStats};
+use crate::methods::feature_bank::FeatureBank;
 use crate::methods::local_aggregation::{self, LaConfig};
-use crate::methods::npid::{self, FeatureBank, NpidConfig};
-use crate::methods::swav::{self, FeatureQueue, Prototypes, SwavConfig};
+use crate::methods::npid::{self, NpidConfig};
+use crate::methods::swav::{self, FeatureQueue, ProjectionHead, Prototypes, SwavConfig};
 use crate::methods::Method;
 use crate::optim::SgdMomentum;
 pub use crate::run_dir::MetricsRow;
@@ -67,6 +68,41 @@ pub fn build_encoder(
     Ok(cfg
         .arch
         .build(cfg.input, cfg.embed_dim, cfg.sobel, vb.pp("encoder"))?)
+}
+
+/// Watches epoch losses: when the loss has risen `patience` epochs in a row, the run's
+/// learning rate is halved (and the run says so). A non-finite loss stops the run instead.
+#[derive(Debug, Clone)]
+pub struct LossWatch {
+    patience: usize,
+    rises: usize,
+    last: Option<f64>,
+    /// Multiplies every method's learning rate.
+    pub lr_scale: f64,
+}
+
+impl LossWatch {
+    pub fn new(patience: usize) -> Self {
+        Self {
+            patience,
+            rises: 0,
+            last: None,
+            lr_scale: 1.0,
+        }
+    }
+
+    /// Records an epoch's loss; true when it halved the rate.
+    pub fn observe(&mut self, loss: f64) -> bool {
+        let rose = self.last.is_some_and(|l| loss > l);
+        self.last = Some(loss);
+        self.rises = if rose { self.rises + 1 } else { 0 };
+        if self.rises < self.patience {
+            return false;
+        }
+        self.rises = 0;
+        self.lr_scale *= 0.5;
+        true
+    }
 }
 
 /// A non-finite epoch loss ends the run before that epoch's checkpoint replaces the last one.
@@ -129,6 +165,7 @@ enum MethodState {
     Bank(FeatureBank),
     /// SwAV: the prototypes (also in the variable map) and the queue.
     Swav {
+        head: ProjectionHead,
         prototypes: Prototypes,
         queue: FeatureQueue,
     },
@@ -144,6 +181,7 @@ struct Trainer<'a> {
     encoder: Box<dyn Encoder>,
     names: Vec<String>,
     opt: SgdMomentum,
+    watch: LossWatch,
 }
 
 impl Trainer<'_> {
@@ -177,17 +215,30 @@ impl Trainer<'_> {
         feats: Option<&[f32]>,
     ) -> Result<MetricsRow, TrainError> {
         let seed = self.cfg.seed.wrapping_add(epoch as u64 * 7919);
-        match state {
+        let row = match state {
             MethodState::Bank(bank) => self.bank_epoch(bank, epoch, seed),
             MethodState::Clusters { previous } => {
                 let feats =
                     feats.ok_or_else(|| TrainError::Config("DeepCluster needs features".into()))?;
                 self.deepcluster_epoch(previous, feats, epoch, seed)
             }
-            MethodState::Swav { prototypes, queue } => {
-                self.swav_epoch(prototypes, queue, epoch, seed)
+            MethodState::Swav {
+                head,
+                prototypes,
+                queue,
+            } => self.swav_epoch(head, prototypes, queue, epoch, seed),
+        }?;
+        if let MetricsRow::Train { loss, .. } = &row {
+            if self.watch.observe(*loss) {
+                tracing::warn!(
+                    epoch = epoch + 1,
+                    lr_scale = self.watch.lr_scale,
+                    "the loss rose {} epochs in a row: learning rate halved",
+                    self.watch.patience
+                );
             }
         }
+        Ok(row)
     }
 
     fn bank_epoch(
@@ -203,7 +254,7 @@ impl Trainer<'_> {
             None
         };
         self.opt
-            .set_learning_rate(cfg.npid.lr_for_epoch(epoch, cfg.epochs));
+            .set_learning_rate(cfg.npid.lr_for_epoch(epoch, cfg.epochs) * self.watch.lr_scale);
         let stats = npid::train_epoch(
             self.encoder.as_ref(),
             &mut self.opt,
@@ -230,6 +281,8 @@ impl Trainer<'_> {
         seed: u64,
     ) -> Result<MetricsRow, TrainError> {
         let (cfg, t0) = (self.cfg, std::time::Instant::now());
+        self.opt
+            .set_learning_rate(cfg.deepcluster.lr * self.watch.lr_scale);
         let clustering = deepcluster::cluster(
             feats,
             self.encoder.embed_dim(),
@@ -292,6 +345,7 @@ impl Trainer<'_> {
 
     fn swav_epoch(
         &mut self,
+        head: &ProjectionHead,
         prototypes: &Prototypes,
         queue: &mut FeatureQueue,
         epoch: usize,
@@ -309,12 +363,14 @@ impl Trainer<'_> {
             cfg.batch_size,
             swav::SwavEpoch {
                 cfg: &cfg.swav,
+                head,
                 prototypes,
                 queue,
                 large: &cfg.augment,
                 small: &small,
                 epoch,
                 epochs: cfg.epochs,
+                lr_scale: self.watch.lr_scale,
             },
             seed,
             self.device,
@@ -402,6 +458,7 @@ pub fn pretrain(
         }
         Method::Swav => MethodState::Swav {
             // Created before the optimiser collects the variables, so that it moves them.
+            head: ProjectionHead::in_varmap(&vm, dim, cfg.seed, device)?,
             prototypes: Prototypes::new(&vm, cfg.swav.prototypes, dim, cfg.seed, device)?,
             queue: FeatureQueue::new(cfg.swav.queue_length, dim),
         },
@@ -422,6 +479,7 @@ pub fn pretrain(
         encoder,
         names,
         opt,
+        watch: LossWatch::new(3),
     };
     let start = if resume {
         resume_state(&mut t, &mut state)?
@@ -489,6 +547,20 @@ pub fn load_encoder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn three_rising_epochs_halve_the_rate_and_a_fall_resets_the_count() {
+        let mut w = LossWatch::new(3);
+        let halved: Vec<bool> = [4.4, 5.0, 6.0, 6.5, 7.0, 6.0, 6.1, 6.2, 6.3]
+            .iter()
+            .map(|&l| w.observe(l))
+            .collect();
+        assert_eq!(
+            halved,
+            [false, false, false, true, false, false, false, false, true]
+        );
+        assert_eq!(w.lr_scale, 0.25);
+    }
 
     #[test]
     fn a_diverged_epoch_is_an_error_that_keeps_the_last_checkpoint() {

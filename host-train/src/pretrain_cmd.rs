@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use host_train::augment::AugmentConfig;
-use host_train::dataset::{load_images, DataSpec, Normalization, TrainSet};
+use host_train::dataset::{load_images, DataDefaults, DataSpec, Normalization, TrainSet};
 use host_train::encoders::Arch;
 use host_train::eval::evaluate;
 use host_train::features::{extract_layer, Layer};
@@ -24,9 +24,10 @@ pub struct DataArgs {
     #[arg(long, default_value = "fashion-mnist")]
     data: String,
     /// Side of the square images read from a folder; Fashion-MNIST's 28x28 images are
-    /// zero-padded to it (32 for CIFAR-style networks such as resnet18).
-    #[arg(long, default_value_t = 28)]
-    size: u32,
+    /// zero-padded to it (32 for CIFAR-style networks such as resnet18). Default: 28 for
+    /// Fashion-MNIST, else the folder's median shorter side (a multiple of 4, 16-64).
+    #[arg(long)]
+    size: Option<u32>,
     /// Read folders of images as RGB instead of grayscale.
     #[arg(long)]
     rgb: bool,
@@ -53,10 +54,10 @@ pub struct SplitArgs {
 }
 
 impl DataArgs {
-    fn spec(&self, seed: u64) -> DataSpec {
+    fn spec(&self, size: u32, seed: u64) -> DataSpec {
         DataSpec {
             source: self.data.clone(),
-            size: self.size,
+            size,
             rgb: self.rgb,
             skip_bad: self.skip_bad,
             limit: self.limit,
@@ -75,10 +76,12 @@ pub struct PretrainArgs {
     data: DataArgs,
     #[arg(long, value_enum, default_value = "small-cnn")]
     arch: Arch,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
+    /// Epochs (default: about 300k images seen, 10-200 epochs).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per batch (default: up to 256, at least 8 batches per epoch).
+    #[arg(long)]
+    batch_size: Option<usize>,
     #[arg(long, default_value_t = 128)]
     embed_dim: usize,
     /// DeepCluster's fixed grayscale + Sobel input filter.
@@ -125,6 +128,10 @@ pub struct PretrainArgs {
     /// crops, colour jitter, grayscale and blur). Default: strong for SwAV, default otherwise.
     #[arg(long, value_enum)]
     augment: Option<Views>,
+    /// Hue jitter of the training views, as a fraction of the colour circle (strong views:
+    /// 0.5, a whole turn; lower it where colour tells the classes apart).
+    #[arg(long)]
+    hue: Option<f32>,
     /// SwAV: small crops per image beside the two large ones (multi-crop).
     #[arg(long, default_value_t = SwavConfig::default().small_crops)]
     small_crops: usize,
@@ -182,6 +189,9 @@ pub fn device(spec: &str) -> Result<Device> {
 
 pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let dev = device(&args.device)?;
+    if let Some(h) = args.hue.filter(|h| !(0.0..=0.5).contains(h)) {
+        bail!("--hue must be between 0 and 0.5 (a whole turn), got {h}");
+    }
     let run = if args.resume {
         RunDir::open(&args.out)?
     } else {
@@ -195,27 +205,70 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     };
     let cfg = if args.resume {
         let mut cfg: RunConfig = run.read_json("config.json")?;
-        cfg.epochs = args.epochs;
+        cfg.epochs = args.epochs.unwrap_or(cfg.epochs);
         cfg
     } else {
-        let spec = args.data.spec(args.seed);
+        let auto = DataDefaults::survey(&args.data.data)?;
+        let spec = args
+            .data
+            .spec(args.data.size.unwrap_or(auto.size), args.seed);
         let (train, _) = load_images(&spec)?;
+        let epochs = args.epochs.unwrap_or(auto.epochs);
+        let batch_size = args.batch_size.unwrap_or(auto.batch_size);
+        let chosen: Vec<String> = [
+            (
+                args.data.size.is_none(),
+                format!(
+                    "--size {} (median image side {})",
+                    spec.size,
+                    auto.median_side.map_or("unknown".into(), |s| s.to_string())
+                ),
+            ),
+            (args.epochs.is_none(), format!("--epochs {epochs}")),
+            (
+                args.batch_size.is_none(),
+                format!("--batch-size {batch_size}"),
+            ),
+            (
+                args.k.is_none(),
+                format!(
+                    "--k {}",
+                    args.k.unwrap_or(10 * train.class_names.len().max(10))
+                ),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(auto, text)| auto.then_some(text))
+        .collect();
+        if !chosen.is_empty() {
+            println!(
+                "chosen from the data ({} images): {}",
+                auto.images,
+                chosen.join(", ")
+            );
+        }
         let classes = train.class_names.len().max(10);
         RunConfig {
             method: args.method,
             arch: args.arch,
-            epochs: args.epochs,
-            batch_size: args.batch_size,
+            epochs,
+            batch_size,
             embed_dim: args.embed_dim,
             sobel: args.sobel,
             seed: args.seed,
             normalization: Normalization::measure(&train),
             input: (train.channels, train.height, train.width),
-            augment: match args.augment {
-                Some(Views::Strong) => AugmentConfig::strong(),
-                Some(Views::Default) => AugmentConfig::default(),
-                None if args.method == Method::Swav => AugmentConfig::strong(),
-                None => AugmentConfig::default(),
+            augment: {
+                let views = match args.augment {
+                    Some(Views::Strong) => AugmentConfig::strong(),
+                    Some(Views::Default) => AugmentConfig::default(),
+                    None if args.method == Method::Swav => AugmentConfig::strong(),
+                    None => AugmentConfig::default(),
+                };
+                AugmentConfig {
+                    hue: args.hue.unwrap_or(views.hue),
+                    ..views
+                }
             },
             deepcluster: {
                 let d = DeepClusterConfig::for_arch(args.arch);
@@ -250,7 +303,7 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
                     temperature: args.temperature.unwrap_or(d.temperature),
                     small_crops: args.small_crops,
                     queue_length: args.queue.unwrap_or(SwavConfig::queue_for(
-                        args.batch_size,
+                        batch_size,
                         prototypes,
                         train.len(),
                     )),

@@ -94,7 +94,7 @@ fn swav_trains_on_rgb_scenes_and_its_head_reaches_the_manifest() {
         clusters: 6,
         neighbours: 5,
         heads: 2,
-        epochs: 10,
+        steps: 50,
         batch_size: 48,
         ..Default::default()
     };

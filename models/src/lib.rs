@@ -27,3 +27,8 @@ pub mod quant;
 pub mod rng;
 
 pub use matrix::{MatRef, ShapeError};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

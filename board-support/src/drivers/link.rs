@@ -9,11 +9,32 @@ use crate::wire::{
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum LinkError<E> {
     Io(E),
     Wire(WireError),
     /// The stream ended (read returned 0 bytes).
     Closed,
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for LinkError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LinkError::Io(e) => write!(f, "link I/O: {e:?}"),
+            LinkError::Wire(e) => write!(f, "link framing: {e}"),
+            LinkError::Closed => f.write_str("the link's stream ended"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug + core::error::Error + 'static> core::error::Error for LinkError<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            LinkError::Io(e) => Some(e),
+            LinkError::Wire(e) => Some(e),
+            LinkError::Closed => None,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -73,7 +73,26 @@ pub fn write_frame<W: embedded_io::Write>(
 /// Why [`write_frame`] failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum FrameWriteError<E> {
     Io(E),
     Wire(WireError),
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for FrameWriteError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FrameWriteError::Io(e) => write!(f, "writing a frame: {e:?}"),
+            FrameWriteError::Wire(e) => write!(f, "encoding a frame: {e}"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug + core::error::Error + 'static> core::error::Error for FrameWriteError<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            FrameWriteError::Io(e) => Some(e),
+            FrameWriteError::Wire(e) => Some(e),
+        }
+    }
 }

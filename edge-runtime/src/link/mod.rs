@@ -341,7 +341,7 @@ fn tolerate<T: Default>(e: SessionError<std::io::Error>) -> Result<T, String> {
             log::debug!("link write: {e}");
             Ok(T::default())
         }
-        SessionError::Wire(e) => Err(format!("cannot encode a frame: {e}")),
         SessionError::OutboxFull => Ok(T::default()),
+        e => Err(format!("cannot send a frame: {e}")),
     }
 }

@@ -12,7 +12,7 @@ use candle_nn::{linear, VarBuilder};
 
 use super::fold::{folded_conv, linear_layer};
 use super::{BnRelu, SobelFront};
-use crate::export::{FoldedGraph, Layer};
+use crate::graph::{FoldedGraph, Layer};
 use crate::ops::{conv2d, max_pool2d, Conv2dGeometry};
 
 /// Shape of an `alexnet-bn`.

@@ -7,7 +7,7 @@
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-use crate::export::BatchNormParams;
+use crate::graph::BatchNormParams;
 use crate::ops::{batch_norm_relu_pool_train, batch_norm_relu_train, max_pool_2x2, BatchStats};
 
 const EPS: f64 = 1e-5;

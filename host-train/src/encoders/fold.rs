@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 
 use super::BnRelu;
-use crate::export::{Conv, Layer, Linear};
+use crate::graph::{Conv, Layer, Linear};
 
 /// Conv weight `w` (no bias) with `bn`'s eval statistics folded in.
 pub(super) fn folded_conv(

@@ -18,7 +18,7 @@ use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::export::FoldedGraph;
+use crate::graph::FoldedGraph;
 
 /// A network that maps images to embeddings; its `forward_t` is the embedding.
 pub trait Encoder: ModuleT + std::fmt::Debug {

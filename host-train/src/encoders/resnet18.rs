@@ -8,7 +8,7 @@ use candle_nn::{linear, VarBuilder};
 
 use super::fold::{folded_conv, linear_layer};
 use super::{BnRelu, SobelFront};
-use crate::export::{FoldedGraph, Layer, Residual};
+use crate::graph::{FoldedGraph, Layer, Residual};
 use crate::ops::{conv2d, Conv2dGeometry};
 
 /// Shape of a `resnet18`.

@@ -6,7 +6,7 @@
 use candle_core::{bail, Module, ModuleT, Result, Tensor};
 use candle_nn::{linear, VarBuilder};
 
-use crate::export::{FoldedGraph, Layer};
+use crate::graph::{FoldedGraph, Layer};
 
 use super::fold::{folded_conv, linear_layer};
 use super::{BnRelu, SobelFront};

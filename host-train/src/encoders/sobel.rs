@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::export::Conv;
+use crate::graph::Conv;
 use crate::ops::{conv2d, Conv2dGeometry};
 
 /// A 1x1 grayscale convolution followed by the two 3x3 Sobel filters: c channels in, 2 out.

@@ -6,12 +6,11 @@
 //! - [`quantize`]: calibration and per-channel weight quantisation.
 //! - [`verify`]: the parity report (candle vs tract, int8 vs fp32).
 
-mod graph;
 pub mod onnx;
 pub mod quantize;
 pub mod verify;
 
-pub use graph::{BatchNormParams, Conv, FoldedGraph, Layer, Linear, Residual};
+pub use crate::graph::{BatchNormParams, Conv, FoldedGraph, Layer, Linear, Residual};
 
 use std::path::Path;
 

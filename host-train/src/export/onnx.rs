@@ -13,8 +13,8 @@ use tract_onnx::pb::{
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use super::graph::{FoldedGraph, Layer};
 use super::quantize::LayerQuant;
+use crate::graph::{FoldedGraph, Layer};
 
 pub const INPUT_NAME: &str = "images";
 pub const OUTPUT_NAME: &str = "embedding";

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use models::quant::{quantize_per_channel, symmetric_scale, AbsHistogram, Calibrator};
 
-use super::graph::{FoldedGraph, Layer};
+use crate::graph::{FoldedGraph, Layer};
 
 /// What the QDQ writer needs for one quantised layer.
 #[derive(Debug, Clone, PartialEq)]

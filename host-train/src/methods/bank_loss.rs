@@ -11,8 +11,8 @@ use candle_core::{Result, Tensor};
 use models::linalg::{matmul, Operand, Parallelism};
 use rayon::prelude::*;
 
+use super::feature_bank::FeatureBank;
 use super::local_aggregation::CloseNeighbours;
-use super::npid::FeatureBank;
 
 /// Which loss over the bank's non-parametric softmax P(j | v) = exp(v . m_j / tau) / Z.
 #[derive(Debug, Clone, Copy)]

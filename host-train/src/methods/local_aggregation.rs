@@ -14,7 +14,7 @@ use models::cluster::KMeansParams;
 use models::MatRef;
 use serde::{Deserialize, Serialize};
 
-use super::npid::FeatureBank;
+use super::feature_bank::FeatureBank;
 use crate::TrainError;
 
 /// Local Aggregation's hyper-parameters (the bank, temperature and optimiser are NPID's).

@@ -3,6 +3,7 @@
 
 pub mod bank_loss;
 pub mod deepcluster;
+pub mod feature_bank;
 pub mod local_aggregation;
 pub mod npid;
 pub mod swav;

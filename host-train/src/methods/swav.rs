@@ -5,14 +5,18 @@
 //! prototypes, epsilon 0.05, 3 iterations), and every other crop must predict them:
 //! loss = - sum over (v, w != v) of q_v . log softmax(z_w C^T / tau), averaged.
 //!
-//! As in the paper: prototypes are renormalised onto the sphere before every step and frozen
+//! As in the paper, a projection head (linear, BatchNorm, ReLU, linear) lies between the
+//! encoder's embedding and the prototypes; it belongs to the method, not to the exported
+//! encoder. Without its BatchNorm, the embeddings of a freshly initialised network all point
+//! nearly the same way, the prototype scores hardly differ between images, and the codes
+//! carry no signal to learn from. Prototypes are renormalised onto the sphere before every step and frozen
 //! for the first epoch; small batches score their codes together with a queue of earlier
 //! embeddings, so that the equal partition is taken over more samples than there are
 //! prototypes. Multi-crop here draws the small crops at the network's input size (the
 //! encoders of this crate are built for one size), so they cost as much as large ones.
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::{Init, Optimizer, VarMap};
+use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
+use candle_nn::{BatchNorm, Init, Linear, Module, Optimizer, VarBuilder, VarMap};
 use models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +114,40 @@ impl SwavConfig {
             return bad("needs at least one Sinkhorn iteration");
         }
         Ok(())
+    }
+}
+
+/// SwAV's projection head: linear (d -> hidden), BatchNorm, ReLU, linear (hidden -> d).
+#[derive(Debug, Clone)]
+pub struct ProjectionHead {
+    hidden: Linear,
+    norm: BatchNorm,
+    out: Linear,
+}
+
+impl ProjectionHead {
+    pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            hidden: candle_nn::linear(dim, hidden, vb.pp("hidden"))?,
+            norm: candle_nn::batch_norm(hidden, 1e-5, vb.pp("norm"))?,
+            out: candle_nn::linear(hidden, dim, vb.pp("out"))?,
+        })
+    }
+
+    /// Registered in `vm` as `swav.head.*`, seeded like the encoder.
+    pub fn in_varmap(
+        vm: &VarMap,
+        dim: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let vb = seeded_var_builder(vm, seed, DType::F32, device);
+        Ok(Self::new(dim, 4 * dim, vb.pp("swav").pp("head"))?)
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let h = self.hidden.forward(x)?;
+        self.out.forward(&self.norm.forward_t(&h, train)?.relu()?)
     }
 }
 
@@ -290,6 +328,7 @@ fn codes_for(
 #[derive(Debug)]
 pub struct SwavEpoch<'a> {
     pub cfg: &'a SwavConfig,
+    pub head: &'a ProjectionHead,
     pub prototypes: &'a Prototypes,
     pub queue: &'a mut FeatureQueue,
     pub large: &'a AugmentConfig,
@@ -297,6 +336,8 @@ pub struct SwavEpoch<'a> {
     /// 0-based epoch and the run's length, for the schedule, the freeze and the queue.
     pub epoch: usize,
     pub epochs: usize,
+    /// Multiplies the schedule's rate (lowered when the loss keeps rising).
+    pub lr_scale: f64,
 }
 
 /// One epoch over a random permutation of the data set.
@@ -326,7 +367,7 @@ pub fn train_epoch(
         .enumerate()
     {
         opt.set_learning_rate(
-            schedule.lr_at(e.epoch as f64 + bi as f64 / batches as f64, e.epochs),
+            e.lr_scale * schedule.lr_at(e.epoch as f64 + bi as f64 / batches as f64, e.epochs),
         );
         let views = (0..crops)
             .map(|v| {
@@ -339,7 +380,8 @@ pub fn train_epoch(
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let z = l2_normalize(&encoder.embed(&Tensor::cat(&views, 0)?, true)?)?;
+        let embedded = encoder.embed(&Tensor::cat(&views, 0)?, true)?;
+        let z = l2_normalize(&e.head.forward_t(&embedded, true)?)?;
         let c = e.prototypes.var.as_tensor();
         let b = idx.len();
         let queue = (use_queue && e.queue.is_full()).then_some(&*e.queue);

@@ -5,24 +5,9 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Ten
 use models::linalg::{matmul, matmul_add, Operand, Parallelism};
 use rayon::prelude::*;
 
-use super::im2col::{col2im_add_at, im2col_at, ConvShape};
+use super::conv_geometry::{conv_shape, Conv2dGeometry};
+use super::im2col::{col2im_add_at, im2col_at};
 use super::{contiguous_f32, dims4};
-
-/// Stride and zero padding, the same on both axes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Conv2dGeometry {
-    pub stride: usize,
-    pub padding: usize,
-}
-
-impl Default for Conv2dGeometry {
-    fn default() -> Self {
-        Self {
-            stride: 1,
-            padding: 0,
-        }
-    }
-}
 
 /// `x` (b, c, h, w) convolved with `weight` (oc, c, kh, kw): the fast op on CPU f32 tensors,
 /// cuDNN on CUDA f32 tensors with the `cudnn` feature, candle's own `conv2d` elsewhere.
@@ -38,40 +23,6 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Conv2dGeometry) -> Result<T
     } else {
         x.conv2d(weight, geometry.padding, geometry.stride, 1, 1)
     }
-}
-
-/// Batch, output channels and the per-image shape for input (b, c, h, w) and weight
-/// (oc, c, kh, kw).
-pub(super) fn conv_shape(
-    x: [usize; 4],
-    w: [usize; 4],
-    g: Conv2dGeometry,
-) -> Result<(usize, usize, ConvShape)> {
-    let [b, c, h, wd] = x;
-    let [oc, wc, kh, kw] = w;
-    if wc != c {
-        bail!("conv2d: input has {c} channels, weight expects {wc}");
-    }
-    if g.stride == 0 {
-        bail!("conv2d: stride must be at least 1");
-    }
-    if h + 2 * g.padding < kh || wd + 2 * g.padding < kw {
-        bail!("conv2d: kernel {kh}x{kw} is larger than the padded {h}x{wd} input");
-    }
-    let oh = (h + 2 * g.padding - kh) / g.stride + 1;
-    let ow = (wd + 2 * g.padding - kw) / g.stride + 1;
-    let s = ConvShape {
-        c,
-        h,
-        w: wd,
-        kh,
-        kw,
-        stride: g.stride,
-        pad: g.padding,
-        oh,
-        ow,
-    };
-    Ok((b, oc, s))
 }
 
 /// Images per GEMM: small feature maps (7x7 gives 49 columns per image) make thin, memory-bound

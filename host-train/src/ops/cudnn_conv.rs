@@ -22,7 +22,7 @@ use candle_core::cuda::cudarc::driver::CudaSlice;
 use candle_core::cuda::{CudaDevice, DeviceId};
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::conv2d::conv_shape;
+use super::conv_geometry::conv_shape;
 use super::{contiguous_cuda_f32, cuda_only, dims4, gradient, relative_error, Conv2dGeometry};
 
 /// Input dims, weight dims, geometry and TF32: what an algorithm choice depends on.

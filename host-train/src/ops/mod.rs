@@ -8,6 +8,7 @@
 mod batch_norm_relu;
 mod batch_norm_relu_pool;
 mod conv2d;
+mod conv_geometry;
 mod cross_entropy;
 #[cfg(feature = "cudnn")]
 pub mod cudnn_batch_norm;
@@ -20,7 +21,8 @@ mod precomputed_loss;
 
 pub use batch_norm_relu::{batch_norm_relu_train, BatchStats};
 pub use batch_norm_relu_pool::batch_norm_relu_pool_train;
-pub use conv2d::{conv2d, Conv2dGeometry};
+pub use conv2d::conv2d;
+pub use conv_geometry::Conv2dGeometry;
 pub use cross_entropy::cross_entropy;
 pub use max_pool::max_pool_2x2;
 pub use max_pool_window::max_pool2d;

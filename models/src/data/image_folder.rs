@@ -125,6 +125,27 @@ fn fit(img: DynamicImage, opts: &ImageFolderOptions) -> DynamicImage {
     }
 }
 
+/// What a folder holds, from file headers only: the number of images and the median shorter
+/// side of up to `sample` of them, spread evenly over the sorted list (unreadable headers are
+/// left out of the median).
+pub fn survey_image_folder(root: &Path, sample: usize) -> Result<(usize, Option<u32>), DataError> {
+    let mut files = Vec::new();
+    walk(root, &mut files)?;
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::NoImages { path: root.into() });
+    }
+    let step = files.len().div_ceil(sample.max(1));
+    let mut sides: Vec<u32> = files
+        .iter()
+        .step_by(step)
+        .filter_map(|p| image::image_dimensions(p).ok())
+        .map(|(w, h)| w.min(h))
+        .collect();
+    sides.sort_unstable();
+    Ok((files.len(), sides.get(sides.len() / 2).copied()))
+}
+
 /// Reads every JPEG and PNG under `root`, resized to one size.
 pub fn read_image_folder(root: &Path, opts: &ImageFolderOptions) -> Result<ImageSet, DataError> {
     if opts.width == 0 || opts.height == 0 {

@@ -20,7 +20,8 @@ pub use fashion_mnist::{
 pub use idx::{read_idx, IdxArray};
 #[cfg(feature = "image")]
 pub use image_folder::{
-    image_pixels, read_image, read_image_folder, ColorMode, ImageFolderOptions, ResizeMode,
+    image_pixels, read_image, read_image_folder, survey_image_folder, ColorMode,
+    ImageFolderOptions, ResizeMode,
 };
 pub use image_set::{ImageSet, SkippedFile};
 pub use scenes::{render_scene, render_scenes, SceneParams, SCENE_SHAPES};
