@@ -48,6 +48,14 @@ pub struct RunArgs {
     limit: Option<usize>,
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Threads for inference: tract's pool (a batch's images side by side, or one image split
+    /// over them), or the NPU cores for rknn (1, 2 or 3 on an RK3588).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+    /// A folder input skips unreadable images (each named on stderr, and counted) instead of
+    /// stopping at the first; stdin and camera inputs always skip bad frames.
+    #[arg(long)]
+    skip_bad: bool,
     #[arg(long, default_value_t = 5000)]
     recluster_every: u64,
     #[arg(long, default_value_t = 2.0)]
@@ -146,7 +154,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let options = PrepareOptions {
         batch: args.batch,
-        threads: 1,
+        threads: args.threads.into(),
     };
     let runtime = args.backend.runtime()?;
     let mut pipe = Pipeline::new(&bundle, runtime.as_ref(), &options, bank, cfg)?;
@@ -163,7 +171,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
     } else if let Some(device) = edge_runtime::camera::v4l2_device(&args.input) {
         camera_source(device, frame_opts)?
     } else {
-        Source::Set(pre.read_source(&args.input, false)?, args.input.clone())
+        let set = pre.read_source(&args.input, args.skip_bad)?;
+        for s in &set.skipped {
+            eprintln!("skipped {}: {}", s.path.display(), s.reason);
+        }
+        if !set.skipped.is_empty() {
+            eprintln!(
+                "{} unreadable images skipped, {} read",
+                set.skipped.len(),
+                set.len()
+            );
+        }
+        Source::Set(set, args.input.clone())
     };
     let mut out: Box<dyn Write> = match &args.events {
         Some(p) => Box::new(std::io::BufWriter::new(

@@ -100,6 +100,9 @@ struct EmbedArgs {
     limit: Option<usize>,
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Threads for inference (tract's pool, or the NPU cores for rknn).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
     /// Write the raw graph output instead of L2-normalising as the manifest asks.
     #[arg(long)]
     raw: bool,
@@ -151,7 +154,7 @@ fn embed(args: &EmbedArgs) -> Result<()> {
     }
     let options = PrepareOptions {
         batch: args.batch,
-        threads: 1,
+        threads: args.threads.into(),
     };
     let run = args.backend.runtime()?.prepare(&bundle, &options)?;
     let dim = run.embed_dim();

@@ -1,0 +1,134 @@
+//! `edge-runtime run` and `embed` on a folder: bad files skipped and counted with
+//! `--skip-bad` (named, and fatal, without it), and `--threads 2` embedding as one thread does.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn edge_runtime() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
+}
+
+fn model_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-small-cnn")
+}
+
+/// `n` 28x28 grayscale PNGs (the default model's input), each its own pattern.
+fn write_images(dir: &Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::GrayImage::from_fn(28, 28, |x, y| {
+            image::Luma([((x * (i + 1) + y * 7 + i * 13) % 256) as u8])
+        });
+        img.save(dir.join(format!("{i:03}.png"))).unwrap();
+    }
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_folder_with_corrupt_files_stops_by_name_or_skips_and_counts_with_skip_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("captures");
+    write_images(&input, 20);
+    std::fs::write(input.join("010-torn.jpg"), b"\xff\xd8\xff\xe0 not really").unwrap();
+    std::fs::write(input.join("zz-empty.png"), b"").unwrap();
+    let run = |bank: &str, extra: &[&str]| {
+        edge_runtime()
+            .args(["run", "--precision", "fp32", "--batch", "4", "--model"])
+            .arg(model_dir())
+            .arg("--input")
+            .arg(&input)
+            .arg("--bank")
+            .arg(dir.path().join(bank))
+            .arg("--events")
+            .arg(dir.path().join(format!("{bank}.jsonl")))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run("strict", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("010-torn.jpg"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = ok(run("lenient", &["--skip-bad"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skipped") && err.contains("010-torn.jpg") && err.contains("zz-empty.png"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 unreadable images skipped, 20 read"),
+        "{err}"
+    );
+    // Every good frame reached the events and the bank.
+    let events = std::fs::read_to_string(dir.path().join("lenient.jsonl")).unwrap();
+    let frames = events.lines().filter(|l| l.contains("\"frame\"")).count();
+    assert_eq!(frames, 20, "{events}");
+    let out = ok(edge_runtime()
+        .args(["bank", "inspect", "--bank"])
+        .arg(dir.path().join("lenient"))
+        .output()
+        .unwrap());
+    let inspect = String::from_utf8_lossy(&out.stdout);
+    assert!(inspect.contains("20"), "{inspect}");
+}
+
+#[test]
+fn two_threads_embed_as_one_thread_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("images");
+    write_images(&input, 9);
+    let embed = |threads: &str, batch: &str| -> Vec<u8> {
+        let out = dir.path().join(format!("t{threads}-b{batch}.npy"));
+        ok(edge_runtime()
+            .args(["embed", "--threads", threads, "--batch", batch, "--model"])
+            .arg(model_dir())
+            .arg("--input")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap());
+        std::fs::read(out).unwrap()
+    };
+    let one = embed("1", "1");
+    assert!(one.len() > 9 * 32 * 4, "{} bytes", one.len());
+    for (threads, batch) in [("2", "1"), ("2", "4")] {
+        let other = embed(threads, batch);
+        assert_eq!(one.len(), other.len());
+        // An .npy v1 file: magic, version, a little-endian u16 header length, the header,
+        // then the f32s. Equal up to float reassociation across the split.
+        let floats = |b: &[u8]| -> Vec<f32> {
+            let start = 10 + u16::from_le_bytes([b[8], b[9]]) as usize;
+            b[start..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let (a, b) = (floats(&one), floats(&other));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "--threads {threads} --batch {batch}: differs by {worst}"
+        );
+    }
+    let out = edge_runtime()
+        .args(["embed", "--threads", "0", "--input", "x", "--out", "y"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+}
