@@ -194,6 +194,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let (mut embeddings, mut assigned, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     let t0 = Instant::now();
     let mut frames_done = 0usize;
+    // Frame ids go on from the frames the bank has already seen, so they never repeat
+    // across runs (or after a kill and a restart).
+    let first_id = pipe.bank().seen();
     let link = match &args.link {
         Some(port) => Some(BoardLink::open(
             port,
@@ -252,7 +255,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 }
                 let end = (start + pipe.batch()).min(n);
                 let frames: Vec<Frame> = (start..end)
-                    .map(|i| set_frame(set, name, i, i as u64))
+                    .map(|i| set_frame(set, name, i, first_id + i as u64))
                     .collect();
                 let events = pipe.process(&frames, want_report.then_some(&mut embeddings))?;
                 emit(events, &mut out, &mut assigned)?;
@@ -269,7 +272,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 break;
             }
             // A camera that keeps failing ends the run, with everything stored on disk.
-            let frame = match capture(camera, device, frames_done as u64, &stop) {
+            let frame = match capture(camera, device, first_id + frames_done as u64, &stop) {
                 Ok(frame) => frame,
                 Err(_) if stop.load(Ordering::Relaxed) => break,
                 Err(e) => {
@@ -298,7 +301,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                         continue;
                     }
                 };
-                let frame = captured(path.display().to_string(), i as u64, pixels);
+                let frame = captured(path.display().to_string(), first_id + i as u64, pixels);
                 let events = pipe.process(&[frame], None)?;
                 emit(events, &mut out, &mut assigned)?;
                 take_commands(link.as_ref(), &mut pipe, &mut out)?;

@@ -25,6 +25,15 @@ pub enum EdgeError {
     Clustering(String),
     #[error("{path}: memory bank: {message}")]
     Bank { path: PathBuf, message: String },
+    #[error(
+        "{path}: this memory bank holds embeddings of {stored}; refusing to add those of \
+         {given}: use another --bank, or the model the bank was made with"
+    )]
+    BankModelMismatch {
+        path: PathBuf,
+        stored: String,
+        given: String,
+    },
     #[error("{backend}: {message}")]
     Inference {
         backend: &'static str,

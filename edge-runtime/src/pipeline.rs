@@ -12,6 +12,7 @@ use models::MatRef;
 use serde::Serialize;
 
 use crate::backend::{PrepareOptions, Runnable, Runtime};
+use crate::bank::identity::BankIdentity;
 use crate::bank::{CaptureMeta, MemoryBank};
 use crate::bundle::ModelBundle;
 use crate::preprocess::Preprocessor;
@@ -94,6 +95,9 @@ impl Pipeline {
         bank: MemoryBank,
         config: PipelineConfig,
     ) -> Result<Self, EdgeError> {
+        // Refuse before anything is embedded: a bank holds one model's embeddings.
+        let identity = BankIdentity::of(model, bank.config().format);
+        crate::bank::identity::bind(bank.dir(), &identity)?;
         let run = runtime.prepare(model, options)?;
         let dim = run.embed_dim();
         let online = if !bank.is_empty() {

@@ -132,3 +132,123 @@ fn two_threads_embed_as_one_thread_does() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
 }
+
+fn run_into(bank: &Path, input: &str, precision: &str, limit: &str, events: &Path) -> Output {
+    edge_runtime()
+        .args([
+            "run",
+            "--batch",
+            "1",
+            "--precision",
+            precision,
+            "--limit",
+            limit,
+            "--model",
+        ])
+        .arg(model_dir())
+        .args(["--input", input, "--bank"])
+        .arg(bank)
+        .arg("--events")
+        .arg(events)
+        .output()
+        .unwrap()
+}
+
+fn frame_ids(events: &Path) -> Vec<u64> {
+    std::fs::read_to_string(events)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "frame")
+        .map(|v| v["frame_id"].as_u64().expect("frame_id"))
+        .collect()
+}
+
+#[test]
+fn a_bank_refuses_another_model_and_frame_ids_go_on_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("images");
+    write_images(&input, 12);
+    let input = input.to_str().unwrap();
+    let bank = dir.path().join("bank");
+    let (e1, e2, e3) = (
+        dir.path().join("1.jsonl"),
+        dir.path().join("2.jsonl"),
+        dir.path().join("3.jsonl"),
+    );
+    ok(run_into(&bank, input, "fp32", "12", &e1));
+    ok(run_into(&bank, input, "fp32", "12", &e2));
+    let (first, second) = (frame_ids(&e1), frame_ids(&e2));
+    assert_eq!(first, (0..12).collect::<Vec<u64>>());
+    assert_eq!(
+        second,
+        (12..24).collect::<Vec<u64>>(),
+        "ids continue after a restart"
+    );
+
+    // The int8 file is another model: refused before anything is stored, naming both.
+    let out = run_into(&bank, input, "int8", "12", &e3);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("encoder.fp32.onnx") && err.contains("encoder.int8.onnx"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let inspect = ok(edge_runtime()
+        .args(["bank", "inspect", "--bank"])
+        .arg(&bank)
+        .output()
+        .unwrap());
+    assert!(
+        String::from_utf8_lossy(&inspect.stdout).contains("24"),
+        "nothing was added"
+    );
+}
+
+#[test]
+fn frame_ids_never_repeat_over_a_kill_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = dir.path().join("bank");
+    let (e1, e2) = (dir.path().join("1.jsonl"), dir.path().join("2.jsonl"));
+    let mut child = edge_runtime()
+        .args([
+            "run",
+            "--batch",
+            "1",
+            "--precision",
+            "fp32",
+            "--input",
+            "fashion-mnist",
+            "--model",
+        ])
+        .arg(model_dir())
+        .arg("--bank")
+        .arg(&bank)
+        .arg("--events")
+        .arg(&e1)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it store a few hundred frames, then kill -9 mid-stream.
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&e1).map_or(0, |m| m.len()) < 40_000 {
+        assert!(t0.elapsed().as_secs() < 60, "the run produced no events");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(run_into(&bank, "fashion-mnist", "fp32", "100", &e2));
+    let mut ids = frame_ids(&e1);
+    let before = ids.len();
+    assert!(before > 50, "{before} frames before the kill");
+    ids.extend(frame_ids(&e2));
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        n,
+        "a frame id repeated over the kill and the restart"
+    );
+}

@@ -12,6 +12,7 @@
 //! so no stored byte is thrown away.
 
 mod entry;
+pub mod identity;
 pub mod log;
 
 pub use entry::{BankEntry, CaptureMeta, EmbeddingFormat, StoredEmbedding};
@@ -235,6 +236,11 @@ impl MemoryBank {
         }
         sync_dir(dir)?;
         Ok((bank, rec))
+    }
+
+    /// The bank's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn len(&self) -> usize {
