@@ -4,6 +4,7 @@ use models::manifest::ManifestError;
 
 /// Errors of the edge runtime; each names the file or input it is about.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EdgeError {
     #[error("{path}: {source}")]
     Io {
@@ -21,8 +22,14 @@ pub enum EdgeError {
     Model { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Images { path: PathBuf, message: String },
-    #[error("clustering: {0}")]
-    Clustering(String),
+    #[error("online clustering: {0}")]
+    OnlineKMeans(#[from] models::cluster::OnlineKMeansError),
+    #[error("re-clustering: {0}")]
+    KMeans(#[from] models::cluster::KMeansError),
+    #[error("re-clustering parameters: {0}")]
+    KMeansParams(#[from] models::cluster::KMeansParamsError),
+    #[error("embeddings: {0}")]
+    Shape(#[from] models::ShapeError),
     #[error("{path}: memory bank: {message}")]
     Bank { path: PathBuf, message: String },
     #[error(

@@ -111,8 +111,7 @@ impl Pipeline {
             OnlineKMeans::with_centroids(dim, config.online.clone(), &c.values)
         } else {
             OnlineKMeans::new(dim, config.online.clone())
-        }
-        .map_err(clustering)?;
+        }?;
         Ok(Self {
             run,
             pre: Preprocessor::new(model.manifest.preprocess.clone()),
@@ -164,7 +163,7 @@ impl Pipeline {
                 l2_normalize_rows(&mut emb, dim);
             }
             for (f, e) in chunk.iter().zip(emb.chunks(dim)) {
-                let a = self.online.update(e).map_err(clustering)?;
+                let a = self.online.update(e)?;
                 self.bank.insert(e, f.meta.clone(), a.cluster_id)?;
                 let change = a.change.map(|c| match c {
                     models::cluster::ClusterChange::Opened(id) => format!("opened {id}"),
@@ -223,27 +222,22 @@ impl Pipeline {
             .iter()
             .flat_map(|c| c.centroid.iter().copied())
             .collect();
-        let points = MatRef::new(&data, dim).map_err(clustering)?;
+        let points = MatRef::new(&data, dim)?;
         let params = KMeansParams::new(k)
             .seed(self.config.seed)
             .max_points_per_centroid(None)
-            .check()
-            .map_err(clustering)?;
-        let (model, _, _) = params
-            .train(
-                &CpuGemmAssign::default(),
-                points,
-                Some(MatRef::new(&init, dim).map_err(clustering)?),
-            )
-            .map_err(clustering)?;
+            .check()?;
+        let (model, _, _) = params.train(
+            &CpuGemmAssign::default(),
+            points,
+            Some(MatRef::new(&init, dim)?),
+        )?;
         // Every entry's new cluster, a chunk at a time so memory stays bounded.
         let mut labels = Vec::with_capacity(n);
         let all: Vec<usize> = (0..n).collect();
         for chunk in all.chunks(8192) {
             let rows = self.bank.decode(chunk);
-            let (l, _) = model
-                .predict(MatRef::new(&rows, dim).map_err(clustering)?)
-                .map_err(clustering)?;
+            let (l, _) = model.predict(MatRef::new(&rows, dim)?)?;
             labels.extend(l);
         }
         let seqs: Vec<u64> = self.bank.entries().iter().map(|e| e.seq).collect();
@@ -251,8 +245,7 @@ impl Pipeline {
         labels.iter().for_each(|&l| counts[l as usize] += 1);
         let ids = self
             .online
-            .recluster(model.centroids().as_slice(), &counts)
-            .map_err(clustering)?;
+            .recluster(model.centroids().as_slice(), &counts)?;
         let mut changes = Vec::new();
         for (&seq, &l) in seqs.iter().zip(&labels) {
             let id = ids[l as usize];
@@ -272,7 +265,7 @@ impl Pipeline {
     }
 
     pub fn set_novelty_threshold(&mut self, t: f32) -> Result<(), EdgeError> {
-        self.online.set_novelty_threshold(t).map_err(clustering)
+        Ok(self.online.set_novelty_threshold(t)?)
     }
 
     /// Forgets the clusters (ids keep counting up); the bank's entries stay.
@@ -284,10 +277,6 @@ impl Pipeline {
     pub fn snapshot(&mut self) -> Result<(), EdgeError> {
         self.bank.snapshot().map(|_| ())
     }
-}
-
-fn clustering(e: impl std::fmt::Display) -> EdgeError {
-    EdgeError::Clustering(e.to_string())
 }
 
 /// The bank's clusters: mean embedding per cluster id.

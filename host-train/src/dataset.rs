@@ -237,7 +237,7 @@ pub struct DataDefaults {
 impl DataDefaults {
     fn for_images(images: usize, median_side: Option<u32>) -> Self {
         let size = median_side.map_or(32, |s| (s / 4 * 4).clamp(16, 64));
-        let per_batch = (images / 8).max(16).min(256);
+        let per_batch = (images / 8).clamp(16, 256);
         Self {
             images,
             median_side,

@@ -277,9 +277,12 @@ impl Background {
     }
 }
 
+/// A short bar: its centre, its direction (cos, sin) and its colour.
+type Mark = ((f32, f32), (f32, f32), [f32; 3]);
+
 /// A few small distractor marks (short bars) on the background.
 struct Marks {
-    marks: Vec<((f32, f32), (f32, f32), [f32; 3])>,
+    marks: Vec<Mark>,
 }
 
 impl Marks {
