@@ -158,13 +158,22 @@ fn a_run_resumes_from_its_checkpoint() {
         vec![1, 2]
     );
     // The resumed epoch compared its pseudo-labels with the saved ones.
+    let last_train = rows
+        .iter()
+        .rev()
+        .find(|r| matches!(r, MetricsRow::Train { .. }));
     assert!(matches!(
-        rows.last(),
+        last_train,
         Some(MetricsRow::Train {
             epoch: 2,
             nmi_vs_previous: Some(_),
             ..
         })
+    ));
+    // Without labels, the run ends with label-free figures.
+    assert!(matches!(
+        rows.last(),
+        Some(MetricsRow::LabelFree { epoch: 2, .. })
     ));
 }
 
