@@ -45,23 +45,12 @@ fn ours() -> BenchResult<f64> {
     let x = Tensor::randn(0f32, 1.0, (BATCH, 1, 28, 28), &dev)?;
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| (i * 37) % 100).collect();
     let y = Tensor::from_vec(labels, BATCH, &dev)?;
-    let mut step = || -> BenchResult<()> {
+    let step = || -> BenchResult<()> {
         let logits = head.forward(&net.forward_t(&x, true)?)?;
         opt.backward_step(&host_train::ops::cross_entropy(&logits, &y)?)?;
         Ok(())
     };
-    for _ in 0..WARMUP {
-        step()?;
-    }
-    let mut best = 0f64;
-    for _ in 0..WINDOWS {
-        let t0 = Instant::now();
-        for _ in 0..STEPS {
-            step()?;
-        }
-        best = best.max((BATCH * STEPS) as f64 / t0.elapsed().as_secs_f64());
-    }
-    Ok(best)
+    Ok(BATCH as f64 * best_rate(step)?)
 }
 
 /// Best of `WINDOWS` windows of `STEPS` calls of `f`, in calls per second.
