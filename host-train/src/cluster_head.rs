@@ -333,6 +333,7 @@ fn centroids(emb: &[f32], labels: &[u32], dim: usize, k: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::central_difference_rows;
     use candle_core::Var;
 
     fn by_hand(a: &[Vec<f64>], n: &[Vec<f64>], w: f64) -> f64 {
@@ -382,19 +383,13 @@ mod tests {
         let gn: Vec<Vec<f32>> = grads.get(vn.as_tensor()).unwrap().to_vec2().unwrap();
         let h = 1e-5;
         for (i, j) in [(0, 0), (1, 2), (3, 1)] {
-            let (mut up, mut down) = (a.clone(), a.clone());
-            up[i][j] += h;
-            down[i][j] -= h;
-            let fd = (by_hand(&up, &n, w) - by_hand(&down, &n, w)) / (2.0 * h);
+            let fd = central_difference_rows(|a| by_hand(a, &n, w), &a, (i, j), h);
             assert!(
                 (ga[i][j] as f64 - fd).abs() < 1e-4,
                 "da[{i}][{j}] {} vs {fd}",
                 ga[i][j]
             );
-            let (mut up, mut down) = (n.clone(), n.clone());
-            up[i][j] += h;
-            down[i][j] -= h;
-            let fd = (by_hand(&a, &up, w) - by_hand(&a, &down, w)) / (2.0 * h);
+            let fd = central_difference_rows(|n| by_hand(&a, n, w), &n, (i, j), h);
             assert!(
                 (gn[i][j] as f64 - fd).abs() < 1e-4,
                 "dn[{i}][{j}] {} vs {fd}",

@@ -62,6 +62,16 @@ fn swav_config(train: &TrainSet, epochs: usize) -> RunConfig {
     }
 }
 
+/// (epoch, loss) of each training row.
+fn train_rows(rows: &[MetricsRow]) -> Vec<(usize, f64)> {
+    rows.iter()
+        .filter_map(|r| match r {
+            MetricsRow::Train { epoch, loss, .. } => Some((*epoch, *loss)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn swav_trains_on_rgb_scenes_and_its_head_reaches_the_manifest() {
     let train = scenes();
@@ -70,13 +80,7 @@ fn swav_trains_on_rgb_scenes_and_its_head_reaches_the_manifest() {
     let run = RunDir::create(dir.path()).unwrap();
     pretrain(&cfg, &train, None, &run, &Device::Cpu, false, &mut |_| {}).unwrap();
     let rows: Vec<MetricsRow> = run.read_metrics().unwrap();
-    let losses: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| match r {
-            MetricsRow::Train { loss, .. } => Some(*loss),
-            _ => None,
-        })
-        .collect();
+    let losses: Vec<f64> = train_rows(&rows).iter().map(|r| r.1).collect();
     assert_eq!(losses.len(), 6);
     assert!(losses.iter().all(|l| l.is_finite()));
     // The swapped prediction starts near log K (uniform predictions) and must fall.
@@ -162,12 +166,6 @@ fn a_swav_run_resumes_with_its_prototypes() {
     )
     .unwrap();
     let rows: Vec<MetricsRow> = run.read_metrics().unwrap();
-    let epochs: Vec<usize> = rows
-        .iter()
-        .filter_map(|r| match r {
-            MetricsRow::Train { epoch, .. } => Some(*epoch),
-            _ => None,
-        })
-        .collect();
+    let epochs: Vec<usize> = train_rows(&rows).iter().map(|r| r.0).collect();
     assert_eq!(epochs, vec![1, 2]);
 }

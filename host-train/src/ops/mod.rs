@@ -108,6 +108,21 @@ pub(crate) fn central_difference(
     (loss(&up) - loss(&down)) / (2.0 * f64::from(eps))
 }
 
+/// As [`central_difference`], for a loss of an f64 matrix held as rows: the derivative by
+/// element `(i, j)`, for the tests that check a gradient against a formula written by hand.
+#[cfg(test)]
+pub(crate) fn central_difference_rows(
+    loss: impl Fn(&[Vec<f64>]) -> f64,
+    x: &[Vec<f64>],
+    (i, j): (usize, usize),
+    h: f64,
+) -> f64 {
+    let (mut up, mut down) = (x.to_vec(), x.to_vec());
+    up[i][j] += h;
+    down[i][j] -= h;
+    (loss(&up) - loss(&down)) / (2.0 * h)
+}
+
 /// Largest absolute difference between two tensors of one shape, for tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
