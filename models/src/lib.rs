@@ -1,6 +1,7 @@
 //! The shared core of deepcluster-edge, written once and used by `host-train` on the GPU host
 //! and by `edge-runtime` on the board.
 //!
+//! - [`chart`]: line charts drawn into images (training curves, cluster sizes).
 //! - [`cluster`]: batch k-means (with a pluggable assignment step) and its parameters.
 //! - [`linalg`]: PCA-whitening and L2 normalisation.
 //! - [`metrics`]: NMI, ARI, purity, clustering accuracy and weighted kNN.
@@ -14,6 +15,8 @@
 
 extern crate alloc;
 
+#[cfg(feature = "image")]
+pub mod chart;
 pub mod cluster;
 #[cfg(feature = "std")]
 pub mod data;
