@@ -230,7 +230,7 @@ fn rss_child() {
             timestamp_ms: i,
             source: "cam0".into(),
             frame_id: i,
-            thumbnail: None,
+            detail: None,
         };
         bank.insert(&e, meta, (i % 100) as u32).unwrap();
     }

@@ -43,7 +43,7 @@ pub enum BankCommand {
 }
 
 /// Opening with the largest capacities evicts nothing that is stored.
-fn open(dir: &Path) -> Result<(MemoryBank, edge_runtime::bank::Recovery)> {
+pub fn open(dir: &Path) -> Result<(MemoryBank, edge_runtime::bank::Recovery)> {
     let cfg = BankConfig {
         max_entries: usize::MAX,
         max_bytes: usize::MAX,

@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// stopping at the first; stdin and camera inputs always skip bad frames.
     #[arg(long)]
     skip_bad: bool,
+    /// Longest side of the thumbnail kept with each bank entry, for `edge-runtime report`
+    /// (default: the model's input size; 0 keeps none). Thumbnails count against --bank-mb.
+    #[arg(long)]
+    thumb_size: Option<usize>,
     #[arg(long, default_value_t = 5000)]
     recluster_every: u64,
     #[arg(long, default_value_t = 2.0)]
@@ -151,6 +155,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         recluster_every: args.recluster_every,
         seed: 0,
+        thumb_size: args.thumb_size,
     };
     let options = PrepareOptions {
         batch: args.batch,
@@ -410,7 +415,7 @@ fn captured(source: String, frame_id: u64, pixels: Vec<u8>) -> Frame {
             timestamp_ms: now_ms(),
             source,
             frame_id,
-            thumbnail: None,
+            detail: None,
         },
         pixels,
     }

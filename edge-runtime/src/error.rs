@@ -22,6 +22,11 @@ pub enum EdgeError {
     Model { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Images { path: PathBuf, message: String },
+    #[error("{path}: cannot write the image: {source}")]
+    ImageWrite {
+        path: PathBuf,
+        source: image::ImageError,
+    },
     #[error("online clustering: {0}")]
     OnlineKMeans(#[from] models::cluster::OnlineKMeansError),
     #[error("re-clustering: {0}")]

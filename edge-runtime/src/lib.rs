@@ -7,6 +7,7 @@
 //! - [`link`]: the serial link to the microcontroller companion (board-support's protocol).
 //! - [`pipeline`]: frames -> embeddings -> online clusters -> bank and events.
 //! - [`preprocess`]: manifest-driven preprocessing shared by every backend.
+//! - [`report`]: a static HTML page of a bank's clusters and novel frames.
 
 pub mod backend;
 pub mod bank;
@@ -18,5 +19,6 @@ pub mod memory;
 pub mod npy;
 pub mod pipeline;
 pub mod preprocess;
+pub mod report;
 
 pub use error::EdgeError;

@@ -4,9 +4,11 @@
 //!   camera stream), cluster events out as JSON Lines, the memory bank on disk.
 //! - `embed`: embeddings of images as a `.npy` array.
 //! - `preprocess`: images as the model's input tensors (`.npy`), for model converters.
+//! - `report`: a memory bank as a static HTML page (clusters, thumbnails, novel frames).
 //! - `bank inspect|export|compact`: look after a memory bank.
 
 mod cli_bank;
+mod cli_report;
 mod cli_run;
 
 use std::path::PathBuf;
@@ -38,6 +40,9 @@ enum Command {
     /// Write images as the model's input tensors (N x C x H x W .npy), preprocessed as the
     /// manifest says: calibration and test data for model converters such as rknn-toolkit2.
     Preprocess(PreprocessArgs),
+    /// Write a memory bank as a static HTML page: each cluster's size, medoid and member
+    /// thumbnails, cluster sizes over time, and the novel frames. Opens from disk.
+    Report(cli_report::ReportArgs),
     /// Inspect, export or compact a memory bank.
     #[command(subcommand)]
     Bank(cli_bank::BankCommand),
@@ -140,6 +145,7 @@ fn main() -> Result<()> {
         Command::Run(args) => cli_run::run(&args),
         Command::Embed(args) => embed(&args),
         Command::Preprocess(args) => preprocess(&args),
+        Command::Report(args) => cli_report::report(&args),
         Command::Bank(cmd) => cli_bank::bank(&cmd),
     }
 }

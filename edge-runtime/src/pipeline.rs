@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::backend::{PrepareOptions, Runnable, Runtime};
 use crate::bank::identity::BankIdentity;
-use crate::bank::{CaptureMeta, MemoryBank};
+use crate::bank::{CaptureMeta, FrameDetail, MemoryBank, Thumbnail};
 use crate::bundle::ModelBundle;
 use crate::preprocess::Preprocessor;
 use crate::EdgeError;
@@ -24,6 +24,9 @@ pub struct PipelineConfig {
     /// Re-cluster the bank after this many frames (0: never).
     pub recluster_every: u64,
     pub seed: u64,
+    /// Longest side of the thumbnails stored with each entry: `None` keeps the model's input
+    /// size, `Some(0)` stores none.
+    pub thumb_size: Option<usize>,
 }
 
 impl Default for PipelineConfig {
@@ -32,6 +35,7 @@ impl Default for PipelineConfig {
             online: OnlineKMeansParams::default(),
             recluster_every: 5_000,
             seed: 0,
+            thumb_size: None,
         }
     }
 }
@@ -164,7 +168,16 @@ impl Pipeline {
             }
             for (f, e) in chunk.iter().zip(emb.chunks(dim)) {
                 let a = self.online.update(e)?;
-                self.bank.insert(e, f.meta.clone(), a.cluster_id)?;
+                let meta = CaptureMeta {
+                    detail: Some(FrameDetail {
+                        thumbnail: self.thumbnail(&f.pixels),
+                        distance: a.distance,
+                        novelty: a.novelty,
+                        novel: a.novel,
+                    }),
+                    ..f.meta.clone()
+                };
+                self.bank.insert(e, meta, a.cluster_id)?;
                 let change = a.change.map(|c| match c {
                     models::cluster::ClusterChange::Opened(id) => format!("opened {id}"),
                     models::cluster::ClusterChange::Merged { kept, removed } => {
@@ -193,6 +206,14 @@ impl Pipeline {
             }
         }
         Ok(events)
+    }
+
+    /// The thumbnail stored with a frame of `pixels` (already checked against the input size).
+    fn thumbnail(&self, pixels: &[u8]) -> Option<Thumbnail> {
+        let spec = self.pre.spec();
+        let (h, w) = (spec.height as usize, spec.width as usize);
+        let side = self.config.thumb_size.unwrap_or(h.max(w));
+        Thumbnail::of_frame(pixels, spec.channels(), h, w, side)
     }
 
     /// Batch k-means over the bank (k = the open clusters), ids kept by Hungarian matching.

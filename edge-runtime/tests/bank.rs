@@ -2,14 +2,22 @@
 
 use std::io::Write;
 
-use edge_runtime::bank::{BankConfig, CaptureMeta, EmbeddingFormat, Eviction, MemoryBank};
+use edge_runtime::bank::{
+    BankConfig, CaptureMeta, EmbeddingFormat, Eviction, FrameDetail, MemoryBank, Thumbnail,
+};
 
 fn meta(i: u64) -> CaptureMeta {
     CaptureMeta {
         timestamp_ms: 1_700_000_000_000 + i,
         source: "cam0".into(),
         frame_id: i,
-        thumbnail: i.is_multiple_of(3).then(|| format!("thumbs/{i}.png")),
+        // Every third entry carries a 2x2 gray thumbnail and its novelty; the rest none.
+        detail: i.is_multiple_of(3).then(|| FrameDetail {
+            thumbnail: Thumbnail::of_frame(&[i as u8; 4], 1, 2, 2, 2),
+            distance: 0.5,
+            novelty: i as f32,
+            novel: i.is_multiple_of(2),
+        }),
     }
 }
 

@@ -36,7 +36,7 @@ fn a_million_embeddings_keep_rss_flat() {
             timestamp_ms: i,
             source: "soak".into(),
             frame_id: i,
-            thumbnail: None,
+            detail: None,
         };
         bank.insert(&e, meta, a.cluster_id).unwrap();
         if i == 300_000 {

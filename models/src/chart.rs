@@ -70,7 +70,13 @@ impl Panel {
         line(img, (left, bottom), (right, bottom), INK);
         text(img, left - 2, bottom + 8, "0", INK);
         let last = format!("{}", self.x_max.round() as u64);
-        text(img, right - 8 * last.len() as i64 + 2, bottom + 8, &last, INK);
+        text(
+            img,
+            right - 8 * last.len() as i64 + 2,
+            bottom + 8,
+            &last,
+            INK,
+        );
         let x_axis = labels.x_axis.to_uppercase();
         let centre = left + self.width as i64 / 2 - 4 * x_axis.len() as i64;
         text(img, centre, bottom + 8, &x_axis, INK);

@@ -63,25 +63,28 @@ impl BankIdentity {
 /// rename); a later run whose model, embedding size, stored format or preprocessing differ is
 /// refused, naming both models.
 pub fn bind(dir: &Path, id: &BankIdentity) -> Result<(), EdgeError> {
+    match read(dir)? {
+        Some(stored) if stored.matches(id) => Ok(()),
+        Some(stored) => Err(EdgeError::BankModelMismatch {
+            path: dir.to_path_buf(),
+            stored: stored.describe(),
+            given: id.describe(),
+        }),
+        None => write(dir, &dir.join(IDENTITY_FILE), id),
+    }
+}
+
+/// The identity recorded in the bank in `dir`; `None` before its first run.
+pub fn read(dir: &Path) -> Result<Option<BankIdentity>, EdgeError> {
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => {
-            let stored: BankIdentity =
-                serde_json::from_slice(&bytes).map_err(|e| EdgeError::Bank {
-                    path: path.clone(),
-                    message: format!("unreadable identity: {e}"),
-                })?;
-            if stored.matches(id) {
-                Ok(())
-            } else {
-                Err(EdgeError::BankModelMismatch {
-                    path: dir.to_path_buf(),
-                    stored: stored.describe(),
-                    given: id.describe(),
-                })
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(dir, &path, id),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| EdgeError::Bank {
+                path,
+                message: format!("unreadable identity: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(EdgeError::Io { path, source: e }),
     }
 }

@@ -15,7 +15,7 @@ mod entry;
 pub mod identity;
 pub mod log;
 
-pub use entry::{BankEntry, CaptureMeta, EmbeddingFormat, StoredEmbedding};
+pub use entry::{BankEntry, CaptureMeta, EmbeddingFormat, FrameDetail, StoredEmbedding, Thumbnail};
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
