@@ -8,12 +8,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use edge_runtime::backend::PrepareOptions;
+use edge_runtime::backend::{PrepareOptions, Runtime};
+use edge_runtime::bank::identity::{self, BankIdentity};
 use edge_runtime::bank::{BankConfig, CaptureMeta, EmbeddingFormat, Eviction, MemoryBank};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::link::{self, BoardLink, LinkConfig, LinkEvent, ServeOptions};
 use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
 use edge_runtime::preprocess::Preprocessor;
+use edge_runtime::rebind::rebind;
 use edge_runtime::EdgeError;
 use models::cluster::{KMeansParams, OnlineKMeansParams};
 use models::data::{read_image, ImageFolderOptions, ImageSet};
@@ -56,6 +58,11 @@ pub struct RunArgs {
     /// stopping at the first; stdin and camera inputs always skip bad frames.
     #[arg(long)]
     skip_bad: bool,
+    /// When the bank was made by another model, embed its stored thumbnails again with this
+    /// one and re-cluster them, instead of refusing (the old bank is kept beside it as
+    /// BANK.before-rebind-<ms>). A bank with entries stored without thumbnails is refused.
+    #[arg(long)]
+    rebind: bool,
     /// Longest side of the thumbnail kept with each bank entry, for `edge-runtime report`
     /// (default: the model's input size; 0 keeps none). Thumbnails count against --bank-mb.
     #[arg(long)]
@@ -116,6 +123,35 @@ enum Source {
     Camera(edge_runtime::camera::V4l2Camera, String),
 }
 
+/// Rebinds the bank in `dir` to `bundle` when another model made it (nothing to do for a new
+/// bank or the same model).
+pub fn rebind_if_needed(
+    dir: &Path,
+    bundle: &ModelBundle,
+    runtime: &dyn Runtime,
+    options: &PrepareOptions,
+    cfg: &BankConfig,
+) -> Result<()> {
+    let wanted = BankIdentity::of(bundle, cfg.format);
+    match identity::read(dir)? {
+        Some(stored) if !stored.matches(&wanted) => {
+            let r = rebind(dir, bundle, runtime, options, cfg)?;
+            eprintln!(
+                "rebound {}: {} entries embedded again with {} (were {}), {} clusters; the old \
+                 bank is in {}",
+                dir.display(),
+                r.entries,
+                r.model,
+                r.previous_model,
+                r.clusters,
+                r.previous.display()
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A camera that fails this many frames in a row is gone (unplugged, driver stuck).
 #[cfg(feature = "v4l2")]
 const CAMERA_FAILURES: usize = 10;
@@ -143,6 +179,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         fsync: args.fsync,
         ..Default::default()
     };
+    let options = PrepareOptions {
+        batch: args.batch,
+        threads: args.threads.into(),
+    };
+    let runtime = args.backend.runtime()?;
+    if args.rebind {
+        rebind_if_needed(&args.bank, &bundle, runtime.as_ref(), &options, &bank_cfg)?;
+    }
     let (bank, rec) = MemoryBank::open(&args.bank, bank_cfg)?;
     if rec.torn_tails + rec.corrupt_snapshots + rec.preserved.len() > 0 {
         eprintln!("bank recovery: {}", serde_json::to_string(&rec)?);
@@ -157,11 +201,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         seed: 0,
         thumb_size: args.thumb_size,
     };
-    let options = PrepareOptions {
-        batch: args.batch,
-        threads: args.threads.into(),
-    };
-    let runtime = args.backend.runtime()?;
     let mut pipe = Pipeline::new(&bundle, runtime.as_ref(), &options, bank, cfg)?;
     let s = pre.spec();
     let frame_opts = ImageFolderOptions {

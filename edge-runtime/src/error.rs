@@ -46,6 +46,15 @@ pub enum EdgeError {
         stored: String,
         given: String,
     },
+    #[error(
+        "{path}: {missing} of the bank's {entries} entries have no thumbnail to embed again, so \
+         rebinding would lose them; run the new model on another --bank"
+    )]
+    RebindWithoutThumbnails {
+        path: PathBuf,
+        missing: usize,
+        entries: usize,
+    },
     #[error("{backend}: {message}")]
     Inference {
         backend: &'static str,

@@ -7,6 +7,7 @@
 //! - [`link`]: the serial link to the microcontroller companion (board-support's protocol).
 //! - [`pipeline`]: frames -> embeddings -> online clusters -> bank and events.
 //! - [`preprocess`]: manifest-driven preprocessing shared by every backend.
+//! - [`rebind`]: a bank's stored thumbnails embedded again by another model.
 //! - [`report`]: a static HTML page of a bank's clusters and novel frames.
 
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod memory;
 pub mod npy;
 pub mod pipeline;
 pub mod preprocess;
+pub mod rebind;
 pub mod report;
 
 pub use error::EdgeError;

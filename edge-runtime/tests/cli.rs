@@ -1,5 +1,7 @@
 //! `edge-runtime run` and `embed` on a folder: bad files skipped and counted with
-//! `--skip-bad` (named, and fatal, without it), and `--threads 2` embedding as one thread does.
+//! `--skip-bad` (named, and fatal, without it), `--threads 2` embedding as one thread does,
+//! a bank bound to its model (refused, or rebound with `--rebind`), frame ids that never
+//! repeat.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -204,6 +206,152 @@ fn a_bank_refuses_another_model_and_frame_ids_go_on_across_runs() {
         String::from_utf8_lossy(&inspect.stdout).contains("24"),
         "nothing was added"
     );
+}
+
+fn inspect(bank: &Path) -> serde_json::Value {
+    let out = ok(edge_runtime()
+        .args(["bank", "inspect", "--bank"])
+        .arg(bank)
+        .output()
+        .unwrap());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The bank's embeddings by frame id, through `bank export`.
+fn export(bank: &Path, scratch: &Path) -> std::collections::HashMap<u64, Vec<f64>> {
+    let out = scratch.join("export.jsonl");
+    ok(edge_runtime()
+        .args(["bank", "export", "--bank"])
+        .arg(bank)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap());
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let emb = v["embedding"].as_array().unwrap();
+            (
+                v["meta"]["frame_id"].as_u64().unwrap(),
+                emb.iter().map(|x| x.as_f64().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rebind_embeds_the_stored_thumbnails_again_and_keeps_the_old_bank() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("images");
+    write_images(&input, 30);
+    let input = input.to_str().unwrap();
+    let bank = dir.path().join("bank");
+    ok(run_into(
+        &bank,
+        input,
+        "fp32",
+        "30",
+        &dir.path().join("1.jsonl"),
+    ));
+
+    let events = dir.path().join("2.jsonl");
+    let mut cmd = edge_runtime();
+    cmd.args([
+        "run",
+        "--rebind",
+        "--precision",
+        "int8",
+        "--limit",
+        "10",
+        "--model",
+    ])
+    .arg(model_dir())
+    .args(["--input", input, "--bank"])
+    .arg(&bank)
+    .arg("--events")
+    .arg(&events);
+    let out = ok(cmd.output().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rebound") && err.contains("30 entries"),
+        "{err}"
+    );
+    // The old entries, embedded by the int8 model, and the new frames, whose ids go on.
+    let now = inspect(&bank);
+    assert_eq!(
+        (now["entries"].as_u64(), now["seen"].as_u64()),
+        (Some(40), Some(40))
+    );
+    assert_eq!(frame_ids(&events), (30..40).collect::<Vec<u64>>());
+    let identity = std::fs::read_to_string(bank.join("identity.json")).unwrap();
+    assert!(identity.contains("encoder.int8.onnx"), "{identity}");
+    // The fp32 bank is kept whole beside it.
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("bank.before-rebind-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(inspect(&kept[0])["entries"].as_u64(), Some(30));
+    let old_identity = std::fs::read_to_string(kept[0].join("identity.json")).unwrap();
+    assert!(old_identity.contains("encoder.fp32.onnx"), "{old_identity}");
+    // The rebound embeddings are what the int8 model gives those images directly (the
+    // thumbnails are the model's input, so only the bank's int8 storage differs).
+    let direct = dir.path().join("direct");
+    ok(run_into(
+        &direct,
+        input,
+        "int8",
+        "30",
+        &dir.path().join("3.jsonl"),
+    ));
+    let (rebound, fresh) = (export(&bank, dir.path()), export(&direct, dir.path()));
+    for frame in 0..30 {
+        let (a, b) = (&rebound[&frame], &fresh[&frame]);
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f64, f64::max);
+        assert!(diff < 0.02, "frame {frame}: {diff}");
+    }
+    // The same model again needs no rebind: nothing moves.
+    ok(cmd.output().unwrap());
+    assert_eq!(inspect(&bank)["entries"].as_u64(), Some(50));
+}
+
+#[test]
+fn a_bank_without_thumbnails_is_not_rebound_and_stays_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("images");
+    write_images(&input, 8);
+    let bank = dir.path().join("bank");
+    let run = |precision: &str, extra: &[&str]| {
+        edge_runtime()
+            .args(["run", "--precision", precision, "--model"])
+            .arg(model_dir())
+            .arg("--input")
+            .arg(&input)
+            .arg("--bank")
+            .arg(&bank)
+            .args(["--events", "/dev/null"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    ok(run("fp32", &["--thumb-size", "0"]));
+    let out = run("int8", &["--rebind"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("8 of the bank's 8 entries have no thumbnail"),
+        "{err}"
+    );
+    assert_eq!(inspect(&bank)["entries"].as_u64(), Some(8));
+    let siblings = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(siblings, 2, "only the images and the bank");
 }
 
 #[test]

@@ -144,6 +144,11 @@ impl Thumbnail {
                 .collect(),
         )
     }
+
+    /// As an RGB image; `None` when the pixels do not fit the stated shape.
+    pub fn to_image(&self) -> Option<image::RgbImage> {
+        image::RgbImage::from_raw(self.width as u32, self.height as u32, self.to_rgb()?)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

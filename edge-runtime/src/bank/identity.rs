@@ -42,7 +42,7 @@ impl BankIdentity {
     }
 
     /// Whether embeddings made under `other` can join a bank made under `self`.
-    fn matches(&self, other: &Self) -> bool {
+    pub fn matches(&self, other: &Self) -> bool {
         self.model_sha256 == other.model_sha256
             && self.embedding_dim == other.embedding_dim
             && self.format == other.format

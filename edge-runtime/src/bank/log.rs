@@ -17,6 +17,9 @@ pub enum Record {
     NextClusterId(u32),
     /// Reservoir sampling passed over a frame (counts towards `seen`).
     Skip,
+    /// At least this many frames were seen (a rebuilt bank carries its predecessor's count,
+    /// so frame ids go on). Appended last: older records keep their encoding.
+    SeenAtLeast(u64),
 }
 
 pub const HEADER: usize = 8;

@@ -337,6 +337,15 @@ impl MemoryBank {
         })
     }
 
+    /// Counts at least `seen` frames as seen, so that the frame ids of a bank rebuilt from
+    /// another go on from where that one stopped.
+    pub fn set_seen_at_least(&mut self, seen: u64) -> Result<(), EdgeError> {
+        let r = Record::SeenAtLeast(seen);
+        self.write(std::slice::from_ref(&r))?;
+        self.apply(r);
+        Ok(())
+    }
+
     /// New cluster ids for stored entries (after re-clustering).
     pub fn relabel(&mut self, labels: Vec<(u64, u32)>) -> Result<(), EdgeError> {
         let r = Record::Relabel(labels);
@@ -459,6 +468,7 @@ impl MemoryBank {
             }
             Record::NextClusterId(n) => self.next_cluster_id = self.next_cluster_id.max(n),
             Record::Skip => self.seen += 1,
+            Record::SeenAtLeast(n) => self.seen = self.seen.max(n),
         }
     }
 

@@ -101,8 +101,7 @@ pub fn thumb_file(seq: u64) -> String {
 
 /// The entry's thumbnail as an image; `None` when it has none or its pixels do not fit.
 fn thumbnail_image(e: &crate::bank::BankEntry) -> Option<image::RgbImage> {
-    let t = e.meta.detail.as_ref()?.thumbnail.as_ref()?;
-    image::RgbImage::from_raw(t.width as u32, t.height as u32, t.to_rgb()?)
+    e.meta.detail.as_ref()?.thumbnail.as_ref()?.to_image()
 }
 
 fn io(path: &Path, source: std::io::Error) -> EdgeError {
