@@ -22,7 +22,7 @@ use models::data::{read_image, ImageFolderOptions, ImageSet};
 use models::metrics::{clustering_accuracy, normalized_mutual_info};
 use models::MatRef;
 
-use crate::{BackendArg, PrecisionArg};
+use crate::{BackendArg, PrecisionArg, ProviderArgs};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -32,6 +32,8 @@ pub struct RunArgs {
     precision: PrecisionArg,
     #[arg(long, value_enum, default_value = "tract")]
     backend: BackendArg,
+    #[command(flatten)]
+    provider: ProviderArgs,
     /// A folder of images, `-` (image paths on stdin, one per line), `fashion-mnist` (its
     /// test split as a camera stream), or `v4l2:/dev/videoN` (a live camera; built with
     /// `--features v4l2`).
@@ -183,7 +185,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         batch: args.batch,
         threads: args.threads.into(),
     };
-    let runtime = args.backend.runtime()?;
+    let runtime = args
+        .backend
+        .runtime(&args.provider, args.precision.into())?;
     if args.rebind {
         rebind_if_needed(&args.bank, &bundle, runtime.as_ref(), &options, &bank_cfg)?;
     }

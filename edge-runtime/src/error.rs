@@ -55,6 +55,15 @@ pub enum EdgeError {
         missing: usize,
         entries: usize,
     },
+    #[error(
+        "{library}: onnxruntime cannot run the {provider}: {message}; refusing to fall back to \
+         the CPU (use --ep cpu for that)"
+    )]
+    ProviderUnavailable {
+        provider: &'static str,
+        library: PathBuf,
+        message: String,
+    },
     #[error("{backend}: {message}")]
     Inference {
         backend: &'static str,

@@ -77,14 +77,85 @@ pub enum BackendArg {
 }
 
 impl BackendArg {
-    pub fn runtime(self) -> Result<Box<dyn Runtime>> {
+    /// The runtime, with `--ep` applied (ort only; other backends refuse a GPU provider).
+    pub fn runtime(self, ep: &ProviderArgs, precision: Precision) -> Result<Box<dyn Runtime>> {
+        if !matches!(self.name(), "ort") && ep.ep != EpArg::Cpu {
+            anyhow::bail!(
+                "--ep {:?} is an onnxruntime execution provider: it needs --backend ort (built \
+                 with --features ort)",
+                ep.ep
+            );
+        }
+        let _ = precision;
         Ok(match self {
             BackendArg::Tract => Box::new(TractRuntime),
             #[cfg(feature = "ort")]
-            BackendArg::Ort => Box::new(OrtRuntime::from_env()?),
+            BackendArg::Ort => {
+                Box::new(OrtRuntime::from_env()?.with_provider(ep.provider(precision)))
+            }
             #[cfg(feature = "rknn")]
             BackendArg::Rknn => Box::new(edge_runtime::backend::RknnRuntime),
         })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BackendArg::Tract => "tract",
+            #[cfg(feature = "ort")]
+            BackendArg::Ort => "ort",
+            #[cfg(feature = "rknn")]
+            BackendArg::Rknn => "rknn",
+        }
+    }
+}
+
+/// onnxruntime's execution provider (`--backend ort`): the CPU, or the GPU through CUDA or
+/// TensorRT (Jetson).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProviderArgs {
+    /// Execution provider for --backend ort. A GPU provider that the loaded onnxruntime lacks
+    /// or cannot register is an error, never a silent fall-back to the CPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    ep: EpArg,
+    /// The GPU for --ep cuda and tensorrt.
+    #[arg(long, default_value_t = 0)]
+    gpu_device: i32,
+    /// TensorRT: allow fp16 kernels.
+    #[arg(long)]
+    trt_fp16: bool,
+    /// TensorRT: the int8 calibration table of an fp32 model (an int8 QDQ model carries its
+    /// own scales; `--precision int8` turns TensorRT's int8 on).
+    #[arg(long)]
+    trt_int8_calibration_table: Option<PathBuf>,
+    /// TensorRT: keep built engines (and timing caches) here, so a restart skips the build.
+    #[arg(long)]
+    trt_engine_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EpArg {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+impl ProviderArgs {
+    #[cfg(feature = "ort")]
+    fn provider(&self, precision: Precision) -> edge_runtime::backend::Provider {
+        use edge_runtime::backend::{Provider, TensorRtOptions};
+        match self.ep {
+            EpArg::Cpu => Provider::Cpu,
+            EpArg::Cuda => Provider::Cuda {
+                device: self.gpu_device,
+            },
+            EpArg::Tensorrt => Provider::TensorRt(TensorRtOptions {
+                device: self.gpu_device,
+                fp16: self.trt_fp16,
+                int8: precision == Precision::Int8,
+                int8_calibration_table: self.trt_int8_calibration_table.clone(),
+                engine_cache: self.trt_engine_cache.clone(),
+            }),
+        }
     }
 }
 
@@ -97,6 +168,8 @@ struct EmbedArgs {
     precision: PrecisionArg,
     #[arg(long, value_enum, default_value = "tract")]
     backend: BackendArg,
+    #[command(flatten)]
+    provider: ProviderArgs,
     /// A folder of JPEG/PNG images, a folder of IDX files, or `fashion-mnist` (test split).
     #[arg(long)]
     input: String,
@@ -162,7 +235,10 @@ fn embed(args: &EmbedArgs) -> Result<()> {
         batch: args.batch,
         threads: args.threads.into(),
     };
-    let run = args.backend.runtime()?.prepare(&bundle, &options)?;
+    let run = args
+        .backend
+        .runtime(&args.provider, precision)?
+        .prepare(&bundle, &options)?;
     let dim = run.embed_dim();
     let mut out = embed_images(run.as_ref(), &pre, &set)?;
     if bundle.manifest.embedding.l2_normalize && !args.raw {

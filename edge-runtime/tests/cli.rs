@@ -135,6 +135,27 @@ fn two_threads_embed_as_one_thread_does() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
 }
 
+#[test]
+fn a_gpu_provider_without_the_ort_backend_is_refused() {
+    let out = edge_runtime()
+        .args([
+            "embed",
+            "--ep",
+            "cuda",
+            "--input",
+            "fashion-mnist",
+            "--out",
+            "/dev/null",
+            "--model",
+        ])
+        .arg(model_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--backend ort"), "{err}");
+}
+
 fn run_into(bank: &Path, input: &str, precision: &str, limit: &str, events: &Path) -> Output {
     edge_runtime()
         .args([

@@ -71,3 +71,42 @@ fn onnxruntime_matches_tract_on_the_default_model() {
     let msg = e.to_string();
     assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
 }
+
+#[test]
+fn a_gpu_provider_the_library_lacks_is_an_error_not_a_cpu_fallback() {
+    use edge_runtime::backend::{Provider, TensorRtOptions};
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        eprintln!("ORT_DYLIB_PATH is not set: skipping the ort provider check");
+        return;
+    }
+    // The PyPI wheel that ./scripts/test loads is CPU-only.
+    let bundle = ModelBundle::load(&model_dir(), Precision::Int8).unwrap();
+    let options = PrepareOptions::default();
+    for (provider, name) in [
+        (Provider::Cuda { device: 0 }, "CUDAExecutionProvider"),
+        (
+            Provider::TensorRt(TensorRtOptions {
+                fp16: true,
+                int8: true,
+                ..Default::default()
+            }),
+            "TensorrtExecutionProvider",
+        ),
+    ] {
+        let ort = OrtRuntime::from_env().unwrap().with_provider(provider);
+        let err = ort
+            .prepare(&bundle, &options)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains(name)
+                && err.contains("refusing to fall back")
+                && err.contains("libonnxruntime"),
+            "{err}"
+        );
+    }
+    // The CPU provider still runs.
+    let cpu = OrtRuntime::from_env().unwrap().with_provider(Provider::Cpu);
+    assert!(cpu.prepare(&bundle, &options).is_ok());
+}

@@ -17,7 +17,7 @@ mod rknn;
 pub mod rknn_card;
 
 #[cfg(feature = "ort")]
-pub use self::ort::OrtRuntime;
+pub use self::ort::{OrtRuntime, Provider, TensorRtOptions};
 #[cfg(feature = "rknn")]
 pub use self::rknn::RknnRuntime;
 #[cfg(feature = "tract")]

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::ep::{self, ExecutionProviderDispatch};
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::Tensor;
 
@@ -31,6 +32,79 @@ static LOADED: OnceLock<OrtRuntime> = OnceLock::new();
 pub struct OrtRuntime {
     env: Environment,
     library: PathBuf,
+    provider: Provider,
+}
+
+/// Which onnxruntime execution provider runs the model. A GPU provider that the library lacks,
+/// or that fails to register (no CUDA, no TensorRT libraries), is an error: never a silent
+/// fall-back to the CPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Provider {
+    #[default]
+    Cpu,
+    Cuda {
+        device: i32,
+    },
+    TensorRt(TensorRtOptions),
+}
+
+/// What Jetson users set for TensorRT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TensorRtOptions {
+    pub device: i32,
+    /// Let TensorRT pick fp16 kernels.
+    pub fp16: bool,
+    /// int8 kernels: the Q/DQ scales of an int8 (QDQ) model, or this calibration table for an
+    /// fp32 one.
+    pub int8: bool,
+    pub int8_calibration_table: Option<PathBuf>,
+    /// Where built engines are kept, so a restart skips the (minutes-long) engine build.
+    pub engine_cache: Option<PathBuf>,
+}
+
+impl Provider {
+    /// onnxruntime's name for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Cpu => "CPUExecutionProvider",
+            Provider::Cuda { .. } => "CUDAExecutionProvider",
+            Provider::TensorRt(_) => "TensorrtExecutionProvider",
+        }
+    }
+
+    fn dispatch(&self) -> Option<ExecutionProviderDispatch> {
+        match self {
+            Provider::Cpu => None,
+            Provider::Cuda { device } => Some(ep::CUDA::default().with_device_id(*device).build()),
+            Provider::TensorRt(o) => {
+                let mut trt = ep::TensorRT::default()
+                    .with_device_id(o.device)
+                    .with_fp16(o.fp16)
+                    .with_int8(o.int8 || o.int8_calibration_table.is_some());
+                if let Some(table) = &o.int8_calibration_table {
+                    trt = trt.with_int8_calibration_table_name(table.display());
+                }
+                if let Some(dir) = &o.engine_cache {
+                    trt = trt
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(dir.display())
+                        .with_timing_cache(true)
+                        .with_timing_cache_path(dir.display());
+                }
+                Some(trt.build())
+            }
+        }
+        .map(ExecutionProviderDispatch::error_on_failure)
+    }
+
+    fn available(&self) -> Result<bool, ort::Error> {
+        use ort::ep::ExecutionProvider;
+        match self {
+            Provider::Cpu => Ok(true),
+            Provider::Cuda { .. } => ep::CUDA::is_available(),
+            Provider::TensorRt(_) => ep::TensorRT::is_available(),
+        }
+    }
 }
 
 impl OrtRuntime {
@@ -60,6 +134,7 @@ impl OrtRuntime {
         let runtime = Self {
             env,
             library: library.to_path_buf(),
+            provider: Provider::Cpu,
         };
         // Two threads racing here: the loser's environment is dropped, the winner's kept.
         Ok(LOADED.get_or_init(|| runtime).clone())
@@ -79,6 +154,45 @@ impl OrtRuntime {
     pub fn library(&self) -> &Path {
         &self.library
     }
+
+    /// The same library, running models on `provider`.
+    pub fn with_provider(mut self, provider: Provider) -> Self {
+        self.provider = provider;
+        self
+    }
+
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    fn provider_error(&self, message: String) -> EdgeError {
+        EdgeError::ProviderUnavailable {
+            provider: self.provider.name(),
+            library: self.library.clone(),
+            message,
+        }
+    }
+
+    /// `builder` with the chosen provider registered; an error when it cannot be.
+    fn register(&self, builder: SessionBuilder) -> Result<SessionBuilder, EdgeError> {
+        let Some(dispatch) = self.provider.dispatch() else {
+            return Ok(builder);
+        };
+        match self.provider.available() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(self.provider_error(
+                    "this onnxruntime build does not include it (the PyPI `onnxruntime` wheel \
+                     is CPU-only; use onnxruntime-gpu, or JetPack's build on a Jetson)"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(self.provider_error(e.to_string())),
+        }
+        builder
+            .with_execution_providers([dispatch])
+            .map_err(|e| self.provider_error(e.to_string()))
+    }
 }
 
 impl Runtime for OrtRuntime {
@@ -95,8 +209,9 @@ impl Runtime for OrtRuntime {
             path: model.path.clone(),
             message: e,
         };
-        let session = Session::builder(&self.env)
-            .map_err(|e| model_error(e.to_string()))?
+        let builder = Session::builder(&self.env).map_err(|e| model_error(e.to_string()))?;
+        let session = self
+            .register(builder)?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| model_error(e.to_string()))?
             .with_intra_threads(options.threads.max(1))
