@@ -20,8 +20,24 @@ pub enum EdgeError {
     ManifestJson { path: PathBuf, message: String },
     #[error("{path}: cannot load the model: {message}")]
     Model { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
-    Images { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Data {
+        path: PathBuf,
+        source: models::data::DataError,
+    },
+    #[error("{path}: images are {got:?} (c, h, w), the model takes {want:?}")]
+    ImageShape {
+        path: PathBuf,
+        got: [usize; 3],
+        want: [usize; 3],
+    },
+    #[error("{path}: {reason}")]
+    Pixels { path: PathBuf, reason: String },
+    #[error("{device}: {source}")]
+    Camera {
+        device: String,
+        source: crate::camera::CameraError,
+    },
     #[error("{path}: cannot write the image: {source}")]
     ImageWrite {
         path: PathBuf,

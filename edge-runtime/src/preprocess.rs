@@ -81,9 +81,10 @@ impl Preprocessor {
         ];
         let got = [set.channels, set.height, set.width];
         if want != got && !set.is_empty() {
-            return Err(EdgeError::Images {
+            return Err(EdgeError::ImageShape {
                 path: source.to_path_buf(),
-                message: format!("images are {got:?} (c, h, w), the model takes {want:?}"),
+                got,
+                want,
             });
         }
         Ok(())
@@ -91,8 +92,8 @@ impl Preprocessor {
 }
 
 fn data_error(path: &Path, e: models::data::DataError) -> EdgeError {
-    EdgeError::Images {
+    EdgeError::Data {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source: e,
     }
 }

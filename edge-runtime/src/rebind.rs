@@ -134,10 +134,10 @@ fn thumbnails_as_inputs(
     }
     let mut pixels = Vec::with_capacity(images.len() * spec.image_len());
     for img in images {
-        let p = image_pixels(image::DynamicImage::ImageRgb8(img), &opts).map_err(|message| {
-            EdgeError::Images {
+        let p = image_pixels(image::DynamicImage::ImageRgb8(img), &opts).map_err(|reason| {
+            EdgeError::Pixels {
                 path: dir.to_path_buf(),
-                message: format!("a stored thumbnail: {message}"),
+                reason: format!("a stored thumbnail: {reason}"),
             }
         })?;
         pixels.extend(p);

@@ -66,15 +66,46 @@ pub struct FrameLayout {
     pub stride: u32,
 }
 
+/// Why a camera buffer is not an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    #[error("frame size {width}x{height} has no pixels")]
+    NoPixels { width: usize, height: usize },
+    #[error("{format:?} frame {width}x{height} (stride {stride}) needs {need} bytes, got {got}")]
+    Short {
+        format: PixelFormat,
+        width: usize,
+        height: usize,
+        stride: usize,
+        need: usize,
+        got: usize,
+    },
+    #[error("YUYV frame width {0} is odd")]
+    OddYuyvWidth(usize),
+    #[error("MJPEG frame of {bytes} bytes: {source}")]
+    Jpeg {
+        bytes: usize,
+        source: image::ImageError,
+    },
+}
+
 /// One buffer as an image; a short or undecodable buffer is an error naming what is wrong.
-pub fn decode_frame(layout: &FrameLayout, bytes: &[u8]) -> Result<DynamicImage, String> {
+pub fn decode_frame(layout: &FrameLayout, bytes: &[u8]) -> Result<DynamicImage, FrameError> {
     let (w, h) = (layout.width as usize, layout.height as usize);
     if w == 0 || h == 0 {
-        return Err(format!("frame size {w}x{h} has no pixels"));
+        return Err(FrameError::NoPixels {
+            width: w,
+            height: h,
+        });
     }
     let Some(bpp) = layout.format.bytes_per_pixel() else {
-        return image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-            .map_err(|e| format!("MJPEG frame of {} bytes: {e}", bytes.len()));
+        return image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(
+            |source| FrameError::Jpeg {
+                bytes: bytes.len(),
+                source,
+            },
+        );
     };
     let stride = if layout.stride == 0 {
         w * bpp
@@ -83,11 +114,14 @@ pub fn decode_frame(layout: &FrameLayout, bytes: &[u8]) -> Result<DynamicImage, 
     };
     let need = stride * (h - 1) + w * bpp;
     if stride < w * bpp || bytes.len() < need {
-        return Err(format!(
-            "{:?} frame {w}x{h} (stride {stride}) needs {need} bytes, got {}",
-            layout.format,
-            bytes.len()
-        ));
+        return Err(FrameError::Short {
+            format: layout.format,
+            width: w,
+            height: h,
+            stride,
+            need,
+            got: bytes.len(),
+        });
     }
     let rows = (0..h).map(|y| &bytes[y * stride..y * stride + w * bpp]);
     Ok(match layout.format {
@@ -104,7 +138,7 @@ pub fn decode_frame(layout: &FrameLayout, bytes: &[u8]) -> Result<DynamicImage, 
         }
         PixelFormat::Yuyv => {
             if w % 2 != 0 {
-                return Err(format!("YUYV frame width {w} is odd"));
+                return Err(FrameError::OddYuyvWidth(w));
             }
             let mut data = Vec::with_capacity(w * h * 3);
             for row in rows {
@@ -198,12 +232,25 @@ mod tests {
     #[test]
     fn bad_buffers_are_errors() {
         let e = decode_frame(&layout(PixelFormat::Yuyv, 4, 2, 0), &[0; 15]).unwrap_err();
-        assert!(e.contains("needs 16 bytes, got 15"), "{e}");
+        assert!(
+            matches!(
+                e,
+                FrameError::Short {
+                    need: 16,
+                    got: 15,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("needs 16 bytes, got 15"), "{e}");
         let e = decode_frame(&layout(PixelFormat::Yuyv, 3, 1, 0), &[0; 6]).unwrap_err();
-        assert!(e.contains("odd"), "{e}");
+        assert!(matches!(e, FrameError::OddYuyvWidth(3)), "{e}");
         let e =
             decode_frame(&layout(PixelFormat::Mjpeg, 4, 4, 0), b"\xff\xd8 not a jpeg").unwrap_err();
-        assert!(e.contains("MJPEG frame of"), "{e}");
+        assert!(matches!(e, FrameError::Jpeg { bytes: 11, .. }), "{e}");
+        // The decoder's own error stays reachable as the source.
+        assert!(std::error::Error::source(&e).is_some());
         assert!(decode_frame(&layout(PixelFormat::Grey, 0, 4, 0), &[]).is_err());
     }
 }

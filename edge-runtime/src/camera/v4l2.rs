@@ -13,6 +13,7 @@ use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
 use super::frame::{decode_frame, FrameLayout, PixelFormat};
+use super::CameraError;
 use crate::EdgeError;
 
 /// Buffers the driver fills in turn: enough to capture while one is being embedded.
@@ -39,21 +40,21 @@ impl std::fmt::Debug for V4l2Camera {
 impl V4l2Camera {
     /// Opens `path` for streaming capture; frames come out at `opts`' size and colour.
     pub fn open(path: &str, opts: ImageFolderOptions) -> Result<Self, EdgeError> {
-        let err = |message: String| EdgeError::Images {
-            path: path.into(),
-            message,
+        let err = |source: CameraError| EdgeError::Camera {
+            device: path.into(),
+            source,
         };
-        let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
+        let io = |call: &'static str, source: std::io::Error| err(CameraError::Io { call, source });
         let device = Device::with_path(path).map_err(|e| io("cannot open the camera", e))?;
         let caps = device.query_caps().map_err(|e| io("VIDIOC_QUERYCAP", e))?;
         if !caps
             .capabilities
             .contains(Flags::VIDEO_CAPTURE | Flags::STREAMING)
         {
-            return Err(err(format!(
-                "{} ({}) is not a streaming capture device",
-                caps.card, caps.driver
-            )));
+            return Err(err(CameraError::NotCapture {
+                card: caps.card,
+                driver: caps.driver,
+            }));
         }
         let offered: Vec<[u8; 4]> = device
             .enum_formats()
@@ -65,22 +66,20 @@ impl V4l2Camera {
             .into_iter()
             .find(|f| offered.contains(&f.fourcc()))
             .ok_or_else(|| {
-                err(format!(
-                    "offers none of the pixel formats we decode (GREY, YUYV, RGB3, BGR3, MJPG): {}",
-                    offered
+                err(CameraError::NoKnownFormat {
+                    offered: offered
                         .iter()
                         .map(|c| String::from_utf8_lossy(c).into_owned())
                         .collect::<Vec<_>>()
-                        .join(", ")
-                ))
+                        .join(", "),
+                })
             })?;
         let mut fmt = device.format().map_err(|e| io("VIDIOC_G_FMT", e))?;
         fmt.fourcc = FourCC::new(&format.fourcc());
         let fmt = device.set_format(&fmt).map_err(|e| io("VIDIOC_S_FMT", e))?;
         let format = PixelFormat::from_fourcc(fmt.fourcc.repr).ok_or_else(|| {
-            err(format!(
-                "the driver switched to {} instead",
-                String::from_utf8_lossy(&fmt.fourcc.repr)
+            err(CameraError::FormatSwitched(
+                String::from_utf8_lossy(&fmt.fourcc.repr).into_owned(),
             ))
         })?;
         let mut stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS)
@@ -108,19 +107,23 @@ impl V4l2Camera {
     /// The next frame as the model's planar u8 pixels, and the driver's sequence number.
     /// A damaged buffer is an error for that frame only; the stream goes on.
     pub fn next_frame(&mut self) -> Result<(Vec<u8>, u32), EdgeError> {
-        let (buf, meta) = self.stream.next().map_err(|e| EdgeError::Images {
-            path: self.path.clone().into(),
-            message: format!("VIDIOC_DQBUF: {e}"),
+        let err = |source: CameraError| EdgeError::Camera {
+            device: self.path.clone(),
+            source,
+        };
+        let (buf, meta) = self.stream.next().map_err(|source| {
+            err(CameraError::Io {
+                call: "VIDIOC_DQBUF",
+                source,
+            })
         })?;
         let used = (meta.bytesused as usize).min(buf.len());
         let sequence = meta.sequence;
-        decode_frame(&self.layout, &buf[..used])
-            .and_then(|img| image_pixels(img, &self.opts))
-            .map(|pixels| (pixels, sequence))
-            .map_err(|message| EdgeError::Images {
-                path: format!("{} frame {sequence}", self.path).into(),
-                message,
-            })
+        let img = decode_frame(&self.layout, &buf[..used])
+            .map_err(|source| err(CameraError::Frame { sequence, source }))?;
+        let pixels = image_pixels(img, &self.opts)
+            .map_err(|reason| err(CameraError::Pixels { sequence, reason }))?;
+        Ok((pixels, sequence))
     }
 }
 
