@@ -5,15 +5,14 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
-use host_train::cluster_head::{fit_cluster_head, ClusterHead, ClusterHeadConfig, HEAD_FILE};
+use host_train::cluster_head::{
+    fit_cluster_head, mine_neighbours, ClusterHead, ClusterHeadConfig, MiningSpace, HEAD_FILE,
+};
 use host_train::dataset::{load_images, TrainSet};
 use host_train::features::extract;
 use host_train::pretrain::load_encoder;
 use host_train::run_dir::RunDir;
-use models::metrics::{
-    adjusted_rand_index, clustering_accuracy, nearest_neighbours, normalized_mutual_info,
-};
-use models::MatRef;
+use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
 
 #[derive(Debug, Args)]
 pub struct ClusterHeadArgs {
@@ -38,8 +37,18 @@ pub struct ClusterHeadArgs {
     /// Weight of the entropy term that keeps every cluster in use.
     #[arg(long, default_value_t = ClusterHeadConfig::default().entropy_weight)]
     entropy_weight: f64,
+    /// Where neighbours are mined: on the embedding as it is, or PCA-whitened (fitted on it,
+    /// no labels).
+    #[arg(long, value_enum, default_value = "raw")]
+    mine_on: MineArg,
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MineArg {
+    Raw,
+    Whitened,
 }
 
 pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
@@ -56,6 +65,10 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         steps: args.steps,
         entropy_weight: args.entropy_weight,
         seed: cfg.seed,
+        mine_on: match args.mine_on {
+            MineArg::Whitened => MiningSpace::Whitened,
+            MineArg::Raw => MiningSpace::Raw,
+        },
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
@@ -82,7 +95,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
     );
     if let Some(labels) = train.images.labels.as_deref() {
         let dim = head.dim;
-        let nb = nearest_neighbours(MatRef::new(&clean, dim)?, hcfg.neighbours)?;
+        let nb = mine_neighbours(&clean, dim, &hcfg)?;
         let k = hcfg.neighbours.min(labels.len() - 1);
         let same = nb
             .iter()
