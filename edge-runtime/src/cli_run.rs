@@ -165,7 +165,74 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let bundle = ModelBundle::load(&args.model, args.precision.into())?;
     let pre = Preprocessor::new(bundle.manifest.preprocess.clone());
-    let bank_cfg = BankConfig {
+    let mut pipe = open_pipeline(args, &bundle)?;
+    let mut source = open_source(args, &pre)?;
+    let link = match &args.link {
+        Some(port) => Some(BoardLink::open(
+            port,
+            LinkConfig {
+                baud: args.link_baud,
+                ..Default::default()
+            },
+        )?),
+        None => None,
+    };
+    let mut sink = Sink {
+        out: events_out(args)?,
+        link: link.as_ref(),
+        assigned: Vec::new(),
+    };
+    let mut tally = Tally::default();
+    let t0 = Instant::now();
+    match (&mut source, &link) {
+        (source, Some(l)) if args.link_frames => {
+            tally.frames = serve_link(args, &mut pipe, source, l, &mut *sink.out, &stop)?;
+        }
+        (Source::Set(set, name), _) => {
+            stream_set(args, &mut pipe, set, name, &mut sink, &mut tally, &stop)?
+        }
+        #[cfg(feature = "v4l2")]
+        (Source::Camera(camera, device), _) => stream_camera(
+            args, &mut pipe, camera, device, &mut sink, &mut tally, &stop,
+        )?,
+        (Source::Stdin(opts), _) => {
+            stream_stdin(args, &mut pipe, opts, &mut sink, &mut tally, &stop)?
+        }
+    }
+    // Graceful end (input done, SIGINT or SIGTERM): everything stored is on disk.
+    pipe.snapshot()?;
+    let assigned = std::mem::take(&mut sink.assigned);
+    drop(sink);
+    if let Some(l) = link {
+        let port = l.port().to_string();
+        let (stats, unacked) = l.close(Duration::from_secs(2));
+        eprintln!(
+            "link {port}: {} handshakes, {} acknowledged, {unacked} unacknowledged, {} resent, {} damaged frames",
+            stats.handshakes, stats.delivered, stats.retransmits, stats.damaged
+        );
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{} frames in {secs:.1} s ({:.0} frames/s), {} clusters, bank {} entries{}",
+        tally.frames,
+        tally.frames as f64 / secs.max(1e-9),
+        pipe.online().clusters().len(),
+        pipe.bank().len(),
+        if stop.load(Ordering::Relaxed) {
+            " (stopped by signal)"
+        } else {
+            ""
+        }
+    );
+    if let Some(path) = &args.report {
+        let rate = tally.frames as f64 / secs.max(1e-9);
+        quality_report(path, &bundle, &pipe, &tally, &assigned, rate)?;
+    }
+    Ok(())
+}
+
+fn bank_config(args: &RunArgs) -> BankConfig {
+    BankConfig {
         max_entries: args.bank_entries,
         max_bytes: args.bank_mb << 20,
         format: match args.bank_format {
@@ -180,7 +247,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         fsync: args.fsync,
         ..Default::default()
-    };
+    }
+}
+
+/// The backend, the bank (rebound first with `--rebind`, recovered) and the pipeline on them.
+fn open_pipeline(args: &RunArgs, bundle: &ModelBundle) -> Result<Pipeline> {
+    let bank_cfg = bank_config(args);
     let options = PrepareOptions {
         batch: args.batch,
         threads: args.threads.into(),
@@ -189,7 +261,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .backend
         .runtime(&args.provider, args.precision.into())?;
     if args.rebind {
-        rebind_if_needed(&args.bank, &bundle, runtime.as_ref(), &options, &bank_cfg)?;
+        rebind_if_needed(&args.bank, bundle, runtime.as_ref(), &options, &bank_cfg)?;
     }
     let (bank, rec) = MemoryBank::open(&args.bank, bank_cfg)?;
     if rec.torn_tails + rec.corrupt_snapshots + rec.preserved.len() > 0 {
@@ -205,7 +277,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
         seed: 0,
         thumb_size: args.thumb_size,
     };
-    let mut pipe = Pipeline::new(&bundle, runtime.as_ref(), &options, bank, cfg)?;
+    Ok(Pipeline::new(
+        bundle,
+        runtime.as_ref(),
+        &options,
+        bank,
+        cfg,
+    )?)
+}
+
+/// `--input`: stdin paths, a camera, or a set read whole (unreadable files named).
+fn open_source(args: &RunArgs, pre: &Preprocessor) -> Result<Source> {
     let s = pre.spec();
     let frame_opts = ImageFolderOptions {
         width: s.width,
@@ -214,202 +296,243 @@ pub fn run(args: &RunArgs) -> Result<()> {
         resize: s.resize,
         skip_bad: false,
     };
-    let mut source = if args.input == "-" {
-        Source::Stdin(frame_opts)
-    } else if let Some(device) = edge_runtime::camera::v4l2_device(&args.input) {
-        camera_source(device, frame_opts)?
-    } else {
-        let set = pre.read_source(&args.input, args.skip_bad)?;
-        for s in &set.skipped {
-            eprintln!("skipped {}: {}", s.path.display(), s.reason);
-        }
-        if !set.skipped.is_empty() {
-            eprintln!(
-                "{} unreadable images skipped, {} read",
-                set.skipped.len(),
-                set.len()
-            );
-        }
-        Source::Set(set, args.input.clone())
-    };
-    let mut out: Box<dyn Write> = match &args.events {
+    if args.input == "-" {
+        return Ok(Source::Stdin(frame_opts));
+    }
+    if let Some(device) = edge_runtime::camera::v4l2_device(&args.input) {
+        return camera_source(device, frame_opts);
+    }
+    let set = pre.read_source(&args.input, args.skip_bad)?;
+    for s in &set.skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+    if !set.skipped.is_empty() {
+        eprintln!(
+            "{} unreadable images skipped, {} read",
+            set.skipped.len(),
+            set.len()
+        );
+    }
+    Ok(Source::Set(set, args.input.clone()))
+}
+
+/// `--events FILE`, else stdout.
+fn events_out(args: &RunArgs) -> Result<Box<dyn Write>> {
+    Ok(match &args.events {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| p.display().to_string())?,
         )),
         None => Box::new(std::io::stdout().lock()),
-    };
-    let want_report = args.report.is_some();
-    let (mut embeddings, mut assigned, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-    let t0 = Instant::now();
-    let mut frames_done = 0usize;
-    // Frame ids go on from the frames the bank has already seen, so they never repeat
-    // across runs (or after a kill and a restart).
-    let first_id = pipe.bank().seen();
-    let link = match &args.link {
-        Some(port) => Some(BoardLink::open(
-            port,
-            LinkConfig {
-                baud: args.link_baud,
-                ..Default::default()
-            },
-        )?),
-        None => None,
-    };
-    let emit = |events: Vec<Event>, out: &mut dyn Write, assigned: &mut Vec<u32>| -> Result<()> {
+    })
+}
+
+/// Where events go: JSON Lines out, cluster events to the MCU, and the MCU's commands back.
+struct Sink<'a> {
+    out: Box<dyn Write>,
+    link: Option<&'a BoardLink>,
+    /// The cluster of every frame, in order (for `--report`).
+    assigned: Vec<u32>,
+}
+
+impl Sink<'_> {
+    fn emit(&mut self, events: Vec<Event>, pipe: &mut Pipeline) -> Result<()> {
         for e in events {
             if let Event::Frame { cluster_id, .. } = &e {
-                assigned.push(*cluster_id);
+                self.assigned.push(*cluster_id);
             }
-            if let (Some(l), Some(m)) = (&link, link::cluster_event(&e)) {
+            if let (Some(l), Some(m)) = (self.link, link::cluster_event(&e)) {
                 l.send(m)?;
             }
-            writeln!(out, "{}", serde_json::to_string(&e)?)?;
+            writeln!(self.out, "{}", serde_json::to_string(&e)?)?;
         }
-        out.flush()?;
-        Ok(())
+        self.out.flush()?;
+        take_commands(self.link, pipe, &mut *self.out)
+    }
+}
+
+/// What a run counted: frames, and for `--report` the embeddings and labels of a set.
+#[derive(Default)]
+struct Tally {
+    frames: usize,
+    embeddings: Vec<f32>,
+    labels: Vec<u32>,
+}
+
+/// Frames paced by the MCU (`--link-frames`): each FrameReady takes the next input image.
+fn serve_link(
+    args: &RunArgs,
+    pipe: &mut Pipeline,
+    source: &mut Source,
+    link: &BoardLink,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<usize> {
+    let options = ServeOptions {
+        trigger_every: args.trigger_every_ms.map(Duration::from_millis),
+        exposure_us: 5000,
+        limit: args.limit,
+        idle_timeout: args.link_idle_s.map(Duration::from_secs_f64),
     };
-    match (&mut source, &link) {
-        (source, Some(l)) if args.link_frames => {
-            let options = ServeOptions {
-                trigger_every: args.trigger_every_ms.map(Duration::from_millis),
-                exposure_us: 5000,
-                limit: args.limit,
-                idle_timeout: args.link_idle_s.map(Duration::from_secs_f64),
-            };
-            let mut frames = FrameReader::new(source, &stop);
-            let mut write_event = |v: &serde_json::Value| -> Result<(), EdgeError> {
-                writeln!(out, "{v}")
-                    .and_then(|_| out.flush())
-                    .map_err(|e| EdgeError::Io {
-                        path: args.events.clone().unwrap_or_else(|| "stdout".into()),
-                        source: e,
-                    })
-            };
-            let summary = link::serve(
-                &mut pipe,
-                l,
-                &mut |frame_id| frames.next(frame_id),
-                &options,
-                &stop,
-                &mut write_event,
-            )?;
-            frames_done = summary.frames;
-        }
-        (Source::Set(set, name), _) => {
-            let n = args.limit.unwrap_or(usize::MAX).min(set.len());
-            for start in (0..n).step_by(pipe.batch()) {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let end = (start + pipe.batch()).min(n);
-                let frames: Vec<Frame> = (start..end)
-                    .map(|i| set_frame(set, name, i, first_id + i as u64))
-                    .collect();
-                let events = pipe.process(&frames, want_report.then_some(&mut embeddings))?;
-                emit(events, &mut out, &mut assigned)?;
-                take_commands(link.as_ref(), &mut pipe, &mut out)?;
-                if let Some(l) = &set.labels {
-                    labels.extend_from_slice(&l[start..end]);
-                }
-                frames_done = end;
-            }
-        }
-        #[cfg(feature = "v4l2")]
-        (Source::Camera(camera, device), _) => loop {
-            if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| frames_done >= n) {
-                break;
-            }
-            // A camera that keeps failing ends the run, with everything stored on disk.
-            let frame = match capture(camera, device, first_id + frames_done as u64, &stop) {
-                Ok(frame) => frame,
-                Err(_) if stop.load(Ordering::Relaxed) => break,
-                Err(e) => {
-                    pipe.snapshot()?;
-                    bail!("{device}: {CAMERA_FAILURES} frames failed in a row ({e}); stopping");
-                }
-            };
-            let events = pipe.process(&[frame], None)?;
-            emit(events, &mut out, &mut assigned)?;
-            take_commands(link.as_ref(), &mut pipe, &mut out)?;
-            frames_done += 1;
-        },
-        (Source::Stdin(opts), _) => {
-            let stdin = std::io::stdin();
-            for (i, line) in stdin.lock().lines().enumerate() {
-                if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| i >= n) {
-                    break;
-                }
-                let line = line?;
-                let path = Path::new(line.trim());
-                // A bad frame is reported and skipped; the stream goes on.
-                let pixels = match read_image(path, opts) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("skipped frame {i}: {e}");
-                        continue;
-                    }
-                };
-                let frame = captured(path.display().to_string(), first_id + i as u64, pixels);
-                let events = pipe.process(&[frame], None)?;
-                emit(events, &mut out, &mut assigned)?;
-                take_commands(link.as_ref(), &mut pipe, &mut out)?;
-                frames_done += 1;
-            }
-        }
-    }
-    // Graceful end (input done, SIGINT or SIGTERM): everything stored is on disk.
-    pipe.snapshot()?;
-    if let Some(l) = link {
-        let port = l.port().to_string();
-        let (stats, unacked) = l.close(Duration::from_secs(2));
-        eprintln!(
-            "link {port}: {} handshakes, {} acknowledged, {unacked} unacknowledged, {} resent, {} damaged frames",
-            stats.handshakes, stats.delivered, stats.retransmits, stats.damaged
-        );
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "{frames_done} frames in {secs:.1} s ({:.0} frames/s), {} clusters, bank {} entries{}",
-        frames_done as f64 / secs.max(1e-9),
-        pipe.online().clusters().len(),
-        pipe.bank().len(),
+    let mut frames = FrameReader::new(source, stop);
+    let mut write_event = |v: &serde_json::Value| -> Result<(), EdgeError> {
+        writeln!(out, "{v}")
+            .and_then(|_| out.flush())
+            .map_err(|e| EdgeError::Io {
+                path: args.events.clone().unwrap_or_else(|| "stdout".into()),
+                source: e,
+            })
+    };
+    let summary = link::serve(
+        pipe,
+        link,
+        &mut |frame_id| frames.next(frame_id),
+        &options,
+        stop,
+        &mut write_event,
+    )?;
+    Ok(summary.frames)
+}
+
+/// A set read whole, in backend-sized batches. Frame ids go on from the frames the bank has
+/// already seen, so they never repeat across runs (or after a kill and a restart).
+fn stream_set(
+    args: &RunArgs,
+    pipe: &mut Pipeline,
+    set: &ImageSet,
+    name: &str,
+    sink: &mut Sink,
+    tally: &mut Tally,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let first_id = pipe.bank().seen();
+    let n = args.limit.unwrap_or(usize::MAX).min(set.len());
+    for start in (0..n).step_by(pipe.batch()) {
         if stop.load(Ordering::Relaxed) {
-            " (stopped by signal)"
-        } else {
-            ""
+            break;
         }
-    );
-    if let Some(path) = &args.report {
-        if labels.len() != assigned.len() || labels.is_empty() {
-            bail!("--report needs labelled frames (Fashion-MNIST or class sub-folders)");
+        let end = (start + pipe.batch()).min(n);
+        let frames: Vec<Frame> = (start..end)
+            .map(|i| set_frame(set, name, i, first_id + i as u64))
+            .collect();
+        let embeddings = args.report.is_some().then_some(&mut tally.embeddings);
+        let events = pipe.process(&frames, embeddings)?;
+        sink.emit(events, pipe)?;
+        if let Some(l) = &set.labels {
+            tally.labels.extend_from_slice(&l[start..end]);
         }
-        let dim = pipe.online().dim();
-        let k = bundle.manifest.centroid_count_or(10);
-        let batch = KMeansParams::new(k)
-            .seed(0)
-            .n_redo(3)
-            .check()?
-            .fit(MatRef::new(&embeddings, dim)?)?;
-        let report = serde_json::json!({
-            "frames": assigned.len(),
-            "online_clusters": pipe.online().clusters().len(),
-            "online_nmi": normalized_mutual_info(&labels, &assigned)?,
-            "online_accuracy": clustering_accuracy(&labels, &assigned)?,
-            "batch_k": k,
-            "batch_nmi": normalized_mutual_info(&labels, &batch.labels)?,
-            "batch_accuracy": clustering_accuracy(&labels, &batch.labels)?,
-            "frames_per_s": frames_done as f64 / secs.max(1e-9),
-        });
-        let ratio = report["online_nmi"].as_f64().unwrap() / report["batch_nmi"].as_f64().unwrap();
-        eprintln!(
-            "online NMI {:.4} (accuracy {:.4}) vs batch k-means NMI {:.4} (accuracy {:.4}): {ratio:.3}x",
-            report["online_nmi"].as_f64().unwrap(),
-            report["online_accuracy"].as_f64().unwrap(),
-            report["batch_nmi"].as_f64().unwrap(),
-            report["batch_accuracy"].as_f64().unwrap(),
-        );
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        tally.frames = end;
     }
+    Ok(())
+}
+
+/// A live camera until the limit, a signal, or [`CAMERA_FAILURES`] bad frames in a row.
+#[cfg(feature = "v4l2")]
+fn stream_camera(
+    args: &RunArgs,
+    pipe: &mut Pipeline,
+    camera: &mut edge_runtime::camera::V4l2Camera,
+    device: &str,
+    sink: &mut Sink,
+    tally: &mut Tally,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let first_id = pipe.bank().seen();
+    loop {
+        if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| tally.frames >= n) {
+            return Ok(());
+        }
+        // A camera that keeps failing ends the run, with everything stored on disk.
+        let frame = match capture(camera, device, first_id + tally.frames as u64, stop) {
+            Ok(frame) => frame,
+            Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
+            Err(e) => {
+                pipe.snapshot()?;
+                bail!("{device}: {CAMERA_FAILURES} frames failed in a row ({e}); stopping");
+            }
+        };
+        let events = pipe.process(&[frame], None)?;
+        sink.emit(events, pipe)?;
+        tally.frames += 1;
+    }
+}
+
+/// Image paths on stdin, one per line, as they arrive; a bad image is named and skipped.
+fn stream_stdin(
+    args: &RunArgs,
+    pipe: &mut Pipeline,
+    opts: &ImageFolderOptions,
+    sink: &mut Sink,
+    tally: &mut Tally,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let first_id = pipe.bank().seen();
+    let stdin = std::io::stdin();
+    for (i, line) in stdin.lock().lines().enumerate() {
+        if stop.load(Ordering::Relaxed) || args.limit.is_some_and(|n| i >= n) {
+            break;
+        }
+        let line = line?;
+        let path = Path::new(line.trim());
+        let pixels = match read_image(path, opts) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("skipped frame {i}: {e}");
+                continue;
+            }
+        };
+        let frame = captured(path.display().to_string(), first_id + i as u64, pixels);
+        let events = pipe.process(&[frame], None)?;
+        sink.emit(events, pipe)?;
+        tally.frames += 1;
+    }
+    Ok(())
+}
+
+/// `--report`: the online clusters against the labels, beside batch k-means on the same
+/// embeddings.
+fn quality_report(
+    path: &Path,
+    bundle: &ModelBundle,
+    pipe: &Pipeline,
+    tally: &Tally,
+    assigned: &[u32],
+    frames_per_s: f64,
+) -> Result<()> {
+    let labels = &tally.labels;
+    if labels.len() != assigned.len() || labels.is_empty() {
+        bail!("--report needs labelled frames (Fashion-MNIST or class sub-folders)");
+    }
+    let dim = pipe.online().dim();
+    let k = bundle.manifest.centroid_count_or(10);
+    let batch = KMeansParams::new(k)
+        .seed(0)
+        .n_redo(3)
+        .check()?
+        .fit(MatRef::new(&tally.embeddings, dim)?)?;
+    let (online_nmi, batch_nmi) = (
+        normalized_mutual_info(labels, assigned)?,
+        normalized_mutual_info(labels, &batch.labels)?,
+    );
+    let (online_acc, batch_acc) = (
+        clustering_accuracy(labels, assigned)?,
+        clustering_accuracy(labels, &batch.labels)?,
+    );
+    let report = serde_json::json!({
+        "frames": assigned.len(),
+        "online_clusters": pipe.online().clusters().len(),
+        "online_nmi": online_nmi,
+        "online_accuracy": online_acc,
+        "batch_k": k,
+        "batch_nmi": batch_nmi,
+        "batch_accuracy": batch_acc,
+        "frames_per_s": frames_per_s,
+    });
+    eprintln!(
+        "online NMI {online_nmi:.4} (accuracy {online_acc:.4}) vs batch k-means NMI \
+         {batch_nmi:.4} (accuracy {batch_acc:.4}): {:.3}x",
+        online_nmi / batch_nmi
+    );
+    std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     Ok(())
 }
 

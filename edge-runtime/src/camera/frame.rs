@@ -248,7 +248,7 @@ mod tests {
         assert!(matches!(e, FrameError::OddYuyvWidth(3)), "{e}");
         let e =
             decode_frame(&layout(PixelFormat::Mjpeg, 4, 4, 0), b"\xff\xd8 not a jpeg").unwrap_err();
-        assert!(matches!(e, FrameError::Jpeg { bytes: 11, .. }), "{e}");
+        assert!(matches!(e, FrameError::Jpeg { bytes: 13, .. }), "{e}");
         // The decoder's own error stays reachable as the source.
         assert!(std::error::Error::source(&e).is_some());
         assert!(decode_frame(&layout(PixelFormat::Grey, 0, 4, 0), &[]).is_err());
