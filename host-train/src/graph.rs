@@ -133,18 +133,6 @@ impl FoldedGraph {
         walk(&self.layers, &mut out);
         out
     }
-
-    /// Number of weights (what the fp32 file mostly consists of).
-    pub fn parameter_count(&self) -> usize {
-        self.quantized()
-            .iter()
-            .map(|l| match l {
-                Layer::Conv(c) => c.weight.len() + c.bias.as_ref().map_or(0, Vec::len),
-                Layer::Linear(l) => l.weight.len() + l.bias.len(),
-                _ => 0,
-            })
-            .sum()
-    }
 }
 
 /// `layers` on `x`; `next` numbers the convs and linears as they come.

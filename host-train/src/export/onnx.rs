@@ -28,10 +28,6 @@ pub fn write_onnx(graph: &FoldedGraph, quant: Option<&[LayerQuant]>, doc: &str) 
     build(graph, quant, doc).0.encode_to_vec()
 }
 
-pub fn build_model(graph: &FoldedGraph, quant: Option<&[LayerQuant]>, doc: &str) -> ModelProto {
-    build(graph, quant, doc).0
-}
-
 /// The input tensor of every conv and linear, in [`FoldedGraph::quantized`] order: the
 /// activations the int8 model quantises.
 pub fn quantized_inputs(graph: &FoldedGraph) -> Vec<String> {

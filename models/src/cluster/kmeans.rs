@@ -91,10 +91,6 @@ impl KMeans {
         self.dim
     }
 
-    pub fn into_centroids(self) -> Vec<f32> {
-        self.centroids
-    }
-
     /// Nearest centroid and squared distance for each row of `data`.
     pub fn predict(&self, data: MatRef<'_>) -> Result<(Vec<u32>, Vec<f32>), KMeansError> {
         self.predict_with(&CpuGemmAssign::default(), data)
