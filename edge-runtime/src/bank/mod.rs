@@ -152,34 +152,7 @@ impl MemoryBank {
         }
         let mut rec = Recovery::default();
         let (snapshots, segments) = list(dir)?;
-        let mut state = Snapshot {
-            segment: 0,
-            next_seq: 0,
-            next_cluster_id: 0,
-            seen: 0,
-            entries: Vec::new(),
-        };
-        for (_, path) in snapshots.iter().rev() {
-            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-            let (mut snaps, _, stop) = read_records::<Snapshot>(&bytes);
-            if stop.is_none() && snaps.len() == 1 {
-                state = snaps.pop().unwrap();
-                rec.snapshot = Some(path.clone());
-                break;
-            }
-            rec.corrupt_snapshots += 1;
-        }
-        if rec.snapshot.is_none()
-            && rec.corrupt_snapshots > 0
-            && segments.first().is_some_and(|s| s.0 > 0)
-        {
-            return Err(EdgeError::Bank {
-                path: dir.to_path_buf(),
-                message: "every snapshot is corrupt and the segments before them are gone; \
-                          refusing to start empty over stored data"
-                    .into(),
-            });
-        }
+        let state = newest_snapshot(dir, &snapshots, &segments, &mut rec)?;
         // Appends always go to a fresh segment, after everything recovered.
         let last = segments.last().map_or(0, |s| s.0).max(state.segment);
         let segment = if segments.is_empty() {
@@ -207,35 +180,36 @@ impl MemoryBank {
         for e in state.entries {
             bank.put(e);
         }
-        let replay: Vec<_> = segments
-            .iter()
-            .filter(|(n, _)| *n >= state.segment)
-            .collect();
-        for (_, path) in &replay {
-            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-            let (records, valid, stop) = read_records::<Record>(&bytes);
-            rec.replayed_records += records.len();
-            for r in records {
-                bank.apply(r);
-            }
-            if let Some(stop) = stop {
-                if stop == Stop::Corrupt {
-                    let aside = path.with_extension(format!("log.corrupt-{}", bytes.len()));
-                    std::fs::write(&aside, &bytes).map_err(|e| io(&aside, e))?;
-                    rec.preserved.push(aside);
-                }
-                rec.torn_tails += (stop == Stop::Truncated) as usize;
-                rec.dropped_bytes += bytes.len() - valid;
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| io(path, e))?;
-                f.set_len(valid as u64).map_err(|e| io(path, e))?;
-                f.sync_all().map_err(|e| io(path, e))?;
-            }
+        for (_, path) in segments.iter().filter(|(n, _)| *n >= state.segment) {
+            bank.replay(path, &mut rec)?;
         }
         sync_dir(dir)?;
         Ok((bank, rec))
+    }
+
+    /// Applies the intact records of one segment. A torn tail (a crash mid-write) is cut
+    /// and counted; a damaged record is copied aside with the rest of its segment first.
+    fn replay(&mut self, path: &Path, rec: &mut Recovery) -> Result<(), EdgeError> {
+        let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+        let (records, valid, stop) = read_records::<Record>(&bytes);
+        rec.replayed_records += records.len();
+        for r in records {
+            self.apply(r);
+        }
+        let Some(stop) = stop else { return Ok(()) };
+        if stop == Stop::Corrupt {
+            let aside = path.with_extension(format!("log.corrupt-{}", bytes.len()));
+            std::fs::write(&aside, &bytes).map_err(|e| io(&aside, e))?;
+            rec.preserved.push(aside);
+        }
+        rec.torn_tails += (stop == Stop::Truncated) as usize;
+        rec.dropped_bytes += bytes.len() - valid;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        f.set_len(valid as u64).map_err(|e| io(path, e))?;
+        f.sync_all().map_err(|e| io(path, e))
     }
 
     /// The bank's directory.
@@ -491,6 +465,41 @@ impl MemoryBank {
         self.index.insert(e.seq, self.entries.len());
         self.entries.push(e);
     }
+}
+
+/// The newest snapshot that passes its CRC (an empty state when there is none), counting the
+/// corrupt ones. Refuses to start empty when every snapshot is corrupt and the segments
+/// they covered are gone.
+fn newest_snapshot(
+    dir: &Path,
+    snapshots: &Numbered,
+    segments: &Numbered,
+    rec: &mut Recovery,
+) -> Result<Snapshot, EdgeError> {
+    for (_, path) in snapshots.iter().rev() {
+        let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+        let (mut snaps, _, stop) = read_records::<Snapshot>(&bytes);
+        if stop.is_none() && snaps.len() == 1 {
+            rec.snapshot = Some(path.clone());
+            return Ok(snaps.pop().expect("one snapshot"));
+        }
+        rec.corrupt_snapshots += 1;
+    }
+    if rec.corrupt_snapshots > 0 && segments.first().is_some_and(|s| s.0 > 0) {
+        return Err(EdgeError::Bank {
+            path: dir.to_path_buf(),
+            message: "every snapshot is corrupt and the segments before them are gone; \
+                      refusing to start empty over stored data"
+                .into(),
+        });
+    }
+    Ok(Snapshot {
+        segment: 0,
+        next_seq: 0,
+        next_cluster_id: 0,
+        seen: 0,
+        entries: Vec::new(),
+    })
 }
 
 fn io(path: &Path, source: std::io::Error) -> EdgeError {
