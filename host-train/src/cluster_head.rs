@@ -52,6 +52,17 @@ pub struct ClusterHeadConfig {
     /// Where the neighbours are mined.
     #[serde(default)]
     pub mine_on: MiningSpace,
+    /// SCAN's self-labelling after the head: steps of cross-entropy on augmented views
+    /// towards the head's own confident predictions (0: none).
+    #[serde(default)]
+    pub self_label_steps: usize,
+    /// The probability above which a prediction counts as confident.
+    #[serde(default = "self_label_threshold")]
+    pub self_label_threshold: f64,
+}
+
+fn self_label_threshold() -> f64 {
+    0.99
 }
 
 /// The space in which each image's nearest neighbours are found.
@@ -80,6 +91,8 @@ impl Default for ClusterHeadConfig {
             weight_decay: 1e-4,
             seed: 0,
             mine_on: MiningSpace::default(),
+            self_label_steps: 0,
+            self_label_threshold: self_label_threshold(),
         }
     }
 }
@@ -106,6 +119,12 @@ impl ClusterHeadConfig {
         }
         if !(self.entropy_weight >= 0.0 && self.lr > 0.0) {
             return bad("the entropy weight must be at least 0 and the rate positive".into());
+        }
+        if !(self.self_label_threshold > 0.0 && self.self_label_threshold < 1.0) {
+            return bad(format!(
+                "--self-label-threshold must be between 0 and 1, got {}",
+                self.self_label_threshold
+            ));
         }
         Ok(())
     }
@@ -160,6 +179,28 @@ impl ClusterHead {
                     .map_or(0, |(c, _)| c as u32)
             })
             .collect()
+    }
+
+    /// The softmax of the head's logits for each row of `embeddings` (normalised here):
+    /// rows of `clusters` probabilities.
+    pub fn probabilities(&self, embeddings: &[f32]) -> Vec<f32> {
+        let mut x = embeddings.to_vec();
+        l2_normalize_rows(&mut x, self.dim);
+        let k = self.config.clusters;
+        let mut out = Vec::with_capacity(x.len() / self.dim.max(1) * k);
+        for row in x.chunks_exact(self.dim) {
+            let logits: Vec<f32> = (0..k)
+                .map(|c| {
+                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
+                    w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() + self.bias[c]
+                })
+                .collect();
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            out.extend(exp.iter().map(|e| e / sum));
+        }
+        out
     }
 
     /// The nearest centroid (cosine) of each row: the board's assignment.
@@ -258,6 +299,9 @@ pub fn train_cluster_head(
         }
     }
     let mut head = best.expect("at least one head");
+    if cfg.self_label_steps > 0 {
+        self_label(&mut head, clean, &views, cfg)?;
+    }
     head.centroids = centroids(clean, &head.assign(clean), dim, cfg.clusters);
     Ok(head)
 }
@@ -356,6 +400,85 @@ fn train_one_head(
         consistency: last.1,
         entropy: last.2,
     })
+}
+
+/// SCAN's self-labelling, on the head alone (the encoder stays frozen): the images whose
+/// clean prediction is confident keep that cluster as a target, and the head trains with
+/// cross-entropy on their augmented views, each cluster weighted by the inverse of its share
+/// of the targets so that large clusters do not swallow small ones. Returns how many images
+/// were confident.
+pub fn self_label(
+    head: &mut ClusterHead,
+    clean: &[f32],
+    views: &[Vec<f32>],
+    cfg: &ClusterHeadConfig,
+) -> Result<usize, TrainError> {
+    let (dim, k) = (head.dim, cfg.clusters);
+    let probs = head.probabilities(clean);
+    let confident: Vec<(usize, u32)> = probs
+        .chunks_exact(k)
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let (c, &best) = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+            (f64::from(best) > cfg.self_label_threshold).then_some((i, c as u32))
+        })
+        .collect();
+    tracing::info!(confident = confident.len(), "self-labelling");
+    if confident.len() < 2 {
+        return Ok(confident.len());
+    }
+    let mut counts = vec![0usize; k];
+    confident.iter().for_each(|&(_, c)| counts[c as usize] += 1);
+    let weight: Vec<f32> = counts
+        .iter()
+        .map(|&n| {
+            if n > 0 {
+                confident.len() as f32 / (k * n) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let dev = Device::Cpu;
+    let w = candle_core::Var::from_vec(head.weight.clone(), (k, dim), &dev)?;
+    let b = candle_core::Var::from_vec(head.bias.clone(), k, &dev)?;
+    let mut opt = AdamW::new(
+        vec![w.clone(), b.clone()],
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = Rng::new(cfg.seed ^ 0x5E1F);
+    let batch = cfg.batch_size.min(confident.len());
+    for _ in 0..cfg.self_label_steps {
+        let mut x = Vec::with_capacity(batch * dim);
+        let (mut targets, mut weights) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+        for _ in 0..batch {
+            let (i, c) = confident[rng.below(confident.len())];
+            let v = &views[rng.below(views.len())];
+            x.extend_from_slice(&v[i * dim..(i + 1) * dim]);
+            targets.push(c);
+            weights.push(weight[c as usize]);
+        }
+        let x = Tensor::from_vec(x, (batch, dim), &dev)?;
+        let logits = x
+            .matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let picked = logp
+            .gather(&Tensor::from_vec(targets, (batch, 1), &dev)?, 1)?
+            .squeeze(1)?;
+        let weights = Tensor::from_vec(weights, batch, &dev)?;
+        let loss = ((&picked * &weights)?.sum_all()?
+            / f64::from(weights.sum_all()?.to_scalar::<f32>()?))?
+        .neg()?;
+        opt.backward_step(&loss)?;
+    }
+    head.weight = w.as_tensor().flatten_all()?.to_vec1()?;
+    head.bias = b.as_tensor().to_vec1()?;
+    Ok(confident.len())
 }
 
 /// The normalised mean unit embedding of each cluster (a zero row for an empty one).
@@ -491,8 +614,27 @@ mod tests {
         assert!(agree as f64 > 0.9 * found.len() as f64, "{agree}");
         let bad = ClusterHeadConfig {
             clusters: 200,
-            ..cfg
+            ..cfg.clone()
         };
         assert!(train_cluster_head(&clean, &views, 4, &bad).is_err());
+
+        // Self-labelling trains on confident images only and keeps the groups.
+        let mut labelled = head.clone();
+        let strict = ClusterHeadConfig {
+            self_label_steps: 200,
+            self_label_threshold: 0.9,
+            ..cfg.clone()
+        };
+        let confident = self_label(&mut labelled, &clean, &views, &strict).unwrap();
+        assert!(confident > 30 && confident <= 300, "{confident} confident");
+        assert_ne!(labelled.weight, head.weight, "the head did not train");
+        let after = labelled.assign(&clean);
+        let nmi_after = models::metrics::normalized_mutual_info(&labels, &after).unwrap();
+        assert!(nmi_after > 0.8, "NMI after self-labelling {nmi_after}");
+        let never = ClusterHeadConfig {
+            self_label_threshold: 1.5,
+            ..cfg
+        };
+        assert!(never.check(300).is_err());
     }
 }

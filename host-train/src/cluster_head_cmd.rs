@@ -41,6 +41,13 @@ pub struct ClusterHeadArgs {
     /// no labels).
     #[arg(long, value_enum, default_value = "raw")]
     mine_on: MineArg,
+    /// SCAN's self-labelling after the head: steps of cross-entropy on augmented views
+    /// towards the head's confident predictions (0: none).
+    #[arg(long, default_value_t = ClusterHeadConfig::default().self_label_steps)]
+    self_label_steps: usize,
+    /// A prediction above this probability is confident enough to be a self-label.
+    #[arg(long, default_value_t = ClusterHeadConfig::default().self_label_threshold)]
+    self_label_threshold: f64,
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -65,6 +72,8 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         steps: args.steps,
         entropy_weight: args.entropy_weight,
         seed: cfg.seed,
+        self_label_steps: args.self_label_steps,
+        self_label_threshold: args.self_label_threshold,
         mine_on: match args.mine_on {
             MineArg::Whitened => MiningSpace::Whitened,
             MineArg::Raw => MiningSpace::Raw,
