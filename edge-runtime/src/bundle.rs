@@ -71,9 +71,9 @@ pub fn read_manifest(dir: &Path) -> Result<EncoderManifest, EdgeError> {
     let manifest = if json.exists() {
         let text = read(&json)?;
         let m: EncoderManifest =
-            serde_json::from_slice(&text).map_err(|e| EdgeError::ManifestJson {
+            serde_json::from_slice(&text).map_err(|source| EdgeError::ManifestJson {
                 path: json.clone(),
-                message: e.to_string(),
+                source,
             })?;
         m.validate()
             .map_err(|source| EdgeError::Manifest { path: json, source })?;

@@ -2,6 +2,10 @@ use std::path::PathBuf;
 
 use models::manifest::ManifestError;
 
+/// An error of a library the runtime drives (tract, onnxruntime, rknn, the serial port), kept
+/// whole as the source, or the runtime's own account of what is wrong.
+pub type LibraryError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors of the edge runtime; each names the file or input it is about.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -16,10 +20,13 @@ pub enum EdgeError {
         path: PathBuf,
         source: ManifestError,
     },
-    #[error("{path}: not a valid manifest: {message}")]
-    ManifestJson { path: PathBuf, message: String },
-    #[error("{path}: cannot load the model: {message}")]
-    Model { path: PathBuf, message: String },
+    #[error("{path}: not a valid manifest: {source}")]
+    ManifestJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: cannot load the model: {source}")]
+    Model { path: PathBuf, source: LibraryError },
     #[error("{path}: {source}")]
     Data {
         path: PathBuf,
@@ -72,21 +79,21 @@ pub enum EdgeError {
         entries: usize,
     },
     #[error(
-        "{library}: onnxruntime cannot run the {provider}: {message}; refusing to fall back to \
+        "{library}: onnxruntime cannot run the {provider}: {source}; refusing to fall back to \
          the CPU (use --ep cpu for that)"
     )]
     ProviderUnavailable {
         provider: &'static str,
         library: PathBuf,
-        message: String,
+        source: LibraryError,
     },
-    #[error("{backend}: {message}")]
+    #[error("{backend}: {source}")]
     Inference {
         backend: &'static str,
-        message: String,
+        source: LibraryError,
     },
-    #[error("{port}: MCU link: {message}")]
-    Link { port: String, message: String },
+    #[error("{port}: MCU link: {source}")]
+    Link { port: String, source: LibraryError },
     #[error("input has {actual} values, expected {expected} ({what})")]
     InputShape {
         what: String,

@@ -14,14 +14,15 @@ use ort::value::Tensor;
 
 use super::{BatchShape, PrepareOptions, Runnable, Runtime};
 use crate::bundle::ModelBundle;
+use crate::error::LibraryError;
 use crate::EdgeError;
 
 const NAME: &str = "onnxruntime";
 
-fn inference_error(e: impl std::fmt::Display) -> EdgeError {
+fn inference_error(e: impl Into<LibraryError>) -> EdgeError {
     EdgeError::Inference {
         backend: NAME,
-        message: e.to_string(),
+        source: e.into(),
     }
 }
 
@@ -117,16 +118,17 @@ impl OrtRuntime {
             }
             return Err(EdgeError::Model {
                 path: library.to_path_buf(),
-                message: format!(
+                source: format!(
                     "onnxruntime is already loaded from {}; one library per process",
                     loaded.library.display()
-                ),
+                )
+                .into(),
             });
         }
         let env = ort::init_from(library)
             .map_err(|e| EdgeError::Model {
                 path: library.to_path_buf(),
-                message: format!("cannot load onnxruntime: {e}"),
+                source: format!("cannot load onnxruntime: {e}").into(),
             })?
             .with_name("edge-runtime")
             .build()
@@ -144,8 +146,8 @@ impl OrtRuntime {
     pub fn from_env() -> Result<Self, EdgeError> {
         let path = std::env::var_os("ORT_DYLIB_PATH").ok_or_else(|| EdgeError::Inference {
             backend: NAME,
-            message: "set ORT_DYLIB_PATH to a libonnxruntime.so (pip install onnxruntime ships \
-                      one in onnxruntime/capi/)"
+            source: "set ORT_DYLIB_PATH to a libonnxruntime.so (pip install onnxruntime ships \
+                     one in onnxruntime/capi/)"
                 .into(),
         })?;
         Self::new(Path::new(&path))
@@ -165,11 +167,11 @@ impl OrtRuntime {
         &self.provider
     }
 
-    fn provider_error(&self, message: String) -> EdgeError {
+    fn provider_error(&self, source: LibraryError) -> EdgeError {
         EdgeError::ProviderUnavailable {
             provider: self.provider.name(),
             library: self.library.clone(),
-            message,
+            source,
         }
     }
 
@@ -187,11 +189,11 @@ impl OrtRuntime {
                         .into(),
                 ))
             }
-            Err(e) => return Err(self.provider_error(e.to_string())),
+            Err(e) => return Err(self.provider_error(e.into())),
         }
         builder
             .with_execution_providers([dispatch])
-            .map_err(|e| self.provider_error(e.to_string()))
+            .map_err(|e| self.provider_error(e.to_string().into()))
     }
 }
 
@@ -205,26 +207,29 @@ impl Runtime for OrtRuntime {
         model: &ModelBundle,
         options: &PrepareOptions,
     ) -> Result<Box<dyn Runnable>, EdgeError> {
-        let model_error = |e: String| EdgeError::Model {
+        let model_error = |e: LibraryError| EdgeError::Model {
             path: model.path.clone(),
-            message: e,
+            source: e,
         };
-        let builder = Session::builder(&self.env).map_err(|e| model_error(e.to_string()))?;
+        let builder = Session::builder(&self.env).map_err(|e| model_error(e.into()))?;
         let session = self
             .register(builder)?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| model_error(e.to_string()))?
+            .map_err(|e| model_error(e.to_string().into()))?
             .with_intra_threads(options.threads.max(1))
-            .map_err(|e| model_error(e.to_string()))?
+            .map_err(|e| model_error(e.to_string().into()))?
             .commit_from_memory(&model.bytes)
-            .map_err(|e| model_error(e.to_string()))?;
+            .map_err(|e| model_error(e.into()))?;
         let (inputs, outputs) = (session.inputs(), session.outputs());
         if inputs.len() != 1 || outputs.len() != 1 {
-            return Err(model_error(format!(
-                "expected one input and one output, found {} and {}",
-                inputs.len(),
-                outputs.len()
-            )));
+            return Err(model_error(
+                format!(
+                    "expected one input and one output, found {} and {}",
+                    inputs.len(),
+                    outputs.len()
+                )
+                .into(),
+            ));
         }
         let input = inputs[0].name().to_string();
         Ok(Box::new(OrtRunnable {

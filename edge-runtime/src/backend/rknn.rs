@@ -19,7 +19,7 @@ const NAME: &str = "rknn";
 fn inference_error(e: rknn_rs::prelude::Error) -> EdgeError {
     EdgeError::Inference {
         backend: NAME,
-        message: e.to_string(),
+        source: e.to_string().into(),
     }
 }
 
@@ -40,7 +40,7 @@ impl Runtime for RknnRuntime {
         let npu_model = RknnModel::open(model, &path)?;
         let model_error = |message: String| EdgeError::Model {
             path: path.clone(),
-            message,
+            source: message.into(),
         };
         let rknn = Rknn::new(&npu_model.path).map_err(|e| model_error(e.to_string()))?;
         let info = rknn.model_info().map_err(|e| model_error(e.to_string()))?;

@@ -64,9 +64,9 @@ impl RknnModel {
             source,
         })?;
         let card: RknnCard =
-            serde_json::from_slice(&text).map_err(|e| EdgeError::ManifestJson {
+            serde_json::from_slice(&text).map_err(|source| EdgeError::ManifestJson {
                 path: card_file.clone(),
-                message: e.to_string(),
+                source,
             })?;
         let source =
             bundle
@@ -79,11 +79,12 @@ impl RknnModel {
         if card.source_file != source.file || card.source_sha256 != source.sha256 {
             return Err(EdgeError::Model {
                 path: card_file,
-                message: format!(
+                source: format!(
                     "converted from {} (sha256 {}), but this manifest's fp32 model is {} \
                      (sha256 {}): convert it again with scripts/export-rknn",
                     card.source_file, card.source_sha256, source.file, source.sha256
-                ),
+                )
+                .into(),
             });
         }
         let bytes = std::fs::read(rknn).map_err(|source| EdgeError::Io {

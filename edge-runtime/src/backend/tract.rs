@@ -84,7 +84,7 @@ fn prepare(
 ) -> Result<Box<dyn Runnable>, EdgeError> {
     let err = |e: TractError| EdgeError::Model {
         path: model.path.clone(),
-        message: format!("{e:#}"),
+        source: e.into(),
     };
     let [c, h, w] = model.manifest.input_chw();
     let batch = options.batch.max(1);
@@ -141,7 +141,7 @@ fn check_declared_input(
 ) -> Result<(), EdgeError> {
     let fact = model.input_fact(0).map_err(|e| EdgeError::Model {
         path: bundle.path.clone(),
-        message: format!("{e:#}"),
+        source: e.into(),
     })?;
     let dims: Vec<Option<usize>> = fact
         .shape
@@ -324,7 +324,7 @@ fn with_siblings_polling<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 fn inference_error(e: TractError) -> EdgeError {
     EdgeError::Inference {
         backend: NAME,
-        message: format!("{e:#}"),
+        source: e.into(),
     }
 }
 

@@ -95,7 +95,7 @@ impl BoardLink {
             .open_native()
             .map_err(|e| EdgeError::Link {
                 port: path.to_string(),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         Ok(Self::start(port, path.to_string(), config))
     }
@@ -106,7 +106,7 @@ impl BoardLink {
         port.set_timeout(config.read_timeout)
             .map_err(|e| EdgeError::Link {
                 port: name.clone(),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         Ok(Self::start(port, name, config))
     }
@@ -148,9 +148,10 @@ impl BoardLink {
     pub fn send(&self, message: Message) -> Result<(), EdgeError> {
         let gone = || EdgeError::Link {
             port: self.port.clone(),
-            message: self
+            source: self
                 .failure()
-                .unwrap_or_else(|| "link thread stopped".into()),
+                .unwrap_or_else(|| "link thread stopped".into())
+                .into(),
         };
         let tx = self.outgoing.as_ref().ok_or_else(gone)?;
         match tx.try_send(message) {
