@@ -6,6 +6,23 @@ use models::manifest::ManifestError;
 /// whole as the source, or the runtime's own account of what is wrong.
 pub type LibraryError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// What is wrong with a memory bank's directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BankProblem {
+    #[error("capacity must be positive")]
+    NoCapacity,
+    #[error("in use by another process (bank.lock is held)")]
+    Locked,
+    #[error(
+        "every snapshot is corrupt and the segments before them are gone; refusing to start \
+         empty over stored data"
+    )]
+    SnapshotsLost,
+    #[error("unreadable identity: {0}")]
+    Identity(#[source] serde_json::Error),
+}
+
 /// Errors of the edge runtime; each names the file or input it is about.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -58,8 +75,8 @@ pub enum EdgeError {
     KMeansParams(#[from] models::cluster::KMeansParamsError),
     #[error("embeddings: {0}")]
     Shape(#[from] models::ShapeError),
-    #[error("{path}: memory bank: {message}")]
-    Bank { path: PathBuf, message: String },
+    #[error("{path}: memory bank: {problem}")]
+    Bank { path: PathBuf, problem: BankProblem },
     #[error(
         "{path}: this memory bank holds embeddings of {stored}; refusing to add those of \
          {given}: use another --bank, or the model the bank was made with"

@@ -23,4 +23,4 @@ pub mod preprocess;
 pub mod rebind;
 pub mod report;
 
-pub use error::{EdgeError, LibraryError};
+pub use error::{BankProblem, EdgeError, LibraryError};

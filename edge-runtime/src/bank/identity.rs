@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EmbeddingFormat;
 use crate::bundle::ModelBundle;
+use crate::error::BankProblem;
 use crate::EdgeError;
 
 /// The identity file in a bank's directory.
@@ -82,7 +83,7 @@ pub fn read(dir: &Path) -> Result<Option<BankIdentity>, EdgeError> {
             .map(Some)
             .map_err(|e| EdgeError::Bank {
                 path,
-                message: format!("unreadable identity: {e}"),
+                problem: BankProblem::Identity(e),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(EdgeError::Io { path, source: e }),

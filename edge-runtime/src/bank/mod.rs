@@ -26,6 +26,7 @@ use models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use self::log::{frame, read_records, Record, Stop};
+use crate::error::BankProblem;
 use crate::EdgeError;
 
 /// Which entry goes when the bank is full.
@@ -137,7 +138,7 @@ impl MemoryBank {
         if config.max_entries == 0 || config.max_bytes == 0 {
             return Err(EdgeError::Bank {
                 path: dir.to_path_buf(),
-                message: "capacity must be positive".into(),
+                problem: BankProblem::NoCapacity,
             });
         }
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -147,7 +148,7 @@ impl MemoryBank {
         if lock.try_lock().is_err() {
             return Err(EdgeError::Bank {
                 path: dir.to_path_buf(),
-                message: "in use by another process (bank.lock is held)".into(),
+                problem: BankProblem::Locked,
             });
         }
         let mut rec = Recovery::default();
@@ -488,9 +489,7 @@ fn newest_snapshot(
     if rec.corrupt_snapshots > 0 && segments.first().is_some_and(|s| s.0 > 0) {
         return Err(EdgeError::Bank {
             path: dir.to_path_buf(),
-            message: "every snapshot is corrupt and the segments before them are gone; \
-                      refusing to start empty over stored data"
-                .into(),
+            problem: BankProblem::SnapshotsLost,
         });
     }
     Ok(Snapshot {
