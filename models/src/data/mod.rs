@@ -1,4 +1,5 @@
-//! Reading images for both sides: Fashion-MNIST IDX files and folders of JPEG/PNG images.
+//! Reading images for both sides: Fashion-MNIST IDX files and folders of JPEG/PNG images;
+//! generated scenes, and domain shifts of any set (for measuring adaptation).
 //!
 //! Every error names the file it is about. Images come out as [`ImageSet`]: `u8` pixels,
 //! planar (channel, row, column), all of one size.
@@ -10,6 +11,8 @@ mod idx;
 mod image_folder;
 mod image_set;
 mod scenes;
+#[cfg(feature = "image")]
+mod shifts;
 mod source;
 
 pub use error::DataError;
@@ -25,4 +28,6 @@ pub use image_folder::{
 };
 pub use image_set::{ImageSet, SkippedFile};
 pub use scenes::{render_scene, render_scenes, SceneParams, SCENE_SHAPES};
+#[cfg(feature = "image")]
+pub use shifts::{shifted, Shift};
 pub use source::DataSource;
