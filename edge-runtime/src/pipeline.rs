@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use models::adapt::StatsAdapter;
 use models::cluster::{Cluster, CpuGemmAssign, KMeansParams, OnlineKMeans, OnlineKMeansParams};
 use models::linalg::l2_normalize_rows;
 use models::MatRef;
@@ -78,6 +79,8 @@ pub struct Pipeline {
     bank: MemoryBank,
     config: PipelineConfig,
     since_recluster: u64,
+    /// Statistics adaptation of the raw embeddings, when set.
+    adapter: Option<StatsAdapter>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -124,7 +127,23 @@ impl Pipeline {
             bank,
             config,
             since_recluster: 0,
+            adapter: None,
         })
+    }
+
+    /// Adapts every later embedding to the scene (`models::adapt`), or stops adapting.
+    pub fn set_adapter(&mut self, adapter: Option<StatsAdapter>) -> Result<(), EdgeError> {
+        if let Some(a) = &adapter {
+            if a.dim() != self.run.embed_dim() {
+                return Err(EdgeError::InputShape {
+                    what: "adapter statistics".into(),
+                    expected: self.run.embed_dim(),
+                    actual: a.dim(),
+                });
+            }
+        }
+        self.adapter = adapter;
+        Ok(())
     }
 
     pub fn batch(&self) -> usize {
@@ -163,6 +182,9 @@ impl Pipeline {
                 self.pre.spec().normalize_into(&f.pixels, out);
             }
             let mut emb = self.run.run(&x, chunk.len())?;
+            if let Some(adapter) = &mut self.adapter {
+                adapter.observe_and_adapt(&mut emb);
+            }
             if self.l2 {
                 l2_normalize_rows(&mut emb, dim);
             }

@@ -1,6 +1,7 @@
 //! The shared core of deepcluster-edge, written once and used by `host-train` on the GPU host
 //! and by `edge-runtime` on the board.
 //!
+//! - [`adapt`]: forward-only statistics adaptation of embeddings to a drifting camera.
 //! - [`chart`]: line charts drawn into images (training curves, cluster sizes).
 //! - [`cluster`]: batch k-means (with a pluggable assignment step) and its parameters.
 //! - [`linalg`]: PCA-whitening and L2 normalisation.
@@ -15,6 +16,7 @@
 
 extern crate alloc;
 
+pub mod adapt;
 #[cfg(feature = "image")]
 pub mod chart;
 pub mod cluster;
