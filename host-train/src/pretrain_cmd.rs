@@ -192,167 +192,19 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     if let Some(h) = args.hue.filter(|h| !(0.0..=0.5).contains(h)) {
         bail!("--hue must be between 0 and 0.5 (a whole turn), got {h}");
     }
-    let run = if args.resume {
-        RunDir::open(&args.out)?
-    } else {
-        if args.out.join("config.json").exists() {
-            bail!(
-                "{} already holds a run: pass --resume to continue it, or choose another --out",
-                args.out.display()
-            );
-        }
-        RunDir::create(&args.out)?
-    };
+    let run = open_run(args)?;
     let cfg = if args.resume {
         let mut cfg: RunConfig = run.read_json("config.json")?;
         cfg.epochs = args.epochs.unwrap_or(cfg.epochs);
         cfg
     } else {
-        let auto = DataDefaults::survey(&args.data.data)?;
-        let spec = args
-            .data
-            .spec(args.data.size.unwrap_or(auto.size), args.seed);
-        let (train, _) = load_images(&spec)?;
-        let epochs = args.epochs.unwrap_or(auto.epochs);
-        let batch_size = args.batch_size.unwrap_or(auto.batch_size);
-        let chosen: Vec<String> = [
-            (
-                args.data.size.is_none(),
-                format!(
-                    "--size {} (median image side {})",
-                    spec.size,
-                    auto.median_side.map_or("unknown".into(), |s| s.to_string())
-                ),
-            ),
-            (args.epochs.is_none(), format!("--epochs {epochs}")),
-            (
-                args.batch_size.is_none(),
-                format!("--batch-size {batch_size}"),
-            ),
-            (
-                args.k.is_none(),
-                format!(
-                    "--k {}",
-                    args.k.unwrap_or(10 * train.class_names.len().max(10))
-                ),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(auto, text)| auto.then_some(text))
-        .collect();
-        if !chosen.is_empty() {
-            println!(
-                "chosen from the data ({} images): {}",
-                auto.images,
-                chosen.join(", ")
-            );
-        }
-        let classes = train.class_names.len().max(10);
-        RunConfig {
-            method: args.method,
-            arch: args.arch,
-            epochs,
-            batch_size,
-            embed_dim: args.embed_dim,
-            sobel: args.sobel,
-            seed: args.seed,
-            normalization: Normalization::measure(&train),
-            input: (train.channels, train.height, train.width),
-            augment: {
-                let views = match args.augment {
-                    Some(Views::Strong) => AugmentConfig::strong(),
-                    Some(Views::Default) => AugmentConfig::default(),
-                    None if args.method == Method::Swav => AugmentConfig::strong(),
-                    None => AugmentConfig::default(),
-                };
-                AugmentConfig {
-                    hue: args.hue.unwrap_or(views.hue),
-                    ..views
-                }
-            },
-            deepcluster: {
-                let d = DeepClusterConfig::for_arch(args.arch);
-                DeepClusterConfig {
-                    k: args.k.unwrap_or(10 * classes),
-                    lr: args.lr.unwrap_or(d.lr),
-                    ..d
-                }
-            },
-            npid: {
-                let d = NpidConfig::default();
-                NpidConfig {
-                    lr: args.lr.unwrap_or(d.lr),
-                    temperature: args.temperature,
-                    nce_noise: args.nce_noise,
-                    nce_z_every_batch: args.nce_z_every_batch,
-                    lr_steps: if args.constant_lr { vec![] } else { d.lr_steps },
-                    ..d
-                }
-            },
-            la: LaConfig {
-                warmup_epochs: args.la_warmup,
-                background_k: args.la_background,
-                kmeans_k: args.k.unwrap_or(10 * classes),
-                kmeans_runs: args.la_runs,
-            },
-            swav: {
-                let d = SwavConfig::default();
-                let prototypes = args.k.unwrap_or(10 * classes);
-                SwavConfig {
-                    prototypes,
-                    temperature: args.temperature.unwrap_or(d.temperature),
-                    small_crops: args.small_crops,
-                    queue_length: args.queue.unwrap_or(SwavConfig::queue_for(
-                        batch_size,
-                        prototypes,
-                        train.len(),
-                    )),
-                    lr: args.lr.unwrap_or(d.lr),
-                    warmup_epochs: args.warmup_epochs,
-                    ..d
-                }
-            },
-            data: spec,
-            eval_every: args.eval_every.max(1),
-        }
+        new_config(args)?
     };
     let (train, test) = load_images(&cfg.data)?;
     for s in &train.skipped {
         eprintln!("skipped {}: {}", s.path.display(), s.reason);
     }
-    println!(
-        "{:?} on {} ({} images of {}x{}x{}), {:?}, {} epochs, {}, run in {}",
-        cfg.method,
-        cfg.data.source,
-        train.len(),
-        cfg.input.0,
-        cfg.input.1,
-        cfg.input.2,
-        cfg.arch,
-        cfg.epochs,
-        match cfg.method {
-            Method::Deepcluster => format!("k = {}", cfg.deepcluster.k),
-            Method::Npid => format!("tau = {}", cfg.npid.temperature_for(train.len())),
-            Method::La => format!(
-                "tau = {}, LA after {} NPID epoch(s), k = {} x {} runs, {} background neighbours",
-                cfg.npid.temperature_for(train.len()),
-                cfg.la.warmup_epochs,
-                cfg.la.kmeans_k,
-                cfg.la.kmeans_runs,
-                cfg.la.background_for(train.len())
-            ),
-            Method::Swav => format!(
-                "{} prototypes, tau = {}, 2 + {} crops, queue {}, lr {} (warm-up {} epochs, then cosine)",
-                cfg.swav.prototypes,
-                cfg.swav.temperature,
-                cfg.swav.small_crops,
-                cfg.swav.queue_length,
-                cfg.swav.lr,
-                cfg.swav.warmup_epochs
-            ),
-        },
-        args.out.display()
-    );
+    println!("{}", describe(&cfg, train.len(), &args.out));
     let train = TrainSet::new(train, cfg.normalization.clone())?;
     let test = test
         .map(|t| TrainSet::new(t, cfg.normalization.clone()))
@@ -379,6 +231,168 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The run directory: the existing one with `--resume`, else a new one (never over a run).
+fn open_run(args: &PretrainArgs) -> Result<RunDir> {
+    if args.resume {
+        return Ok(RunDir::open(&args.out)?);
+    }
+    if args.out.join("config.json").exists() {
+        bail!(
+            "{} already holds a run: pass --resume to continue it, or choose another --out",
+            args.out.display()
+        );
+    }
+    Ok(RunDir::create(&args.out)?)
+}
+
+/// A new run's configuration: the flags, and for those not given, values chosen from the
+/// data (printed).
+fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
+    let auto = DataDefaults::survey(&args.data.data)?;
+    let spec = args
+        .data
+        .spec(args.data.size.unwrap_or(auto.size), args.seed);
+    let (train, _) = load_images(&spec)?;
+    let epochs = args.epochs.unwrap_or(auto.epochs);
+    let batch_size = args.batch_size.unwrap_or(auto.batch_size);
+    let classes = train.class_names.len().max(10);
+    let chosen: Vec<String> = [
+        (
+            args.data.size.is_none(),
+            format!(
+                "--size {} (median image side {})",
+                spec.size,
+                auto.median_side.map_or("unknown".into(), |s| s.to_string())
+            ),
+        ),
+        (args.epochs.is_none(), format!("--epochs {epochs}")),
+        (
+            args.batch_size.is_none(),
+            format!("--batch-size {batch_size}"),
+        ),
+        (
+            args.k.is_none(),
+            format!("--k {}", args.k.unwrap_or(10 * classes)),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(auto, text)| auto.then_some(text))
+    .collect();
+    if !chosen.is_empty() {
+        println!(
+            "chosen from the data ({} images): {}",
+            auto.images,
+            chosen.join(", ")
+        );
+    }
+    let k = args.k.unwrap_or(10 * classes);
+    Ok(RunConfig {
+        method: args.method,
+        arch: args.arch,
+        epochs,
+        batch_size,
+        embed_dim: args.embed_dim,
+        sobel: args.sobel,
+        seed: args.seed,
+        normalization: Normalization::measure(&train),
+        input: (train.channels, train.height, train.width),
+        augment: views(args),
+        deepcluster: {
+            let d = DeepClusterConfig::for_arch(args.arch);
+            DeepClusterConfig {
+                k,
+                lr: args.lr.unwrap_or(d.lr),
+                ..d
+            }
+        },
+        npid: {
+            let d = NpidConfig::default();
+            NpidConfig {
+                lr: args.lr.unwrap_or(d.lr),
+                temperature: args.temperature,
+                nce_noise: args.nce_noise,
+                nce_z_every_batch: args.nce_z_every_batch,
+                lr_steps: if args.constant_lr { vec![] } else { d.lr_steps },
+                ..d
+            }
+        },
+        la: LaConfig {
+            warmup_epochs: args.la_warmup,
+            background_k: args.la_background,
+            kmeans_k: k,
+            kmeans_runs: args.la_runs,
+        },
+        swav: {
+            let d = SwavConfig::default();
+            SwavConfig {
+                prototypes: k,
+                temperature: args.temperature.unwrap_or(d.temperature),
+                small_crops: args.small_crops,
+                queue_length: args.queue.unwrap_or(SwavConfig::queue_for(
+                    batch_size,
+                    k,
+                    train.len(),
+                )),
+                lr: args.lr.unwrap_or(d.lr),
+                warmup_epochs: args.warmup_epochs,
+                ..d
+            }
+        },
+        data: spec,
+        eval_every: args.eval_every.max(1),
+    })
+}
+
+/// `--augment` (strong by default for SwAV) with `--hue` applied.
+fn views(args: &PretrainArgs) -> AugmentConfig {
+    let views = match args.augment {
+        Some(Views::Strong) => AugmentConfig::strong(),
+        Some(Views::Default) => AugmentConfig::default(),
+        None if args.method == Method::Swav => AugmentConfig::strong(),
+        None => AugmentConfig::default(),
+    };
+    AugmentConfig {
+        hue: args.hue.unwrap_or(views.hue),
+        ..views
+    }
+}
+
+/// One line saying what the run does.
+fn describe(cfg: &RunConfig, images: usize, out: &std::path::Path) -> String {
+    let method = match cfg.method {
+        Method::Deepcluster => format!("k = {}", cfg.deepcluster.k),
+        Method::Npid => format!("tau = {}", cfg.npid.temperature_for(images)),
+        Method::La => format!(
+            "tau = {}, LA after {} NPID epoch(s), k = {} x {} runs, {} background neighbours",
+            cfg.npid.temperature_for(images),
+            cfg.la.warmup_epochs,
+            cfg.la.kmeans_k,
+            cfg.la.kmeans_runs,
+            cfg.la.background_for(images)
+        ),
+        Method::Swav => format!(
+            "{} prototypes, tau = {}, 2 + {} crops, queue {}, lr {} (warm-up {} epochs, then cosine)",
+            cfg.swav.prototypes,
+            cfg.swav.temperature,
+            cfg.swav.small_crops,
+            cfg.swav.queue_length,
+            cfg.swav.lr,
+            cfg.swav.warmup_epochs
+        ),
+    };
+    format!(
+        "{:?} on {} ({images} images of {}x{}x{}), {:?}, {} epochs, {method}, run in {}",
+        cfg.method,
+        cfg.data.source,
+        cfg.input.0,
+        cfg.input.1,
+        cfg.input.2,
+        cfg.arch,
+        cfg.epochs,
+        out.display()
+    )
 }
 
 fn print_row(row: &MetricsRow, t0: std::time::Instant) {
