@@ -15,6 +15,15 @@ need_apt() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# The toolchain that rust-toolchain.toml pins, with its components and targets. rustup 1.28
+# installs it on a cargo call but not on `rustup component`/`rustup target`, which the scripts
+# run first; a bare machine fails there without this.
+need_rust_toolchain() {
+    local want
+    want=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+    rustup toolchain list 2>/dev/null | grep -q "^$want-" || rustup toolchain install
+}
+
 # Adds rustup targets that are not installed yet.
 need_rust_target() {
     for t in "$@"; do
@@ -76,3 +85,4 @@ PY
 # What a bare Debian machine with rustup lacks: a C compiler and linker (build-essential),
 # pkg-config, and python3-venv for the reference environments above.
 need_apt build-essential pkg-config python3-venv
+need_rust_toolchain
