@@ -288,14 +288,7 @@ fn open_pipeline(args: &RunArgs, bundle: &ModelBundle) -> Result<Pipeline> {
 
 /// `--input`: stdin paths, a camera, or a set read whole (unreadable files named).
 fn open_source(args: &RunArgs, pre: &Preprocessor) -> Result<Source> {
-    let s = pre.spec();
-    let frame_opts = ImageFolderOptions {
-        width: s.width,
-        height: s.height,
-        color: s.color,
-        resize: s.resize,
-        skip_bad: false,
-    };
+    let frame_opts = pre.image_options(false);
     if args.input == "-" {
         return Ok(Source::Stdin(frame_opts));
     }

@@ -24,16 +24,21 @@ impl Preprocessor {
         &self.spec
     }
 
-    /// Reads a folder of JPEG/PNG images at the manifest's size, colour and resize mode.
-    pub fn read_folder(&self, dir: &Path, skip_bad: bool) -> Result<ImageSet, EdgeError> {
-        let opts = ImageFolderOptions {
+    /// How an image file (or a camera frame) becomes the model's input: the manifest's size,
+    /// colour and resize mode.
+    pub fn image_options(&self, skip_bad: bool) -> ImageFolderOptions {
+        ImageFolderOptions {
             width: self.spec.width,
             height: self.spec.height,
             color: self.spec.color,
             resize: self.spec.resize,
             skip_bad,
-        };
-        read_image_folder(dir, &opts).map_err(|e| data_error(dir, e))
+        }
+    }
+
+    /// Reads a folder of JPEG/PNG images at the manifest's size, colour and resize mode.
+    pub fn read_folder(&self, dir: &Path, skip_bad: bool) -> Result<ImageSet, EdgeError> {
+        read_image_folder(dir, &self.image_options(skip_bad)).map_err(|e| data_error(dir, e))
     }
 
     /// `fashion-mnist`, a folder of IDX files (its test split), or a folder of images.

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use models::cluster::KMeansParams;
-use models::data::{image_pixels, ImageFolderOptions, ImageSet};
+use models::data::{image_pixels, ImageSet};
 use models::linalg::l2_normalize_rows;
 use models::MatRef;
 use serde::Serialize;
@@ -113,13 +113,7 @@ fn thumbnails_as_inputs(
     pre: &Preprocessor,
 ) -> Result<ImageSet, EdgeError> {
     let spec = pre.spec();
-    let opts = ImageFolderOptions {
-        width: spec.width,
-        height: spec.height,
-        color: spec.color,
-        resize: spec.resize,
-        skip_bad: false,
-    };
+    let opts = pre.image_options(false);
     let images: Vec<image::RgbImage> = entries
         .iter()
         .filter_map(|e| e.meta.detail.as_ref()?.thumbnail.as_ref())

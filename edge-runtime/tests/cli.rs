@@ -3,16 +3,12 @@
 //! a bank bound to its model (refused, or rebound with `--rebind`), frame ids that never
 //! repeat.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn edge_runtime() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
-}
-
-fn model_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-small-cnn")
-}
+use common::{edge_runtime, model_dir, ok};
 
 /// `n` 28x28 grayscale PNGs (the default model's input), each its own pattern.
 fn write_images(dir: &Path, n: u32) {
@@ -23,15 +19,6 @@ fn write_images(dir: &Path, n: u32) {
         });
         img.save(dir.join(format!("{i:03}.png"))).unwrap();
     }
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 #[test]

@@ -4,16 +4,12 @@
 //! chromium, as `./scripts/test` sets it) a headless browser loads the page with no broken
 //! image and takes a screenshot.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn edge_runtime() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
-}
+use std::path::Path;
+use std::process::Command;
 
-fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-small-cnn")
-}
+use common::{edge_runtime, model_dir, ok};
 
 /// `n` 28x28 grayscale PNGs in three kinds (stripes, a block, a ring), so the run opens
 /// several clusters.
@@ -33,15 +29,6 @@ fn write_images(dir: &Path, n: u32, prefix: &str) {
         });
         img.save(dir.join(format!("{prefix}{i:03}.png"))).unwrap();
     }
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn run(input: &Path, bank: &Path, extra: &[&str]) {
