@@ -4,6 +4,7 @@ use thiserror::Error;
 
 /// Anything that can stop pretraining or evaluation.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum TrainError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -108,6 +108,7 @@ pub struct Centroids {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     #[error("manifest cannot be decoded: {0}")]
     Decode(String),

@@ -4,6 +4,7 @@ use thiserror::Error;
 
 /// The data does not have the shape the caller claims.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ShapeError {
     #[error("dimension must be at least 1")]
     ZeroDim,

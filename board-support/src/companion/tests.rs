@@ -92,8 +92,8 @@ impl Rig {
     }
 }
 
-#[test]
-fn a_trigger_becomes_frame_ready_and_the_event_plays_on_the_led() {
+/// An MCU and a board session after their handshake, with the camera and LED lines.
+fn connected() -> (Mcu, Rig, Out, Out) {
     let (cam, led) = (Out::default(), Out::default());
     let sync = Sync {
         pulses: cam.rises.clone(),
@@ -117,7 +117,35 @@ fn a_trigger_becomes_frame_ready_and_the_event_plays_on_the_led() {
     mcu.start(0, &mut rig.m2b).unwrap();
     rig.exchange(&mut mcu, 0);
     assert!(mcu.session().is_connected() && rig.board.is_connected());
+    (mcu, rig, cam, led)
+}
 
+#[test]
+fn the_status_carries_the_temperature_the_firmware_set() {
+    let (mut mcu, mut rig, _, _) = connected();
+    mcu.set_temperature(2315);
+    let now = CompanionConfig::default().status_every_ms + 1;
+    mcu.poll(now, &mut rig.m2b).unwrap();
+    rig.exchange(&mut mcu, now);
+    assert!(
+        rig.board_got.iter().any(|e| matches!(
+            e,
+            SessionEvent::Received {
+                message: Message::Status {
+                    temperature_centi_c: 2315,
+                    ..
+                },
+                ..
+            }
+        )),
+        "{:?}",
+        rig.board_got
+    );
+}
+
+#[test]
+fn a_trigger_becomes_frame_ready_and_the_event_plays_on_the_led() {
+    let (mut mcu, mut rig, cam, led) = connected();
     assert_eq!(mcu.trigger().unwrap(), 0);
     assert_eq!(cam.rises.get(), 1, "the camera fired");
     assert!(!cam.high.get(), "the pulse ended");

@@ -11,6 +11,7 @@ pub use message::{Command, Message, NackCode, Role, PROTOCOL_VERSION};
 /// Why a frame was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum WireError {
     /// Not valid COBS.
     Cobs,

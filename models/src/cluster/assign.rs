@@ -11,6 +11,7 @@ use crate::MatRef;
 
 /// The assignment backend failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AssignError {
     #[error("points have {points} dimensions but centroids have {centroids}")]
     DimMismatch { points: usize, centroids: usize },

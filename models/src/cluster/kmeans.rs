@@ -15,6 +15,7 @@ use crate::{MatRef, ShapeError};
 
 /// Fitting or applying k-means failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum KMeansError {
     #[error("data: {0}")]
     Shape(#[from] ShapeError),

@@ -55,6 +55,7 @@ impl Default for OnlineKMeansParams {
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OnlineKMeansError {
     #[error("embedding has {actual} values, the clusters have {expected}")]
     Dim { expected: usize, actual: usize },

@@ -14,6 +14,7 @@ pub enum KMeansInit {
 
 /// A parameter that can never work.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum KMeansParamsError {
     #[error("k must be at least 1")]
     ZeroClusters,

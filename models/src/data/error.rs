@@ -4,6 +4,7 @@ use thiserror::Error;
 
 /// A data file or folder could not be used. Each variant names the path.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum DataError {
     #[error("{path}: {source}")]
     Io {

@@ -17,6 +17,7 @@ use crate::{MatRef, ShapeError};
 
 /// PCA could not be fitted or applied.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum PcaError {
     #[error("data: {0}")]
     Shape(#[from] ShapeError),

@@ -20,6 +20,7 @@ use thiserror::Error;
 
 /// Inputs a metric cannot be computed on.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum MetricsError {
     #[error("label lists differ in length: {left} vs {right}")]
     LengthMismatch { left: usize, right: usize },
