@@ -44,13 +44,7 @@ pub enum BankCommand {
 
 /// Opening with the largest capacities evicts nothing that is stored.
 pub fn open(dir: &Path) -> Result<(MemoryBank, edge_runtime::bank::Recovery)> {
-    let cfg = BankConfig {
-        max_entries: usize::MAX,
-        max_bytes: usize::MAX,
-        snapshot_every: u64::MAX,
-        ..Default::default()
-    };
-    Ok(MemoryBank::open(dir, cfg)?)
+    Ok(MemoryBank::open(dir, BankConfig::unbounded())?)
 }
 
 pub fn bank(cmd: &BankCommand) -> Result<()> {

@@ -93,13 +93,7 @@ pub fn rebind(
 /// Every entry (oldest first), the frames seen and the next cluster id, read with capacities
 /// that evict nothing; the bank is closed again on return.
 fn read_all(dir: &Path) -> Result<(Vec<BankEntry>, u64, u32), EdgeError> {
-    let cfg = BankConfig {
-        max_entries: usize::MAX,
-        max_bytes: usize::MAX,
-        snapshot_every: u64::MAX,
-        ..Default::default()
-    };
-    let (bank, _) = MemoryBank::open(dir, cfg)?;
+    let (bank, _) = MemoryBank::open(dir, BankConfig::unbounded())?;
     let mut entries = bank.entries().to_vec();
     entries.sort_unstable_by_key(|e| e.seq);
     Ok((entries, bank.seen(), bank.next_cluster_id()))

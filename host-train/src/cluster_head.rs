@@ -169,15 +169,21 @@ impl ClusterHead {
         l2_normalize_rows(&mut x, self.dim);
         x.chunks_exact(self.dim)
             .map(|row| {
-                let logit = |c: usize| -> f32 {
-                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
-                    w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() + self.bias[c]
-                };
-                (0..self.config.clusters)
-                    .map(|c| (c, logit(c)))
+                self.logits(row)
+                    .into_iter()
+                    .enumerate()
                     .max_by(|a, b| a.1.total_cmp(&b.1))
                     .map_or(0, |(c, _)| c as u32)
             })
+            .collect()
+    }
+
+    /// The head's logits of one unit embedding.
+    fn logits(&self, row: &[f32]) -> Vec<f32> {
+        self.weight
+            .chunks_exact(self.dim)
+            .zip(&self.bias)
+            .map(|(w, b)| w.iter().zip(row).map(|(a, x)| a * x).sum::<f32>() + b)
             .collect()
     }
 
@@ -189,12 +195,7 @@ impl ClusterHead {
         let k = self.config.clusters;
         let mut out = Vec::with_capacity(x.len() / self.dim.max(1) * k);
         for row in x.chunks_exact(self.dim) {
-            let logits: Vec<f32> = (0..k)
-                .map(|c| {
-                    let w = &self.weight[c * self.dim..(c + 1) * self.dim];
-                    w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() + self.bias[c]
-                })
-                .collect();
+            let logits = self.logits(row);
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
             let sum: f32 = exp.iter().sum();

@@ -124,8 +124,7 @@ mod tests {
     use crate::rng::Rng;
 
     fn gaussian(rng: &mut Rng) -> f32 {
-        let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
-        (libm::sqrt(-2.0 * libm::log(u1)) * libm::cos(core::f64::consts::TAU * u2)) as f32
+        rng.next_gaussian() as f32
     }
 
     #[test]

@@ -48,6 +48,13 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// A standard normal draw (Box-Muller).
+    pub fn next_gaussian(&mut self) -> f64 {
+        let u1 = self.next_f64().max(1e-12);
+        let u2 = self.next_f64();
+        libm::sqrt(-2.0 * libm::log(u1)) * libm::cos(core::f64::consts::TAU * u2)
+    }
+
     /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-64 * n).
     pub fn below(&mut self, n: usize) -> usize {
         debug_assert!(n > 0);

@@ -69,6 +69,19 @@ impl Default for BankConfig {
     }
 }
 
+impl BankConfig {
+    /// Capacities that evict nothing and no snapshot on the way: for reading a bank whole
+    /// (inspect, export, report, rebind).
+    pub fn unbounded() -> Self {
+        Self {
+            max_entries: usize::MAX,
+            max_bytes: usize::MAX,
+            snapshot_every: u64::MAX,
+            ..Default::default()
+        }
+    }
+}
+
 /// What `open` found on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Recovery {

@@ -87,7 +87,7 @@ fn apply(plane: &mut [u8], h: usize, w: usize, shift: Shift, hard: bool, rng: &m
         Shift::Blur => blur(plane, h, w, pick(0.8, 1.4)),
         Shift::Noise => {
             let sigma = 255.0 * pick(0.08, 0.16);
-            map(plane, |v| v + sigma * gaussian(rng));
+            map(plane, |v| v + sigma * rng.next_gaussian() as f32);
         }
         Shift::Jpeg => {}
         Shift::Rotation => rotate(plane, h, w, pick(10.0, 20.0).to_radians()),
@@ -105,13 +105,6 @@ fn map(plane: &mut [u8], mut f: impl FnMut(f32) -> f32) {
     for v in plane {
         *v = f(*v as f32).round().clamp(0.0, 255.0) as u8;
     }
-}
-
-/// A standard normal draw (Box-Muller).
-fn gaussian(rng: &mut Rng) -> f32 {
-    let u1 = rng.next_f64().max(1e-12);
-    let u2 = rng.next_f64();
-    ((-2.0 * u1.ln()).sqrt() * (core::f64::consts::TAU * u2).cos()) as f32
 }
 
 /// Separable Gaussian blur, edges clamped.
