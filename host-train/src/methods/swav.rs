@@ -17,6 +17,7 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
 use candle_nn::{BatchNorm, Init, Linear, Module, Optimizer, VarBuilder, VarMap};
+pub use models::cluster::sinkhorn;
 use models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -192,43 +193,6 @@ impl Prototypes {
     pub fn normalize(&self) -> candle_core::Result<()> {
         self.var.set(&l2_normalize(self.var.as_tensor())?.detach())
     }
-}
-
-/// Sinkhorn-Knopp on `scores` (b rows of k): soft codes whose rows each sum to 1 and whose
-/// columns each sum to about b / k. Computed in f64, shifted by the maximum score so that
-/// exp(score / epsilon) cannot overflow.
-pub fn sinkhorn(scores: &[f32], k: usize, epsilon: f64, iters: usize) -> Vec<f32> {
-    let b = scores.len() / k;
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut q: Vec<f64> = scores
-        .iter()
-        .map(|&s| ((s as f64 - max) / epsilon).exp())
-        .collect();
-    let total: f64 = q.iter().sum();
-    q.iter_mut().for_each(|v| *v /= total);
-    let mut col = vec![0f64; k];
-    for _ in 0..iters {
-        // Each prototype receives 1/k of the mass...
-        col.fill(0.0);
-        for row in q.chunks_exact(k) {
-            col.iter_mut().zip(row).for_each(|(c, &v)| *c += v);
-        }
-        for row in q.chunks_exact_mut(k) {
-            for (v, &c) in row.iter_mut().zip(&col) {
-                if c > 0.0 {
-                    *v /= c * k as f64;
-                }
-            }
-        }
-        // ...and each sample 1/b.
-        for row in q.chunks_exact_mut(k) {
-            let s: f64 = row.iter().sum();
-            if s > 0.0 {
-                row.iter_mut().for_each(|v| *v /= s * b as f64);
-            }
-        }
-    }
-    q.iter().map(|&v| (v * b as f64) as f32).collect()
 }
 
 /// The swapped-prediction loss. `z`: (crops * b, d) normalised embeddings, crop by crop;

@@ -6,10 +6,12 @@
 
 mod online;
 mod params;
+mod sinkhorn;
 pub use online::{
     Assignment, Cluster, ClusterChange, OnlineKMeans, OnlineKMeansError, OnlineKMeansParams,
 };
 pub use params::{KMeansInit, KMeansParams, KMeansParamsError, KMeansValidParams};
+pub use sinkhorn::sinkhorn;
 
 #[cfg(feature = "std")]
 mod assign;

@@ -5,7 +5,9 @@
 //! `models/tests/reference/`.
 
 mod contingency;
+mod silhouette;
 pub use contingency::{adjusted_rand_index, normalized_mutual_info, purity, Contingency};
+pub use silhouette::silhouette;
 
 #[cfg(feature = "std")]
 mod hungarian;
