@@ -1,19 +1,16 @@
-//! Forward-only statistics adaptation (AdaBN-style feature re-centring, Li et al. 2016) for a
-//! frozen encoder on a device whose camera drifts from the training data.
+//! Per-dimension statistics adaptation (AdaBN-style feature re-centring, Li et al. 2016).
 //!
-//! The encoder's BatchNorm is folded into its convolutions, so the device cannot re-estimate
-//! it. What it can do is watch the embeddings it produces: a running mean and variance of
-//! each dimension (exponentially weighted, so the statistics follow the scene), and map each
-//! embedding onto the statistics of the training embeddings, dimension by dimension:
-//! `x' = (x - mean_seen) / std_seen * std_train + mean_train`. The centroids, made on the
-//! training embeddings, then stay where the shifted embeddings land. no_std + alloc, so an MCU
-//! could run it.
+//! A running mean and variance of each dimension (exponentially weighted, so the statistics
+//! follow the scene), and a map of each embedding onto the statistics of the training
+//! embeddings, dimension by dimension:
+//! `x' = (x - mean_seen) / std_seen * std_train + mean_train`.
 
 use alloc::vec;
 use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
 
 /// Per-dimension mean and variance, updated one row at a time.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunningStats {
     /// Rows seen (saturates the weighting: see [`RunningStats::observe`]).
     pub count: u64,
@@ -62,7 +59,7 @@ impl RunningStats {
 }
 
 /// Maps embeddings onto the training statistics (see the module docs).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsAdapter {
     train_mean: Vec<f64>,
     train_std: Vec<f64>,

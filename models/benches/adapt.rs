@@ -1,0 +1,104 @@
+//! The board's adaptation maths, timed: one adapter step (Sinkhorn codes, the swapped-
+//! prediction gradient and the update) at the default model's size, the per-frame cost of
+//! applying the adapter and the statistics, the whitening refresh, and the adapter's memory.
+//! The encoder's forward passes over the views are not in these figures (they are in the edge
+//! bench). Prints a table and writes `target/bench/adapt-<arch>.json`; run it under
+//! qemu-aarch64 with `./scripts/bench-adapt-aarch64`.
+//!
+//! `cargo bench -p models --bench adapt`
+
+use std::path::Path;
+use std::time::Instant;
+
+use models::adapt::swapped::{self, unit_prototypes, SwappedParams};
+use models::adapt::{EmbeddingStats, LinearAdapter, Recentring, RecentringKind};
+use models::rng::Rng;
+
+const DIM: usize = 128;
+const CLUSTERS: usize = 10;
+const BATCH: usize = 32;
+
+fn gaussian(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.next_gaussian() as f32).collect()
+}
+
+/// Milliseconds per call: (median, p99, max) over `reps` timed calls.
+fn time_ms(reps: usize, mut f: impl FnMut()) -> (f64, f64, f64) {
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    let p99 = t[((reps as f64 * 0.99) as usize).min(reps - 1)];
+    (t[reps / 2], p99, t[reps - 1])
+}
+
+fn main() {
+    let mut rng = Rng::new(1);
+    let protos = unit_prototypes(&gaussian(&mut rng, CLUSTERS * DIM), DIM);
+    let v0 = gaussian(&mut rng, BATCH * DIM);
+    let v1: Vec<f32> = v0
+        .iter()
+        .map(|v| v + 0.1 * rng.next_gaussian() as f32)
+        .collect();
+    let params = SwappedParams::default();
+    let mut adapter = LinearAdapter::identity(DIM);
+    let reps = 200;
+    let step = time_ms(reps, || {
+        swapped::step(&mut adapter, [&v0, &v1], &protos, &params);
+    });
+    let row = gaussian(&mut rng, DIM);
+    let apply = time_ms(1000, || {
+        let mut r = row.clone();
+        adapter.apply_rows(&mut r);
+        std::hint::black_box(&r);
+    });
+    let train = EmbeddingStats::of_rows(&gaussian(&mut rng, 2000 * DIM), DIM);
+    let mut whiten = Recentring::new(RecentringKind::Full, &train, 2000, 0);
+    let mut stats = Recentring::new(RecentringKind::Diagonal, &train, 2000, 0);
+    let mut warm = gaussian(&mut rng, 300 * DIM);
+    whiten.observe_and_adapt(&mut warm);
+    let observe_diag = time_ms(1000, || {
+        let mut r = row.clone();
+        stats.observe_and_adapt(&mut r);
+    });
+    let refresh = time_ms(5, || {
+        if let Recentring::Full(w) = &mut whiten {
+            w.refresh_map();
+        }
+    });
+    let memory = adapter.bytes() + DIM * DIM * (8 + 8 + 4);
+    let arch = std::env::consts::ARCH;
+    println!("adaptation maths on {arch}, d = {DIM}, k = {CLUSTERS}, batch {BATCH} x 2 views");
+    println!("{:<44} {:>9} {:>9} {:>9}", "", "median", "p99", "max");
+    for (name, (m, p, x)) in [
+        ("adapter step (codes, gradient, update), ms", step),
+        ("apply the layer to one frame, ms", apply),
+        ("per-dimension statistics, one frame, ms", observe_diag),
+        ("whitening map refresh (every 250 frames), ms", refresh),
+    ] {
+        println!("{name:<44} {m:>9.3} {p:>9.3} {x:>9.3}");
+    }
+    println!(
+        "adapter memory: layer {} B; with whitening {} B",
+        adapter.bytes(),
+        memory
+    );
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).expect("target/bench");
+    let json = serde_json::json!({
+        "arch": arch, "dim": DIM, "clusters": CLUSTERS, "batch": BATCH,
+        "step_ms": {"median": step.0, "p99": step.1, "max": step.2},
+        "apply_ms": {"median": apply.0, "p99": apply.1},
+        "stats_ms": {"median": observe_diag.0, "p99": observe_diag.1},
+        "whitening_refresh_ms": {"median": refresh.0, "max": refresh.2},
+        "layer_bytes": adapter.bytes(),
+        "bytes_with_whitening": memory,
+    });
+    let file = out.join(format!("adapt-{arch}.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(&json).expect("json")).expect("write");
+    println!("wrote {}", file.display());
+}
