@@ -23,6 +23,8 @@ pub enum Command {
     ResetClusters,
     /// Distance / radius above which a frame is novel.
     SetNoveltyThreshold(f32),
+    /// Drop what on-device adaptation learned and return to the shipped model.
+    ResetAdaptation,
 }
 
 /// Why a message was refused.
