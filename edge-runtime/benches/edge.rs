@@ -98,6 +98,23 @@ fn main() {
         updates.insert(k.to_string(), json!(us));
     }
 
+    println!(
+        "\n| per-frame pipeline latency (int8, tract, 1 thread, batch 1, 4,000 frames) | p50 ms | p99 ms | max ms | rounds kept | adapter step ms |\n|---|---|---|---|---|---|"
+    );
+    let mut adaptation = Vec::new();
+    for mode in ["off", "stats", "stats+train", "stats+train (inline)"] {
+        let r = pipeline_latency(&model, mode);
+        println!(
+            "| {mode} | {:.3} | {:.3} | {:.3} | {} | {:.3} |",
+            r["p50_ms"].as_f64().unwrap(),
+            r["p99_ms"].as_f64().unwrap(),
+            r["max_ms"].as_f64().unwrap(),
+            r["rounds"],
+            r["step_ms"].as_f64().unwrap_or(f64::NAN),
+        );
+        adaptation.push(r);
+    }
+
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe).env(RSS_CHILD, "1").output().unwrap();
     assert!(
@@ -112,6 +129,7 @@ fn main() {
         "inference": rows,
         "cluster_update_us": updates,
         "rss_mb_100k": rss,
+        "pipeline_latency": adaptation,
         "threads_available": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
     let dir = workspace().join("target/bench");
@@ -122,6 +140,84 @@ fn main() {
     )
     .unwrap();
     println!("wrote target/bench/edge.json");
+}
+
+/// Per-frame latency of `Pipeline::process` on single frames, under an adaptation mode:
+/// `off`, `stats`, `stats+train` (rounds on the low-priority thread) or `stats+train (inline)`
+/// (rounds inside the frame that triggers them, for comparison).
+fn pipeline_latency(model: &Path, mode: &str) -> Value {
+    use edge_runtime::adapt::{AdaptConfig, TrainConfig};
+    use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
+    let bundle = ModelBundle::load(model, Precision::Int8).unwrap();
+    let set = models::data::load_fashion_mnist(
+        &models::data::fashion_mnist_dir(),
+        models::data::Split::Test,
+    )
+    .unwrap()
+    .take(4000);
+    let dir = tempfile::tempdir().unwrap();
+    let (bank, _) = MemoryBank::open(dir.path(), BankConfig::default()).unwrap();
+    let options = PrepareOptions {
+        batch: 1,
+        threads: 1,
+    };
+    let cfg = PipelineConfig {
+        recluster_every: 0,
+        ..Default::default()
+    };
+    let mut pipe = Pipeline::new(&bundle, &TractRuntime, &options, bank, cfg).unwrap();
+    if mode != "off" {
+        let train = mode.contains("train").then(|| TrainConfig {
+            background: !mode.contains("inline"),
+            ..Default::default()
+        });
+        let adapt = AdaptConfig {
+            train,
+            ..Default::default()
+        };
+        pipe.enable_adaptation(&bundle, &TractRuntime, &options, adapt)
+            .unwrap();
+    }
+    let mut times = Vec::with_capacity(set.len());
+    let mut steps = Vec::new();
+    let mut kept = 0;
+    let mut on_event = |e: &Event| {
+        if let Event::Adapt {
+            step_ms, kept: k, ..
+        } = e
+        {
+            steps.push(*step_ms);
+            kept += *k as u32;
+        }
+    };
+    for i in 0..set.len() {
+        let frame = Frame {
+            meta: CaptureMeta {
+                frame_id: i as u64,
+                source: "bench".into(),
+                ..Default::default()
+            },
+            pixels: set.image(i).to_vec(),
+        };
+        let t = Instant::now();
+        let events = pipe.process(std::slice::from_ref(&frame), None).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        events.iter().for_each(&mut on_event);
+    }
+    if let Some(e) = pipe.finish_adaptation().unwrap() {
+        on_event(&e);
+    }
+    times.sort_by(f64::total_cmp);
+    let step_ms = (!steps.is_empty()).then(|| steps.iter().sum::<f64>() / steps.len() as f64);
+    json!({
+        "mode": mode,
+        "frames": times.len(),
+        "p50_ms": times[times.len() / 2],
+        "p99_ms": times[times.len() * 99 / 100],
+        "max_ms": times[times.len() - 1],
+        "rounds": format!("{kept}/{}", steps.len()),
+        "step_ms": step_ms,
+    })
 }
 
 fn print_row(r: &Value) {

@@ -2,22 +2,24 @@
 //! test stream, clean and under each shift of `models::data::Shift` at both severities. The
 //! figure is the online NMI and accuracy against the labels (the clusters start from the
 //! manifest's centroids, as on a board fresh from the host), and what each shift costs
-//! against the clean stream; then the same with statistics adaptation
-//! (`models::adapt::StatsAdapter`, training statistics from 10,000 training images), and the
-//! share of the lost NMI it recovers. Prints a table and writes `target/bench/shift.json`.
+//! against the clean stream; then the same streams under each adaptation mode
+//! (`edge_runtime::adapt`: statistics per dimension or whitened, with or without the trained
+//! layer; training statistics from the model's `embedding-stats.json`), and the share of the
+//! lost NMI each recovers. Prints a table and writes `target/bench/shift.json`.
 //!
-//! `cargo bench -p edge-runtime --bench shift` (`SHIFT_FRAMES` caps the stream; 10,000 by
-//! default).
+//! `cargo bench -p edge-runtime --bench shift`. `SHIFT_FRAMES` caps the stream (10,000 by
+//! default); `SHIFT_MODES` picks modes (comma-separated: stats, whiten, stats+train,
+//! whiten+train, train); `SHIFT_ONLY` picks shifts by name.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use edge_runtime::backend::{embed_images, PrepareOptions, Runtime, TractRuntime};
+use edge_runtime::adapt::{AdaptConfig, TrainConfig};
+use edge_runtime::backend::{PrepareOptions, TractRuntime};
 use edge_runtime::bank::{BankConfig, CaptureMeta, MemoryBank};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
-use edge_runtime::preprocess::Preprocessor;
-use models::adapt::{RunningStats, StatsAdapter};
+use models::adapt::RecentringKind;
 use models::data::{fashion_mnist_dir, load_fashion_mnist, shifted, ImageSet, Shift, Split};
 use models::manifest::Precision;
 use models::metrics::{clustering_accuracy, normalized_mutual_info};
@@ -27,30 +29,73 @@ use serde::Serialize;
 struct Row {
     shift: &'static str,
     severity: u8,
+    mode: String,
     frames: usize,
     nmi: f64,
     accuracy: f64,
+    /// NMI lost against the clean stream without adaptation.
     nmi_lost: f64,
-    adapted_nmi: f64,
-    adapted_accuracy: f64,
-    /// (adapted - shifted) / (clean - shifted).
+    /// (NMI - unadapted NMI of this stream) / (clean NMI - unadapted NMI of this stream).
     recovered: f64,
+    /// Training rounds whose layer was kept, and all rounds.
+    kept: u64,
+    rounds: u64,
     seconds: f64,
 }
-
-/// Rows of the running statistics, and rows before adapting.
-const WINDOW: u64 = 2000;
-const WARMUP: u64 = 200;
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-small-cnn")
 }
 
-/// The online clusters of `set` streamed through a fresh pipeline: (NMI, accuracy).
-fn stream(bundle: &ModelBundle, set: &ImageSet, adapter: Option<StatsAdapter>) -> (f64, f64) {
+/// An adaptation mode by name; `None` for no adaptation.
+fn mode_config(mode: &str) -> Option<AdaptConfig> {
+    let recentring = match mode.split('+').next() {
+        Some("stats") => Some(RecentringKind::Diagonal),
+        Some("whiten") => Some(RecentringKind::Full),
+        Some("train") => None,
+        _ => return None,
+    };
+    let train = mode.ends_with("train").then(|| {
+        let mut t = TrainConfig {
+            background: false,
+            ..Default::default()
+        };
+        // Overrides for exploring the settings.
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = var("ADAPT_LR") {
+            t.objective.learning_rate = v as f32;
+        }
+        if let Some(v) = var("ADAPT_IDENTITY") {
+            t.objective.identity_weight = v as f32;
+        }
+        if let Some(v) = var("ADAPT_STEPS") {
+            t.steps = v as usize;
+        }
+        if let Some(v) = var("ADAPT_EVERY") {
+            t.every = v as u64;
+        }
+        t
+    });
+    Some(AdaptConfig {
+        recentring,
+        train,
+        ..Default::default()
+    })
+}
+
+struct Streamed {
+    nmi: f64,
+    accuracy: f64,
+    kept: u64,
+    rounds: u64,
+}
+
+/// The online clusters of `set` streamed through a fresh pipeline.
+fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> Streamed {
     let dir = tempfile::tempdir().expect("a temporary bank");
     let cfg = BankConfig {
         max_entries: set.len().max(1),
+        max_bytes: 256 << 20,
         ..Default::default()
     };
     let (bank, _) = MemoryBank::open(dir.path(), cfg).expect("bank");
@@ -58,13 +103,18 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapter: Option<StatsAdapter>) -
         batch: 16,
         threads: 1,
     };
+    let training = adapt.as_ref().is_some_and(|a| a.train.is_some());
     let pipe_cfg = PipelineConfig {
-        thumb_size: Some(0),
+        // Thumbnails only where the adapter trains on them.
+        thumb_size: if training { None } else { Some(0) },
         ..Default::default()
     };
     let mut pipe =
         Pipeline::new(bundle, &TractRuntime, &options, bank, pipe_cfg).expect("pipeline");
-    pipe.set_adapter(adapter).expect("adapter");
+    if let Some(a) = adapt {
+        pipe.enable_adaptation(bundle, &TractRuntime, &options, a)
+            .expect("adaptation");
+    }
     let frames: Vec<Frame> = (0..set.len())
         .map(|i| Frame {
             meta: CaptureMeta {
@@ -75,39 +125,34 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapter: Option<StatsAdapter>) -
             pixels: set.image(i).to_vec(),
         })
         .collect();
-    let assigned: Vec<u32> = pipe
-        .process(&frames, None)
-        .expect("stream")
+    let events = pipe.process(&frames, None).expect("stream");
+    let assigned: Vec<u32> = events
         .iter()
         .filter_map(|e| match e {
             Event::Frame { cluster_id, .. } => Some(*cluster_id),
             _ => None,
         })
         .collect();
+    let (mut kept, mut rounds) = (0, 0);
+    for e in &events {
+        if let Event::Adapt { kept: k, .. } = e {
+            rounds += 1;
+            kept += *k as u64;
+        }
+    }
     let labels = set.labels.as_deref().expect("labels");
-    (
-        normalized_mutual_info(labels, &assigned).expect("nmi"),
-        clustering_accuracy(labels, &assigned).expect("accuracy"),
-    )
+    Streamed {
+        nmi: normalized_mutual_info(labels, &assigned).expect("nmi"),
+        accuracy: clustering_accuracy(labels, &assigned).expect("accuracy"),
+        kept,
+        rounds,
+    }
 }
 
-/// Per-dimension statistics of the raw embeddings of 10,000 training images: what the host
-/// would ship beside the model.
-fn training_stats(bundle: &ModelBundle) -> RunningStats {
-    let pre = Preprocessor::new(bundle.manifest.preprocess.clone());
-    let train = load_fashion_mnist(&fashion_mnist_dir(), Split::Train)
-        .expect("Fashion-MNIST")
-        .take(10_000);
-    let options = PrepareOptions {
-        batch: 16,
-        threads: 1,
-    };
-    let run = TractRuntime.prepare(bundle, &options).expect("model");
-    let emb = embed_images(run.as_ref(), &pre, &train).expect("embeddings");
-    let mut stats = RunningStats::new(run.embed_dim(), 0);
-    emb.chunks_exact(run.embed_dim())
-        .for_each(|row| stats.observe(row));
-    stats
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
 }
 
 fn main() {
@@ -115,61 +160,76 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let modes = env_list("SHIFT_MODES").unwrap_or_else(|| {
+        ["stats", "whiten", "stats+train", "whiten+train"]
+            .map(String::from)
+            .to_vec()
+    });
+    let only = env_list("SHIFT_ONLY");
     let bundle = ModelBundle::load(&model_dir(), Precision::Int8).expect("default model");
     let set = load_fashion_mnist(&fashion_mnist_dir(), Split::Test)
         .expect("Fashion-MNIST (apt-get install dataset-fashion-mnist)")
         .take(n);
-    let train = training_stats(&bundle);
-    let adapter = || Some(StatsAdapter::from_training(&train, WINDOW, WARMUP));
-    let t0 = Instant::now();
-    let (clean_nmi, clean_acc) = stream(&bundle, &set, None);
-    let (adapted_nmi, adapted_accuracy) = stream(&bundle, &set, adapter());
-    let mut rows = vec![Row {
-        shift: "none",
-        severity: 0,
-        frames: set.len(),
-        nmi: clean_nmi,
-        accuracy: clean_acc,
-        nmi_lost: 0.0,
-        adapted_nmi,
-        adapted_accuracy,
-        recovered: f64::NAN,
-        seconds: t0.elapsed().as_secs_f64(),
-    }];
+    let mut cases: Vec<(&'static str, u8, ImageSet)> = vec![("none", 0, set.clone())];
     for shift in Shift::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|s| s == shift.name()))
+        {
+            continue;
+        }
         for severity in [1u8, 2] {
-            let t = Instant::now();
-            let shifted_set = shifted(&set, shift, severity, 20_261_206);
-            let (nmi, accuracy) = stream(&bundle, &shifted_set, None);
-            let (adapted_nmi, adapted_accuracy) = stream(&bundle, &shifted_set, adapter());
-            rows.push(Row {
-                shift: shift.name(),
+            cases.push((
+                shift.name(),
                 severity,
-                frames: set.len(),
-                nmi,
-                accuracy,
-                nmi_lost: clean_nmi - nmi,
-                adapted_nmi,
-                adapted_accuracy,
-                recovered: (adapted_nmi - nmi) / (clean_nmi - nmi),
-                seconds: t.elapsed().as_secs_f64(),
-            });
+                shifted(&set, shift, severity, 20_261_206),
+            ));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut clean_nmi = f64::NAN;
+    for (name, severity, case) in &cases {
+        let t = Instant::now();
+        let base = stream(&bundle, case, None);
+        if *name == "none" {
+            clean_nmi = base.nmi;
+        }
+        let row = |mode: &str, s: &Streamed, t: Instant| Row {
+            shift: name,
+            severity: *severity,
+            mode: mode.to_string(),
+            frames: case.len(),
+            nmi: s.nmi,
+            accuracy: s.accuracy,
+            nmi_lost: clean_nmi - s.nmi,
+            recovered: (s.nmi - base.nmi) / (clean_nmi - base.nmi),
+            kept: s.kept,
+            rounds: s.rounds,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        rows.push(row("off", &base, t));
+        for mode in &modes {
+            let t = Instant::now();
+            let s = stream(&bundle, case, mode_config(mode));
+            rows.push(row(mode, &s, t));
         }
     }
     println!(
-        "{:<11} {:>8} {:>7} {:>9} {:>9} {:>12} {:>10} {:>8}",
-        "shift", "severity", "NMI", "accuracy", "NMI lost", "adapted NMI", "recovered", "seconds"
+        "{:<11} {:>3} {:<13} {:>7} {:>9} {:>9} {:>10} {:>7} {:>8}",
+        "shift", "sev", "adaptation", "NMI", "accuracy", "NMI lost", "recovered", "kept", "seconds"
     );
     for r in &rows {
         println!(
-            "{:<11} {:>8} {:>7.4} {:>9.4} {:>9.4} {:>12.4} {:>10.2} {:>8.1}",
+            "{:<11} {:>3} {:<13} {:>7.4} {:>9.4} {:>9.4} {:>10.2} {:>3}/{:<3} {:>8.1}",
             r.shift,
             r.severity,
+            r.mode,
             r.nmi,
             r.accuracy,
             r.nmi_lost,
-            r.adapted_nmi,
             r.recovered,
+            r.kept,
+            r.rounds,
             r.seconds
         );
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use edge_runtime::adapt::{AdaptConfig, TrainConfig};
 use edge_runtime::backend::{PrepareOptions, Runtime};
 use edge_runtime::bank::identity::{self, BankIdentity};
 use edge_runtime::bank::{BankConfig, CaptureMeta, EmbeddingFormat, Eviction, MemoryBank};
@@ -17,6 +18,7 @@ use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
 use edge_runtime::preprocess::Preprocessor;
 use edge_runtime::rebind::rebind;
 use edge_runtime::EdgeError;
+use models::adapt::RecentringKind;
 use models::cluster::{KMeansParams, OnlineKMeansParams};
 use models::data::{read_image, ImageFolderOptions, ImageSet};
 use models::metrics::{clustering_accuracy, normalized_mutual_info};
@@ -101,6 +103,62 @@ pub struct RunArgs {
     /// With --link-frames: stop when the MCU has said nothing for N seconds.
     #[arg(long, requires = "link_frames")]
     link_idle_s: Option<f64>,
+    #[command(flatten)]
+    adapt: AdaptArgs,
+}
+
+/// On-device adaptation of the embedding to the scene (`edge-runtime adapt` looks after it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdaptArgs {
+    /// Statistics adaptation: re-centre each embedding dimension (`stats`) or re-whiten the
+    /// whole embedding (`whiten`) from what the camera shows onto the training statistics
+    /// (embedding-stats.json beside the manifest).
+    #[arg(long, value_enum, default_value = "none")]
+    adapt: AdaptArg,
+    /// Also train the adapter layer on the device from the bank's thumbnails (kept only when
+    /// a held-out part of the bank does not cluster worse; saved as BANK/adapter.bin).
+    #[arg(long)]
+    adapt_train: bool,
+    /// Frames between training rounds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    adapt_every: u64,
+    /// Adapter steps per round.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    adapt_steps: u64,
+    /// Frames (each as two views) per step.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(2..=4096))]
+    adapt_batch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdaptArg {
+    None,
+    Stats,
+    Whiten,
+}
+
+impl AdaptArgs {
+    /// The pipeline's adaptation, or `None` when it is off.
+    pub fn config(&self) -> Option<AdaptConfig> {
+        let recentring = match self.adapt {
+            AdaptArg::None => None,
+            AdaptArg::Stats => Some(RecentringKind::Diagonal),
+            AdaptArg::Whiten => Some(RecentringKind::Full),
+        };
+        if recentring.is_none() && !self.adapt_train {
+            return None;
+        }
+        Some(AdaptConfig {
+            recentring,
+            train: self.adapt_train.then(|| TrainConfig {
+                every: self.adapt_every,
+                steps: self.adapt_steps as usize,
+                batch: self.adapt_batch as usize,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -200,6 +258,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     }
     // Graceful end (input done, SIGINT or SIGTERM): everything stored is on disk.
+    if let Some(event) = pipe.finish_adaptation()? {
+        writeln!(sink.out, "{}", serde_json::to_string(&event)?)?;
+    }
     pipe.snapshot()?;
     let assigned = std::mem::take(&mut sink.assigned);
     drop(sink);
@@ -277,13 +338,11 @@ fn open_pipeline(args: &RunArgs, bundle: &ModelBundle) -> Result<Pipeline> {
         seed: 0,
         thumb_size: args.thumb_size,
     };
-    Ok(Pipeline::new(
-        bundle,
-        runtime.as_ref(),
-        &options,
-        bank,
-        cfg,
-    )?)
+    let mut pipe = Pipeline::new(bundle, runtime.as_ref(), &options, bank, cfg)?;
+    if let Some(adapt) = args.adapt.config() {
+        pipe.enable_adaptation(bundle, runtime.as_ref(), &options, adapt)?;
+    }
+    Ok(pipe)
 }
 
 /// `--input`: stdin paths, a camera, or a set read whole (unreadable files named).

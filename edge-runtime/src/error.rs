@@ -23,6 +23,27 @@ pub enum BankProblem {
     Identity(#[source] serde_json::Error),
 }
 
+/// What is wrong with a bank's adapter file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdapterProblem {
+    #[error(
+        "it adapts the model with sha256 {stored}..., not this one ({given}...); \
+         `edge-runtime adapt reset --bank DIR` returns to the shipped model"
+    )]
+    OtherModel { stored: String, given: String },
+    #[error(
+        "format {found} is not the one this build reads ({})",
+        crate::adapt::store::ADAPTER_FORMAT
+    )]
+    Format { found: u32 },
+    #[error(
+        "damaged (its checksum or length is wrong); `edge-runtime adapt reset --bank DIR` \
+         moves it aside"
+    )]
+    Damaged,
+}
+
 /// Errors of the edge runtime; each names the file or input it is about.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -111,6 +132,18 @@ pub enum EdgeError {
     },
     #[error("{port}: MCU link: {source}")]
     Link { port: String, source: LibraryError },
+    #[error("{path}: adapter: {problem}")]
+    Adapter {
+        path: PathBuf,
+        problem: AdapterProblem,
+    },
+    #[error(
+        "{path}: not found; statistics adaptation needs the training embeddings' statistics \
+         (`edge-runtime adapt stats --model DIR --data SOURCE` writes them)"
+    )]
+    NoEmbeddingStats { path: PathBuf },
+    #[error("{path}: not valid embedding statistics: {reason}")]
+    EmbeddingStats { path: PathBuf, reason: String },
     #[error("input has {actual} values, expected {expected} ({what})")]
     InputShape {
         what: String,

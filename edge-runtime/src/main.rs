@@ -6,7 +6,9 @@
 //! - `preprocess`: images as the model's input tensors (`.npy`), for model converters.
 //! - `report`: a memory bank as a static HTML page (clusters, thumbnails, novel frames).
 //! - `bank inspect|export|compact`: look after a memory bank.
+//! - `adapt stats|show|export|reset`: on-device adaptation's statistics and adapter.
 
+mod cli_adapt;
 mod cli_bank;
 mod cli_report;
 mod cli_run;
@@ -46,6 +48,10 @@ enum Command {
     /// Inspect, export or compact a memory bank.
     #[command(subcommand)]
     Bank(cli_bank::BankCommand),
+    /// On-device adaptation: write a model's training statistics; show, export or reset the
+    /// adapter a bank carries.
+    #[command(subcommand)]
+    Adapt(cli_adapt::AdaptCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -220,6 +226,7 @@ fn main() -> Result<()> {
         Command::Preprocess(args) => preprocess(&args),
         Command::Report(args) => cli_report::report(&args),
         Command::Bank(cmd) => cli_bank::bank(&cmd),
+        Command::Adapt(cmd) => cli_adapt::adapt(&cmd),
     }
 }
 

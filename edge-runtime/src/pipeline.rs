@@ -1,17 +1,19 @@
 //! The streaming pipeline: frames in, batched through the backend, L2-normalised as the
 //! manifest asks, clustered online, stored in the bank, events out. Every
 //! `recluster_every` frames the bank is re-clustered with batch k-means; cluster ids stay
-//! stable through it by Hungarian matching against the online centroids.
+//! stable through it by Hungarian matching against the online centroids. With adaptation
+//! on (`enable_adaptation`), each raw embedding is adapted to the scene before clustering
+//! (see [`crate::adapt`]).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use models::adapt::StatsAdapter;
 use models::cluster::{Cluster, CpuGemmAssign, KMeansParams, OnlineKMeans, OnlineKMeansParams};
 use models::linalg::l2_normalize_rows;
 use models::MatRef;
 use serde::Serialize;
 
+use crate::adapt::{AdaptConfig, Adaptation, Job, Outcome, TrainConfig, Trainer, Worker};
 use crate::backend::{PrepareOptions, Runnable, Runtime};
 use crate::bank::identity::BankIdentity;
 use crate::bank::{CaptureMeta, FrameDetail, MemoryBank, Thumbnail};
@@ -69,6 +71,22 @@ pub enum Event {
         relabelled: usize,
         seconds: f64,
     },
+    /// An adaptation round finished: its candidate layer was kept or rolled back.
+    Adapt {
+        round: u64,
+        kept: bool,
+        /// Held-out silhouette under the current layer and under the candidate.
+        proxy_before: f64,
+        proxy_after: f64,
+        loss_first: f32,
+        loss_last: f32,
+        steps: usize,
+        /// Mean time of one adapter step (gradient and update, not the encoder).
+        step_ms: f64,
+        seconds: f64,
+        /// Updates kept so far.
+        updates: u64,
+    },
 }
 
 pub struct Pipeline {
@@ -79,8 +97,8 @@ pub struct Pipeline {
     bank: MemoryBank,
     config: PipelineConfig,
     since_recluster: u64,
-    /// Statistics adaptation of the raw embeddings, when set.
-    adapter: Option<StatsAdapter>,
+    /// Adaptation of the raw embeddings to the scene, when on.
+    adaptation: Option<Adaptation>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -127,23 +145,58 @@ impl Pipeline {
             bank,
             config,
             since_recluster: 0,
-            adapter: None,
+            adaptation: None,
         })
     }
 
-    /// Adapts every later embedding to the scene (`models::adapt`), or stops adapting.
-    pub fn set_adapter(&mut self, adapter: Option<StatsAdapter>) -> Result<(), EdgeError> {
-        if let Some(a) = &adapter {
-            if a.dim() != self.run.embed_dim() {
-                return Err(EdgeError::InputShape {
-                    what: "adapter statistics".into(),
-                    expected: self.run.embed_dim(),
-                    actual: a.dim(),
-                });
-            }
+    /// Adapts every later embedding to the scene (see [`crate::adapt`]), resuming the adapter
+    /// saved beside the bank for this model. Training rounds, when configured, get their own
+    /// prepared copy of the model.
+    pub fn enable_adaptation(
+        &mut self,
+        model: &ModelBundle,
+        runtime: &dyn Runtime,
+        options: &PrepareOptions,
+        config: AdaptConfig,
+    ) -> Result<(), EdgeError> {
+        let dim = self.run.embed_dim();
+        let mut adaptation = Adaptation::open(model, self.bank.dir(), dim, config)?;
+        if let Some(train) = adaptation.config.train.clone() {
+            let run = runtime.prepare(
+                model,
+                &PrepareOptions {
+                    threads: 1,
+                    ..options.clone()
+                },
+            )?;
+            let trainer = Trainer::new(run, self.pre.clone(), train.clone());
+            adaptation.worker = Some(Worker::new(trainer, train.background)?);
         }
-        self.adapter = adapter;
+        self.adaptation = Some(adaptation);
         Ok(())
+    }
+
+    pub fn adaptation(&self) -> Option<&Adaptation> {
+        self.adaptation.as_ref()
+    }
+
+    /// Returns to the shipped model (identity layer, fresh statistics; the saved adapter is
+    /// moved aside). Returns where it went.
+    pub fn reset_adaptation(&mut self) -> Result<Option<std::path::PathBuf>, EdgeError> {
+        match &mut self.adaptation {
+            Some(a) => a.reset(),
+            None => crate::adapt::store::reset(self.bank.dir()),
+        }
+    }
+
+    /// Waits for an adaptation round under way and applies it (for a clean stop and tests).
+    pub fn finish_adaptation(&mut self) -> Result<Option<Event>, EdgeError> {
+        let outcome = self
+            .adaptation
+            .as_mut()
+            .and_then(|a| a.worker.as_mut())
+            .and_then(Worker::wait);
+        outcome.map(|o| self.apply_outcome(o?)).transpose()
     }
 
     pub fn batch(&self) -> usize {
@@ -182,8 +235,8 @@ impl Pipeline {
                 self.pre.spec().normalize_into(&f.pixels, out);
             }
             let mut emb = self.run.run(&x, chunk.len())?;
-            if let Some(adapter) = &mut self.adapter {
-                adapter.observe_and_adapt(&mut emb);
+            if let Some(adaptation) = &mut self.adaptation {
+                adaptation.map(&mut emb);
             }
             if self.l2 {
                 l2_normalize_rows(&mut emb, dim);
@@ -220,6 +273,7 @@ impl Pipeline {
                 out.extend_from_slice(&emb);
             }
             self.bank.reserve_cluster_ids(self.online.next_id())?;
+            self.adaptation_tick(chunk.len() as u64, &mut events)?;
             self.since_recluster += chunk.len() as u64;
             if self.config.recluster_every > 0
                 && self.since_recluster >= self.config.recluster_every
@@ -228,6 +282,114 @@ impl Pipeline {
             }
         }
         Ok(events)
+    }
+
+    /// Picks up a finished adaptation round, and starts the next one when it is due.
+    fn adaptation_tick(&mut self, frames: u64, events: &mut Vec<Event>) -> Result<(), EdgeError> {
+        let Some(a) = &mut self.adaptation else {
+            return Ok(());
+        };
+        let Some(train) = a.config.train.clone() else {
+            return Ok(());
+        };
+        a.since_round += frames;
+        if let Some(outcome) = a.worker.as_mut().and_then(Worker::poll) {
+            events.push(self.apply_outcome(outcome?)?);
+        }
+        let a = self.adaptation.as_mut().expect("checked above");
+        if a.since_round < train.every || a.worker.as_ref().is_none_or(Worker::is_busy) {
+            return Ok(());
+        }
+        let Some(job) = self.adaptation_job(&train)? else {
+            return Ok(());
+        };
+        let a = self.adaptation.as_mut().expect("checked above");
+        a.since_round = 0;
+        a.rounds += 1;
+        let worker = a.worker.as_mut().expect("checked above");
+        worker.submit(job);
+        if let Some(outcome) = worker.poll() {
+            events.push(self.apply_outcome(outcome?)?);
+        }
+        Ok(())
+    }
+
+    /// A round's frames from the bank: entries whose sequence number is a multiple of 4 are
+    /// the held-out part, never trained on. `None` while the bank holds too few thumbnails.
+    fn adaptation_job(&self, train: &TrainConfig) -> Result<Option<Job>, EdgeError> {
+        let a = self.adaptation.as_ref().expect("called with adaptation on");
+        let mut rng = models::rng::Rng::new(train.seed ^ a.rounds.wrapping_mul(0x9E37_79B9));
+        let (mut train_set, mut held) = (Vec::new(), Vec::new());
+        for e in self.bank.entries() {
+            if e.meta
+                .detail
+                .as_ref()
+                .is_some_and(|d| d.thumbnail.is_some())
+            {
+                if e.seq % 4 == 0 {
+                    held.push(e);
+                } else {
+                    train_set.push(e);
+                }
+            }
+        }
+        if train_set.len() < train.batch || held.len() < 8 {
+            return Ok(None);
+        }
+        let pick = |rng: &mut models::rng::Rng, from: &[&crate::bank::BankEntry], n: usize| {
+            rng.sample_indices(from.len(), n.min(from.len()))
+                .into_iter()
+                .filter_map(|i| from[i].meta.detail.as_ref()?.thumbnail.as_ref())
+                .map(|t| {
+                    self.pre
+                        .thumbnail_input(t)
+                        .map_err(|reason| EdgeError::Pixels {
+                            path: self.bank.dir().to_path_buf(),
+                            reason: format!("a stored thumbnail: {reason}"),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let train_frames = pick(&mut rng, &train_set, train.train_frames)?;
+        let held_out = pick(&mut rng, &held, train.held_out_frames)?;
+        Ok(Some(Job {
+            round: a.rounds,
+            train: train_frames,
+            held_out,
+            recentring: a.record().recentring.clone(),
+            linear: a.record().linear.clone(),
+            centroids: self
+                .online
+                .clusters()
+                .iter()
+                .flat_map(|c| c.centroid.iter().copied())
+                .collect(),
+            l2: self.l2,
+        }))
+    }
+
+    /// Keeps a round's candidate (clusters moved to its space, ids kept by Hungarian
+    /// matching, the adapter saved) or drops it.
+    fn apply_outcome(&mut self, o: Outcome) -> Result<Event, EdgeError> {
+        let a = self.adaptation.as_mut().expect("called with adaptation on");
+        if o.accepted && !o.counts.is_empty() {
+            a.accept(o.candidate)?;
+            self.online.recluster(&o.centroids, &o.counts)?;
+            self.bank.reserve_cluster_ids(self.online.next_id())?;
+        }
+        let a = self.adaptation.as_ref().expect("called with adaptation on");
+        Ok(Event::Adapt {
+            round: o.round,
+            kept: o.accepted,
+            proxy_before: o.proxy_before,
+            proxy_after: o.proxy_after,
+            loss_first: o.loss_first,
+            loss_last: o.loss_last,
+            steps: o.steps,
+            step_ms: 1e3 * o.step_seconds / o.steps.max(1) as f64,
+            seconds: o.seconds,
+            updates: a.record().updates,
+        })
     }
 
     /// The thumbnail stored with a frame of `pixels` (already checked against the input size).

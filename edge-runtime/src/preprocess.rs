@@ -4,10 +4,12 @@
 use std::path::Path;
 
 use models::data::{
-    load_fashion_mnist, read_image_folder, DataSource, ImageFolderOptions, ImageSet, Split,
+    image_pixels, load_fashion_mnist, read_image_folder, DataSource, ImageFolderOptions, ImageSet,
+    Split,
 };
 use models::preprocess::PreprocessSpec;
 
+use crate::bank::Thumbnail;
 use crate::EdgeError;
 
 #[derive(Debug, Clone)]
@@ -34,6 +36,28 @@ impl Preprocessor {
             resize: self.spec.resize,
             skip_bad,
         }
+    }
+
+    /// A bank thumbnail as the model's input pixels (planar u8 at the manifest's size and
+    /// colour): as stored when it already has that shape, else resized like an image file.
+    pub fn thumbnail_input(&self, thumb: &Thumbnail) -> Result<Vec<u8>, String> {
+        let spec = &self.spec;
+        let shape = (spec.channels(), spec.height as usize, spec.width as usize);
+        let stored = (
+            thumb.channels as usize,
+            thumb.height as usize,
+            thumb.width as usize,
+        );
+        if stored == shape && thumb.pixels.len() == spec.image_len() {
+            return Ok(thumb.pixels.clone());
+        }
+        let img = thumb
+            .to_image()
+            .ok_or_else(|| "a stored thumbnail's pixels do not fill its shape".to_string())?;
+        image_pixels(
+            image::DynamicImage::ImageRgb8(img),
+            &self.image_options(false),
+        )
     }
 
     /// Reads a folder of JPEG/PNG images at the manifest's size, colour and resize mode.

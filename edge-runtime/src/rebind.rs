@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use models::cluster::KMeansParams;
-use models::data::{image_pixels, ImageSet};
+use models::data::ImageSet;
 use models::linalg::l2_normalize_rows;
 use models::MatRef;
 use serde::Serialize;
@@ -107,26 +107,22 @@ fn thumbnails_as_inputs(
     pre: &Preprocessor,
 ) -> Result<ImageSet, EdgeError> {
     let spec = pre.spec();
-    let opts = pre.image_options(false);
-    let images: Vec<image::RgbImage> = entries
+    let thumbs: Vec<&Thumbnail> = entries
         .iter()
         .filter_map(|e| e.meta.detail.as_ref()?.thumbnail.as_ref())
-        .filter_map(Thumbnail::to_image)
         .collect();
-    if images.len() < entries.len() || entries.is_empty() {
+    if thumbs.len() < entries.len() || entries.is_empty() {
         return Err(EdgeError::RebindWithoutThumbnails {
             path: dir.to_path_buf(),
-            missing: entries.len() - images.len(),
+            missing: entries.len() - thumbs.len(),
             entries: entries.len(),
         });
     }
-    let mut pixels = Vec::with_capacity(images.len() * spec.image_len());
-    for img in images {
-        let p = image_pixels(image::DynamicImage::ImageRgb8(img), &opts).map_err(|reason| {
-            EdgeError::Pixels {
-                path: dir.to_path_buf(),
-                reason: format!("a stored thumbnail: {reason}"),
-            }
+    let mut pixels = Vec::with_capacity(thumbs.len() * spec.image_len());
+    for t in thumbs {
+        let p = pre.thumbnail_input(t).map_err(|reason| EdgeError::Pixels {
+            path: dir.to_path_buf(),
+            reason: format!("a stored thumbnail: {reason}"),
         })?;
         pixels.extend(p);
     }

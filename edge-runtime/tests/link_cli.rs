@@ -126,6 +126,8 @@ fn frames_paced_by_the_mcu_come_back_as_cluster_events() {
     mcu.pump(Duration::from_secs(20), |m| m.events.len() == 5);
     mcu.send(Message::Command(Command::ResetClusters));
     mcu.pump(Duration::from_millis(300), |m| m.session.in_flight() == 0);
+    mcu.send(Message::Command(Command::ResetAdaptation));
+    mcu.pump(Duration::from_millis(300), |m| m.session.in_flight() == 0);
     assert_eq!(mcu.events, (100..105).collect::<Vec<_>>());
     assert_eq!(
         mcu.session.in_flight(),
@@ -141,6 +143,7 @@ fn frames_paced_by_the_mcu_come_back_as_cluster_events() {
     let log = std::fs::read_to_string(&events).unwrap();
     assert_eq!(log.matches("\"event\":\"frame\"").count(), 5, "{log}");
     assert!(log.contains("\"command\":\"ResetClusters\""), "{log}");
+    assert!(log.contains("\"command\":\"ResetAdaptation\""), "{log}");
     assert!(log.contains("\"event\":\"link_up\""), "{log}");
 }
 

@@ -542,7 +542,7 @@ fn sync_dir(dir: &Path) -> Result<(), EdgeError> {
 
 /// Streams one framed record (`[len][crc32][postcard]`) into a temporary file without
 /// building it in memory, fsyncs it, renames it over `path`, and fsyncs the directory.
-fn publish_record<T: Serialize>(path: &Path, value: &T) -> Result<(), EdgeError> {
+pub(crate) fn publish_record<T: Serialize>(path: &Path, value: &T) -> Result<(), EdgeError> {
     use std::io::{Seek, SeekFrom};
     let tmp = path.with_extension("tmp");
     let err = |e: std::io::Error| io(&tmp, e);

@@ -47,7 +47,7 @@ pub fn cluster_event(event: &Event) -> Option<Message> {
             distance,
             novel,
         }),
-        Event::Recluster { .. } => None,
+        Event::Recluster { .. } | Event::Adapt { .. } => None,
     }
 }
 
@@ -60,6 +60,9 @@ pub fn apply_command(
         Command::Snapshot => pipe.snapshot()?,
         Command::ResetClusters => pipe.reset_clusters(),
         Command::SetNoveltyThreshold(t) => pipe.set_novelty_threshold(t)?,
+        Command::ResetAdaptation => {
+            pipe.reset_adaptation()?;
+        }
     }
     Ok(json!({ "event": "command", "command": format!("{command:?}") }))
 }

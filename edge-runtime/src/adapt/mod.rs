@@ -1,0 +1,234 @@
+//! On-device adaptation of the embedding to the scene the camera sees, without labels and
+//! without candle (the maths is `models::adapt`).
+//!
+//! Each raw embedding passes, before clustering, through
+//! 1. statistics adaptation ([`Recentring`]): re-centred (and, `Full`, re-whitened) from the
+//!    running statistics of what the device sees onto the training embeddings' statistics
+//!    (`embedding-stats.json` beside the manifest); and
+//! 2. a trained layer ([`LinearAdapter`], identity at first). Every `every` frames a round of
+//!    `steps` swapped-prediction steps trains a candidate from the bank's stored thumbnails
+//!    ([`trainer`]); the candidate replaces the layer only if the silhouette of a held-out
+//!    part of the bank does not get worse, else it is dropped (rolled back). On a kept
+//!    update the online clusters move to the candidate's space, their ids kept by Hungarian
+//!    matching, and the adapter is saved beside the bank ([`store`]).
+//!
+//! Rounds run on a worker thread at the lowest scheduling priority, so inference goes first
+//! ([`worker`]); `TrainConfig::background = false` runs them inline (deterministic, for tests
+//! and the shift benchmark).
+
+pub mod store;
+pub mod trainer;
+mod worker;
+
+use std::path::{Path, PathBuf};
+
+use models::adapt::swapped::SwappedParams;
+use models::adapt::views::ViewParams;
+use models::adapt::{EmbeddingStats, LinearAdapter, Recentring, RecentringKind};
+
+pub use models::adapt::AdapterExport;
+pub use store::AdapterRecord;
+pub use trainer::{Job, Outcome, Trainer};
+pub use worker::Worker;
+
+use crate::bundle::ModelBundle;
+use crate::EdgeError;
+
+/// How the pipeline adapts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptConfig {
+    /// Statistics adaptation, if any.
+    pub recentring: Option<RecentringKind>,
+    /// Frames in the running statistics' window, and frames before they are used.
+    pub window: u64,
+    pub warmup: u64,
+    /// The trained layer, if any.
+    pub train: Option<TrainConfig>,
+}
+
+impl Default for AdaptConfig {
+    fn default() -> Self {
+        Self {
+            recentring: Some(RecentringKind::Diagonal),
+            window: 2000,
+            warmup: 200,
+            train: None,
+        }
+    }
+}
+
+/// Bounded training of the layer: `steps` steps of `batch` frames every `every` frames.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub every: u64,
+    pub steps: usize,
+    pub batch: usize,
+    /// Stored frames drawn per round for training, and held out for the check.
+    pub train_frames: usize,
+    pub held_out_frames: usize,
+    /// How much worse the held-out silhouette may get and the update still be kept.
+    pub tolerance: f64,
+    pub objective: SwappedParams,
+    pub views: ViewParams,
+    /// Rounds on a low-priority worker thread (`false`: inline, deterministic).
+    pub background: bool,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            every: 1000,
+            steps: 20,
+            batch: 32,
+            train_frames: 512,
+            held_out_frames: 256,
+            tolerance: 0.0,
+            objective: SwappedParams::default(),
+            views: ViewParams::default(),
+            background: true,
+            seed: 0,
+        }
+    }
+}
+
+/// The training embeddings' statistics of the model in `model_dir`.
+pub fn read_embedding_stats(model_dir: &Path, dim: usize) -> Result<EmbeddingStats, EdgeError> {
+    let path = model_dir.join(models::adapt::EMBEDDING_STATS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(EdgeError::NoEmbeddingStats { path })
+        }
+        Err(e) => return Err(EdgeError::Io { path, source: e }),
+    };
+    let stats: EmbeddingStats =
+        serde_json::from_slice(&bytes).map_err(|e| EdgeError::EmbeddingStats {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    if !stats.is_consistent() || stats.dim as usize != dim {
+        return Err(EdgeError::EmbeddingStats {
+            path,
+            reason: format!(
+                "{}-d with {} means and {} covariance values; the model's embedding is {dim}-d",
+                stats.dim,
+                stats.mean.len(),
+                stats.covariance.len()
+            ),
+        });
+    }
+    Ok(stats)
+}
+
+/// The adaptation state a pipeline carries.
+#[derive(Debug)]
+pub struct Adaptation {
+    pub(crate) config: AdaptConfig,
+    train_stats: Option<EmbeddingStats>,
+    pub(crate) record: AdapterRecord,
+    /// Where the record is saved (the bank's directory).
+    bank_dir: PathBuf,
+    pub(crate) worker: Option<Worker>,
+    pub(crate) since_round: u64,
+    pub(crate) rounds: u64,
+}
+
+impl Adaptation {
+    /// Resumes the adapter saved in `bank_dir` for this model, or starts at the identity.
+    pub fn open(
+        model: &ModelBundle,
+        bank_dir: &Path,
+        dim: usize,
+        config: AdaptConfig,
+    ) -> Result<Self, EdgeError> {
+        let train_stats = match config.recentring {
+            Some(_) => Some(read_embedding_stats(
+                model.path.parent().unwrap_or(Path::new(".")),
+                dim,
+            )?),
+            None => None,
+        };
+        let sha = model.file().sha256.clone();
+        let fresh = fresh_record(&config, train_stats.as_ref(), &sha, dim);
+        let record = match store::load(bank_dir, &sha)? {
+            // The saved state serves only if it was made with the same kind of statistics.
+            Some(r)
+                if r.linear.dim() == dim
+                    && r.recentring.as_ref().map(Recentring::kind) == config.recentring =>
+            {
+                r
+            }
+            _ => fresh,
+        };
+        Ok(Self {
+            config,
+            train_stats,
+            record,
+            bank_dir: bank_dir.to_path_buf(),
+            worker: None,
+            since_round: 0,
+            rounds: 0,
+        })
+    }
+
+    pub fn record(&self) -> &AdapterRecord {
+        &self.record
+    }
+
+    /// Observes and maps a batch of raw embeddings in place.
+    pub fn map(&mut self, rows: &mut [f32]) {
+        let d = self.record.linear.dim();
+        if let Some(r) = &mut self.record.recentring {
+            r.observe_and_adapt(rows);
+        }
+        if self.config.train.is_some() {
+            self.record.linear.apply_rows(rows);
+        }
+        self.record.frames += (rows.len() / d.max(1)) as u64;
+    }
+
+    /// Keeps an accepted layer and saves the adapter.
+    pub(crate) fn accept(&mut self, linear: LinearAdapter) -> Result<(), EdgeError> {
+        self.record.linear = linear;
+        self.record.updates += 1;
+        self.save()
+    }
+
+    pub fn save(&self) -> Result<(), EdgeError> {
+        store::save(&self.bank_dir, &self.record)
+    }
+
+    /// Back to the shipped model: identity layer, fresh statistics, the saved adapter moved
+    /// aside. Returns where it went.
+    pub fn reset(&mut self) -> Result<Option<PathBuf>, EdgeError> {
+        let dim = self.record.linear.dim();
+        self.record = fresh_record(
+            &self.config,
+            self.train_stats.as_ref(),
+            &self.record.model_sha256,
+            dim,
+        );
+        self.since_round = 0;
+        store::reset(&self.bank_dir)
+    }
+}
+
+fn fresh_record(
+    config: &AdaptConfig,
+    train_stats: Option<&EmbeddingStats>,
+    sha: &str,
+    dim: usize,
+) -> AdapterRecord {
+    AdapterRecord {
+        format: store::ADAPTER_FORMAT,
+        model_sha256: sha.to_string(),
+        updates: 0,
+        frames: 0,
+        linear: LinearAdapter::identity(dim),
+        recentring: config
+            .recentring
+            .zip(train_stats)
+            .map(|(kind, s)| Recentring::new(kind, s, config.window, config.warmup)),
+    }
+}
