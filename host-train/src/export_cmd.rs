@@ -7,6 +7,7 @@ use candle_core::Device;
 use clap::Args;
 use host_train::cluster_head::{ClusterHead, HEAD_FILE};
 use host_train::dataset::{load_images, TrainSet};
+use host_train::export::fold::read_adapter;
 use host_train::export::verify::{verify, VerifyConfig};
 use host_train::export::{export as run_export, ExportConfig};
 use host_train::pretrain::load_encoder;
@@ -42,6 +43,10 @@ pub struct ExportArgs {
     /// Test images (and train images for the kNN reference) the report uses.
     #[arg(long, default_value_t = 10_000)]
     verify_images: usize,
+    /// Fold a board's adapter (the JSON of `edge-runtime adapt export`) into the encoder's last
+    /// linear layer, so that the exported model embeds as the adapted board did.
+    #[arg(long)]
+    fold_adapter: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,12 +88,23 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     }
     let (train, test) = load_images(&cfg.data)?;
     let train = TrainSet::new(train, cfg.normalization.clone())?;
+    let adapter = args.fold_adapter.as_deref().map(read_adapter).transpose()?;
+    if let (Some(a), Some(path)) = (&adapter, &args.fold_adapter) {
+        println!(
+            "folding the adapter of {} ({} updates over {} frames, model sha256 {}...)",
+            path.display(),
+            a.updates,
+            a.frames,
+            a.model_sha256.get(..12).unwrap_or(&a.model_sha256)
+        );
+    }
     let ecfg = ExportConfig {
         calibration_images: args.calibration_images,
         calibrator: args.calibrator,
         centroids_k: args.centroids,
         head_centroids,
         seed: cfg.seed,
+        adapter: adapter.clone(),
     };
     let source = args.checkpoint.display().to_string();
     let manifest = run_export(encoder.as_ref(), &cfg, &source, &train, &args.out, &ecfg)?;
@@ -114,6 +130,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         test_images: args.verify_images,
         train_images: args.verify_images,
         seed: cfg.seed,
+        adapter,
         ..Default::default()
     };
     let report = verify(encoder.as_ref(), &args.out, &train, &test, &vcfg)?;

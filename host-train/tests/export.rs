@@ -130,12 +130,72 @@ fn export_round_trips_through_tract_within_the_parity_targets() {
         train_images: 1200,
         batch: 64,
         seed: 1,
+        adapter: None,
     };
     let r = verify(enc.as_ref(), dir.path(), &train, &test, &cfg).unwrap();
     assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");
     assert!(r.int8_mean_cosine >= 0.99, "{r:?}");
     assert!(r.knn_fp32.is_some() && r.knn_int8.is_some());
     assert!(r.table().contains("| candle fp32 vs tract fp32 |"));
+}
+
+/// A board's adapter folded into the export: the ONNX model embeds as the adapted board did
+/// (parity against the candle encoder followed by the adapter), and the training statistics
+/// beside the manifest are those of the folded model.
+#[test]
+fn a_folded_adapter_reaches_the_exported_model() {
+    let (cfg, train, test) = fashion_mnist_slice(600);
+    let (_vm, enc) = encoder(1, false, 28);
+    let mut rng = models::rng::Rng::new(5);
+    let mut layer = models::adapt::LinearAdapter::identity(16);
+    layer
+        .weight
+        .iter_mut()
+        .for_each(|w| *w += 0.2 * rng.next_gaussian() as f32);
+    layer.bias.iter_mut().for_each(|b| *b = 0.5);
+    let adapter = models::adapt::AdapterExport::compose(1, "board", 3, 900, &layer, None);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&adapter).unwrap()).unwrap();
+    let adapter = host_train::export::fold::read_adapter(file.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ecfg = ExportConfig {
+        calibration_images: 64,
+        centroids_k: 5,
+        adapter: Some(adapter.clone()),
+        ..Default::default()
+    };
+    export(enc.as_ref(), &cfg, "runs/test", &train, dir.path(), &ecfg).unwrap();
+    let vcfg = |adapter| VerifyConfig {
+        test_images: 100,
+        train_images: 300,
+        batch: 50,
+        seed: 1,
+        adapter,
+    };
+    let r = verify(
+        enc.as_ref(),
+        dir.path(),
+        &train,
+        &test,
+        &vcfg(Some(adapter)),
+    )
+    .unwrap();
+    assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");
+    // Against the encoder without the adapter, the export differs: the fold took.
+    let r = verify(enc.as_ref(), dir.path(), &train, &test, &vcfg(None)).unwrap();
+    assert!(r.fp32_max_abs_diff > 0.1, "{r:?}");
+    let stats: models::adapt::EmbeddingStats = serde_json::from_slice(
+        &std::fs::read(dir.path().join(models::adapt::EMBEDDING_STATS_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((stats.dim, stats.images), (16, train.len() as u64));
+    // A file that is not an adapter is refused by name.
+    std::fs::write(file.path(), b"{}").unwrap();
+    let err = host_train::export::fold::read_adapter(file.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("edge-runtime adapt export"),
+        "{err}"
+    );
 }
 
 /// resnet18's residual sums go through folding, ONNX (Add nodes), calibration and QDQ.
@@ -188,6 +248,7 @@ fn resnet18_exports_with_its_residual_sums() {
         train_images: 240,
         batch: 40,
         seed: 1,
+        adapter: None,
     };
     let r = verify(enc.as_ref(), dir.path(), &train, &test, &vcfg).unwrap();
     assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");

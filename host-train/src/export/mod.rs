@@ -6,6 +6,7 @@
 //! - [`quantize`]: calibration and per-channel weight quantisation.
 //! - [`verify`]: the parity report (candle vs tract, int8 vs fp32).
 
+pub mod fold;
 pub mod onnx;
 pub mod quantize;
 pub mod verify;
@@ -15,6 +16,7 @@ pub use crate::graph::{BatchNormParams, Conv, FoldedGraph, Layer, Linear, Residu
 use std::path::Path;
 
 use candle_core::Device;
+use models::adapt::{EmbeddingStats, EMBEDDING_STATS_FILE};
 use models::cluster::KMeansParams;
 use models::linalg::l2_normalize_rows;
 use models::manifest::{
@@ -49,6 +51,8 @@ pub struct ExportConfig {
     /// stored instead of k-means centroids.
     pub head_centroids: Option<Centroids>,
     pub seed: u64,
+    /// A board's adapter (`edge-runtime adapt export`) to fold into the last linear layer.
+    pub adapter: Option<models::adapt::AdapterExport>,
 }
 
 impl Default for ExportConfig {
@@ -59,6 +63,7 @@ impl Default for ExportConfig {
             centroids_k: 10,
             head_centroids: None,
             seed: 0,
+            adapter: None,
         }
     }
 }
@@ -84,7 +89,10 @@ pub fn export(
              the manifest can only describe 28x28 Fashion-MNIST inputs"
         )));
     }
-    let graph = encoder.folded_graph([c, h, w])?;
+    let mut graph = encoder.folded_graph([c, h, w])?;
+    if let Some(a) = &cfg.adapter {
+        fold::fold_adapter(&mut graph, a)?;
+    }
     let doc = format!("{:?} encoder from {source_checkpoint}", run.arch);
     let fp32 = onnx::write_onnx(&graph, None, &doc);
 
@@ -93,10 +101,18 @@ pub fn export(
     let quant = quantize::quantize_graph(&graph, &amax);
     let int8 = onnx::write_onnx(&graph, Some(&quant), &doc);
 
+    // The raw training embeddings, as the exported model computes them (adapter folded in):
+    // their statistics go beside the manifest, for the board's statistics adaptation.
+    let dim = encoder.embed_dim();
+    let mut raw = extract(encoder, train, 512, &Device::Cpu, "training embeddings")?;
+    if let Some(a) = &cfg.adapter {
+        a.apply_rows(&mut raw);
+    }
+    let stats = EmbeddingStats::of_rows(&raw, dim);
     let centroids = match (&cfg.head_centroids, cfg.centroids_k) {
         (Some(head), _) => Some(head.clone()),
         (None, 0) => None,
-        (None, k) => Some(train_centroids(encoder, train, k, cfg.seed)?),
+        (None, k) => Some(train_centroids(raw, dim, k, cfg.seed)?),
     };
     let arch = serde_json::to_value(run.arch)
         .ok()
@@ -153,6 +169,8 @@ pub fn export(
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     write_atomic(&out.join(FP32_FILE), &fp32)?;
     write_atomic(&out.join(INT8_FILE), &int8)?;
+    let stats_json = serde_json::to_vec(&stats).expect("statistics serialise");
+    write_atomic(&out.join(EMBEDDING_STATS_FILE), &stats_json)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     write_atomic(&out.join("manifest.postcard"), &manifest.to_postcard())?;
     // The JSON manifest last: a directory with it is complete.
@@ -177,14 +195,13 @@ fn calibration_batches(
         .collect()
 }
 
+/// k-means centroids of the L2-normalised `emb` (raw training embeddings, rows of `dim`).
 fn train_centroids(
-    encoder: &dyn Encoder,
-    train: &TrainSet,
+    mut emb: Vec<f32>,
+    dim: usize,
     k: usize,
     seed: u64,
 ) -> Result<Centroids, TrainError> {
-    let dim = encoder.embed_dim();
-    let mut emb = extract(encoder, train, 512, &Device::Cpu, "centroids")?;
     l2_normalize_rows(&mut emb, dim);
     // k-means optima differ by several NMI points on this data; the board starts from the
     // best of ten.

@@ -20,7 +20,7 @@ use crate::features::extract;
 use crate::TrainError;
 
 /// Limits of a verification run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VerifyConfig {
     /// Test images embedded by every path.
     pub test_images: usize,
@@ -28,6 +28,8 @@ pub struct VerifyConfig {
     pub train_images: usize,
     pub batch: usize,
     pub seed: u64,
+    /// A board adapter folded into the export: the candle reference passes through it too.
+    pub adapter: Option<models::adapt::AdapterExport>,
 }
 
 impl Default for VerifyConfig {
@@ -37,6 +39,7 @@ impl Default for VerifyConfig {
             train_images: 10_000,
             batch: 256,
             seed: 0,
+            adapter: None,
         }
     }
 }
@@ -174,7 +177,10 @@ pub fn verify(
     let dim = run32.embed_dim();
 
     let test = subset(test, cfg.test_images);
-    let candle = extract(encoder, &test, cfg.batch, &Device::Cpu, "candle fp32")?;
+    let mut candle = extract(encoder, &test, cfg.batch, &Device::Cpu, "candle fp32")?;
+    if let Some(a) = &cfg.adapter {
+        a.apply_rows(&mut candle);
+    }
     let t32 = embed(run32.as_ref(), &test, cfg.batch)?;
     let t8 = embed(run8.as_ref(), &test, cfg.batch)?;
     let fp32_max_abs_diff = candle
