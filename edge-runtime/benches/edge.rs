@@ -109,7 +109,7 @@ fn main() {
             r["p50_ms"].as_f64().unwrap(),
             r["p99_ms"].as_f64().unwrap(),
             r["max_ms"].as_f64().unwrap(),
-            r["rounds"],
+            r["rounds"].as_str().unwrap_or_default(),
             r["step_ms"].as_f64().unwrap_or(f64::NAN),
         );
         adaptation.push(r);

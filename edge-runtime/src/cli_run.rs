@@ -120,10 +120,10 @@ pub struct AdaptArgs {
     #[arg(long)]
     adapt_train: bool,
     /// Frames between training rounds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     adapt_every: u64,
     /// Adapter steps per round.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     adapt_steps: u64,
     /// Frames (each as two views) per step.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(2..=4096))]

@@ -78,8 +78,8 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            every: 1000,
-            steps: 20,
+            every: 500,
+            steps: 40,
             batch: 32,
             train_frames: 512,
             held_out_frames: 256,
