@@ -32,11 +32,8 @@ pub enum AdapterProblem {
          `edge-runtime adapt reset --bank DIR` returns to the shipped model"
     )]
     OtherModel { stored: String, given: String },
-    #[error(
-        "format {found} is not the one this build reads ({})",
-        crate::adapt::store::ADAPTER_FORMAT
-    )]
-    Format { found: u32 },
+    #[error("format {found} is not the one this build reads ({expected})")]
+    Format { found: u32, expected: u32 },
     #[error(
         "damaged (its checksum or length is wrong); `edge-runtime adapt reset --bank DIR` \
          moves it aside"

@@ -93,7 +93,10 @@ pub fn read(bank_dir: &Path) -> Result<Option<AdapterRecord>, EdgeError> {
         (Some(r), None) if r.format == ADAPTER_FORMAT => Ok(Some(r)),
         (Some(r), None) => Err(adapter_error(
             bank_dir,
-            AdapterProblem::Format { found: r.format },
+            AdapterProblem::Format {
+                found: r.format,
+                expected: ADAPTER_FORMAT,
+            },
         )),
         _ => Err(adapter_error(bank_dir, AdapterProblem::Damaged)),
     }
