@@ -478,9 +478,14 @@ impl Pipeline {
         self.online.reset();
     }
 
-    /// Flushes the bank and publishes a snapshot.
+    /// Flushes the bank and publishes a snapshot; saves the adaptation state beside it (the
+    /// running statistics as well as the layer), so that a restart resumes it.
     pub fn snapshot(&mut self) -> Result<(), EdgeError> {
-        self.bank.snapshot().map(|_| ())
+        self.bank.snapshot()?;
+        match &self.adaptation {
+            Some(a) if a.record().frames > 0 => a.save(),
+            _ => Ok(()),
+        }
     }
 }
 
