@@ -32,6 +32,15 @@ pub enum AdapterProblem {
          `edge-runtime adapt reset --bank DIR` returns to the shipped model"
     )]
     OtherModel { stored: String, given: String },
+    #[error(
+        "it was made with --adapt {stored}, and its layer was trained on those statistics; \
+         run with --adapt {stored}, or `edge-runtime adapt reset --bank DIR` to start over \
+         with --adapt {given}"
+    )]
+    OtherStatistics {
+        stored: &'static str,
+        given: &'static str,
+    },
     #[error("format {found} is not the one this build reads ({expected})")]
     Format { found: u32, expected: u32 },
     #[error(

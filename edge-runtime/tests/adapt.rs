@@ -234,6 +234,16 @@ fn an_adapter_of_another_model_is_refused_by_name() {
         msg.contains("adapter.bin") && msg.contains("0123456789ab"),
         "{msg}"
     );
+    // An adapter made on other statistics is refused, not replaced.
+    let own = AdapterRecord {
+        model_sha256: bundle().file().sha256.clone(),
+        ..other.clone()
+    };
+    store::save(dir.path(), &own).unwrap();
+    let err = pipeline(dir.path(), Some(training(|_| ()))).unwrap_err();
+    assert!(err.to_string().contains("made with --adapt none"), "{err}");
+    assert_eq!(store::read(dir.path()).unwrap().unwrap(), own);
+    store::save(dir.path(), &other).unwrap();
     // A damaged file is named too, and never silently replaced.
     let path = store::path(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();

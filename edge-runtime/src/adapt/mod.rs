@@ -32,6 +32,7 @@ pub use trainer::{Job, Outcome, Trainer};
 pub use worker::Worker;
 
 use crate::bundle::ModelBundle;
+use crate::error::AdapterProblem;
 use crate::EdgeError;
 
 /// How the pipeline adapts.
@@ -152,14 +153,19 @@ impl Adaptation {
         let sha = model.file().sha256.clone();
         let fresh = fresh_record(&config, train_stats.as_ref(), &sha, dim);
         let record = match store::load(bank_dir, &sha)? {
-            // The saved state serves only if it was made with the same kind of statistics.
-            Some(r)
-                if r.linear.dim() == dim
-                    && r.recentring.as_ref().map(Recentring::kind) == config.recentring =>
-            {
-                r
+            None => fresh,
+            // The layer was trained on top of one kind of statistics: with another it would
+            // not fit, and replacing it would lose what was learned.
+            Some(r) if r.recentring.as_ref().map(Recentring::kind) != config.recentring => {
+                return Err(EdgeError::Adapter {
+                    path: store::path(bank_dir),
+                    problem: AdapterProblem::OtherStatistics {
+                        stored: statistics_flag(r.recentring.as_ref().map(Recentring::kind)),
+                        given: statistics_flag(config.recentring),
+                    },
+                })
             }
-            _ => fresh,
+            Some(r) => r,
         };
         Ok(Self {
             config,
@@ -202,6 +208,10 @@ impl Adaptation {
     /// Back to the shipped model: identity layer, fresh statistics, the saved adapter moved
     /// aside. Returns where it went.
     pub fn reset(&mut self) -> Result<Option<PathBuf>, EdgeError> {
+        // A round under way started from what is being dropped: its outcome is discarded.
+        if let Some(w) = &mut self.worker {
+            let _ = w.wait();
+        }
         let dim = self.record.linear.dim();
         self.record = fresh_record(
             &self.config,
@@ -211,6 +221,15 @@ impl Adaptation {
         );
         self.since_round = 0;
         store::reset(&self.bank_dir)
+    }
+}
+
+/// The `--adapt` value that selects `kind`.
+fn statistics_flag(kind: Option<RecentringKind>) -> &'static str {
+    match kind {
+        None => "none",
+        Some(RecentringKind::Diagonal) => "stats",
+        Some(RecentringKind::Full) => "whiten",
     }
 }
 
