@@ -74,6 +74,9 @@ fn mode_config(mode: &str) -> Option<AdaptConfig> {
         if let Some(v) = var("ADAPT_EVERY") {
             t.every = v as u64;
         }
+        if let Some(v) = var("ADAPT_TOLERANCE") {
+            t.tolerance = v;
+        }
         t
     });
     Some(AdaptConfig {
