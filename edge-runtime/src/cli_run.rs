@@ -338,6 +338,12 @@ fn open_pipeline(args: &RunArgs, bundle: &ModelBundle) -> Result<Pipeline> {
         seed: 0,
         thumb_size: args.thumb_size,
     };
+    if args.adapt.adapt_train && args.thumb_size == Some(0) {
+        bail!(
+            "--adapt-train trains on the thumbnails stored in the bank, and --thumb-size 0 \
+             stores none: drop --thumb-size 0 (or give a size)"
+        );
+    }
     let mut pipe = Pipeline::new(bundle, runtime.as_ref(), &options, bank, cfg)?;
     if let Some(adapt) = args.adapt.config() {
         pipe.enable_adaptation(bundle, runtime.as_ref(), &options, adapt)?;

@@ -423,6 +423,25 @@ fn bad_adaptation_input_gets_a_clear_error() {
         err.contains("embedding-stats.json: not valid embedding statistics"),
         "{err}"
     );
+    // Training with no thumbnails to train on.
+    let out = cli(&[
+        "run",
+        "--model",
+        model_dir().to_str().unwrap(),
+        "--input",
+        "fashion-mnist",
+        "--bank",
+        bank.to_str().unwrap(),
+        "--adapt-train",
+        "--thumb-size",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--thumb-size 0 stores none"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Flags out of range, and statistics from a folder that does not exist.
     let out = cli(&["run", "--input", "x", "--bank", "b", "--adapt-steps", "0"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--adapt-steps"));
