@@ -333,7 +333,8 @@ impl Pipeline {
                 }
             }
         }
-        if train_set.len() < train.batch || held.len() < 8 {
+        // Rounds need stored frames, and clusters to balance them over.
+        if train_set.len() < train.batch || held.len() < 8 || self.online.clusters().is_empty() {
             return Ok(None);
         }
         let pick = |rng: &mut models::rng::Rng, from: &[&crate::bank::BankEntry], n: usize| {

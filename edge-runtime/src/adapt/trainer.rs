@@ -237,6 +237,9 @@ fn refine(init: &[f32], rows: &[f32], d: usize) -> (Vec<f32>, Vec<u64>) {
 /// cannot be computed, so that such a candidate is never preferred.
 fn proxy(rows: &[f32], centroids: &[f32], d: usize) -> f64 {
     let k = centroids.len() / d;
+    if k == 0 {
+        return -1.0;
+    }
     let labels = nearest(rows, centroids, d);
     let Ok(s) = silhouette(rows, d, &labels) else {
         return -1.0;
@@ -292,6 +295,8 @@ mod tests {
             sil(&collapsed) >= sil(&balanced) - 0.01,
             "the silhouette alone misses it"
         );
+        // Without clusters there is nothing to judge by.
+        assert_eq!(proxy(&balanced, &[], 2), -1.0);
     }
 
     #[test]
