@@ -384,64 +384,39 @@ fn bad_adaptation_input_gets_a_clear_error() {
         std::fs::copy(model_dir().join(f), model.join(f)).unwrap();
     }
     let bank = dir.path().join("bank");
-    let out = cli(&[
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        "fashion-mnist",
-        "--limit",
-        "10",
-        "--bank",
-        bank.to_str().unwrap(),
-        "--adapt",
-        "whiten",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // `run` on 10 test images with `model` and `extra` flags: its stderr, after a failure.
+    let run_fails = |model: &Path, extra: &[&str]| -> String {
+        let mut args = vec![
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            "fashion-mnist",
+            "--limit",
+            "10",
+            "--bank",
+            bank.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = cli(&args);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run_fails(&model, &["--adapt", "whiten"]);
     assert!(
         err.contains("embedding-stats.json: not found") && err.contains("adapt stats"),
         "{err}"
     );
     // A damaged statistics file.
     std::fs::write(model.join("embedding-stats.json"), b"{\"images\": 3").unwrap();
-    let out = cli(&[
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        "fashion-mnist",
-        "--limit",
-        "10",
-        "--bank",
-        bank.to_str().unwrap(),
-        "--adapt",
-        "stats",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(&model, &["--adapt", "stats"]);
     assert!(
         err.contains("embedding-stats.json: not valid embedding statistics"),
         "{err}"
     );
     // Training with no thumbnails to train on.
-    let out = cli(&[
-        "run",
-        "--model",
-        model_dir().to_str().unwrap(),
-        "--input",
-        "fashion-mnist",
-        "--bank",
-        bank.to_str().unwrap(),
-        "--adapt-train",
-        "--thumb-size",
-        "0",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--thumb-size 0 stores none"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = run_fails(&model_dir(), &["--adapt-train", "--thumb-size", "0"]);
+    assert!(err.contains("--thumb-size 0 stores none"), "{err}");
     // Flags out of range, and statistics from a folder that does not exist.
     let out = cli(&["run", "--input", "x", "--bank", "b", "--adapt-steps", "0"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--adapt-steps"));

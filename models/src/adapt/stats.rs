@@ -38,12 +38,7 @@ impl RunningStats {
     /// new row has weight 1 / window, so older scenes fade.
     pub fn observe(&mut self, row: &[f32]) {
         self.count += 1;
-        let n = if self.window == 0 {
-            self.count
-        } else {
-            self.count.min(self.window)
-        };
-        let a = 1.0 / n as f64;
+        let a = row_weight(self.count, self.window);
         for ((m, v), &x) in self.mean.iter_mut().zip(&mut self.var).zip(row) {
             let d = x as f64 - *m;
             *m += a * d;
@@ -56,6 +51,18 @@ impl RunningStats {
     pub fn std(&self, eps: f64) -> Vec<f64> {
         self.var.iter().map(|v| libm::sqrt(*v).max(eps)).collect()
     }
+}
+
+/// The weight of the `count`-th row in a running statistic over `window` rows: 1 / count
+/// until the window is full (equal weights), then 1 / window (exponential forgetting); 0
+/// means no window.
+pub(super) fn row_weight(count: u64, window: u64) -> f64 {
+    let n = if window == 0 {
+        count
+    } else {
+        count.min(window)
+    };
+    1.0 / n.max(1) as f64
 }
 
 /// Maps embeddings onto the training statistics (see the module docs).

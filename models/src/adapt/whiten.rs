@@ -40,12 +40,7 @@ impl RunningCovariance {
     /// Adds one row (West's weighted update, exact for equal weights).
     pub fn observe(&mut self, row: &[f32]) {
         self.count += 1;
-        let n = if self.window == 0 {
-            self.count
-        } else {
-            self.count.min(self.window)
-        };
-        let a = 1.0 / n as f64;
+        let a = super::stats::row_weight(self.count, self.window);
         let d = self.dim();
         let delta: Vec<f64> = row
             .iter()
