@@ -14,7 +14,7 @@ use models::MatRef;
 use serde::Serialize;
 
 use crate::adapt::{AdaptConfig, Adaptation, Job, Outcome, TrainConfig, Trainer, Worker};
-use crate::backend::{PrepareOptions, Runnable, Runtime};
+use crate::backend::{embed_pixels, PrepareOptions, Runnable, Runtime};
 use crate::bank::identity::BankIdentity;
 use crate::bank::{CaptureMeta, FrameDetail, MemoryBank, Thumbnail};
 use crate::bundle::ModelBundle;
@@ -223,18 +223,15 @@ impl Pipeline {
         let dim = self.run.embed_dim();
         let mut events = Vec::with_capacity(frames.len());
         for chunk in frames.chunks(self.run.batch()) {
-            let mut x = vec![0f32; chunk.len() * len];
-            for (f, out) in chunk.iter().zip(x.chunks_mut(len)) {
-                if f.pixels.len() != len {
-                    return Err(EdgeError::InputShape {
-                        what: format!("frame {} from {}", f.meta.frame_id, f.meta.source),
-                        expected: len,
-                        actual: f.pixels.len(),
-                    });
-                }
-                self.pre.spec().normalize_into(&f.pixels, out);
+            if let Some(f) = chunk.iter().find(|f| f.pixels.len() != len) {
+                return Err(EdgeError::InputShape {
+                    what: format!("frame {} from {}", f.meta.frame_id, f.meta.source),
+                    expected: len,
+                    actual: f.pixels.len(),
+                });
             }
-            let mut emb = self.run.run(&x, chunk.len())?;
+            let pixels: Vec<&[u8]> = chunk.iter().map(|f| f.pixels.as_slice()).collect();
+            let mut emb = embed_pixels(self.run.as_ref(), self.pre.spec(), &pixels)?;
             if let Some(adaptation) = &mut self.adaptation {
                 adaptation.map(&mut emb);
             }

@@ -4,8 +4,11 @@
 //! the CLI's adaptation flags and commands, and their errors.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+
+mod common;
+use common::{edge_runtime, model_dir, ok};
+use std::process::Stdio;
 
 use edge_runtime::adapt::store::{self, AdapterRecord, ADAPTER_FORMAT};
 use edge_runtime::adapt::{AdaptConfig, TrainConfig};
@@ -18,10 +21,6 @@ use models::adapt::{LinearAdapter, RecentringKind};
 use models::data::{fashion_mnist_dir, load_fashion_mnist, shifted, Shift, Split};
 use models::manifest::Precision;
 use models::rng::Rng;
-
-fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-small-cnn")
-}
 
 fn bundle() -> ModelBundle {
     ModelBundle::load(&model_dir(), Precision::Int8).unwrap()
@@ -262,7 +261,7 @@ fn kill_minus_nine_during_an_adapter_save_leaves_a_whole_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(8);
     for round in 0..60 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
+        let mut child = edge_runtime()
             .args(["adapt", "save-loop", "--dim", "64", "--bank"])
             .arg(dir.path())
             .stdout(Stdio::piped())
@@ -289,10 +288,7 @@ fn kill_minus_nine_during_an_adapter_save_leaves_a_whole_adapter() {
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
-        .args(args)
-        .output()
-        .unwrap()
+    edge_runtime().args(args).output().unwrap()
 }
 
 #[test]
@@ -322,22 +318,14 @@ fn the_cli_trains_shows_exports_and_resets_the_adapter() {
         "--adapt-steps",
         "5",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out);
     let log = std::fs::read_to_string(&events).unwrap();
     assert_eq!(log.matches("\"event\":\"frame\"").count(), 700);
     assert!(log.matches("\"event\":\"adapt\"").count() >= 1, "{log}");
 
     // The graceful end saved the adapter: its statistics at least, and any kept layer.
     let show = cli(&["adapt", "show", "--bank", b]);
-    assert!(
-        show.status.success(),
-        "{}",
-        String::from_utf8_lossy(&show.stderr)
-    );
+    let show = ok(show);
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(v["frames"], 700, "{v}");
     assert_eq!(v["statistics"], "Diagonal", "{v}");
@@ -352,22 +340,14 @@ fn the_cli_trains_shows_exports_and_resets_the_adapter() {
         "--out",
         export.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out);
     let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
     assert_eq!(e["dim"], 128);
     assert_eq!(e["matrix"].as_array().unwrap().len(), 128 * 128);
     assert_eq!(e["offset"].as_array().unwrap().len(), 128);
 
     let out = cli(&["adapt", "reset", "--bank", b]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out);
     assert!(!store::path(&bank).exists());
     let out = cli(&["adapt", "show", "--bank", b]);
     assert!(!out.status.success());

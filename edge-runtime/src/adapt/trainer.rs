@@ -6,12 +6,14 @@ use std::time::Instant;
 use models::adapt::swapped::{self, unit_prototypes};
 use models::adapt::views::view;
 use models::adapt::{LinearAdapter, Recentring};
+use models::cluster::KMeans;
 use models::linalg::l2_normalize_rows;
 use models::metrics::silhouette;
 use models::rng::Rng;
+use models::MatRef;
 
 use super::TrainConfig;
-use crate::backend::Runnable;
+use crate::backend::{embed_pixels, Runnable};
 use crate::preprocess::Preprocessor;
 use crate::EdgeError;
 
@@ -105,9 +107,9 @@ impl Trainer {
         let clean = self.embed(&job.train, &job.recentring)?;
         let before = mapped(&job.linear, &held, job.l2);
         let after = mapped(&candidate, &held, job.l2);
-        let (centroids, counts) = refine(&job.centroids, &mapped(&candidate, &clean, job.l2), d);
-        let proxy_before = proxy(&before, &job.centroids, d);
-        let proxy_after = proxy(&after, &centroids, d);
+        let (centroids, counts) = refine(&job.centroids, &mapped(&candidate, &clean, job.l2), d)?;
+        let proxy_before = proxy(&before, &job.centroids, d)?;
+        let proxy_after = proxy(&after, &centroids, d)?;
         let accepted = steps > 0
             && candidate.weight.iter().all(|w| w.is_finite())
             && proxy_after >= proxy_before - self.config.tolerance;
@@ -159,15 +161,8 @@ impl Trainer {
         frames: &[Vec<u8>],
         recentring: &Option<Recentring>,
     ) -> Result<Vec<f32>, EdgeError> {
-        let len = self.pre.spec().image_len();
-        let mut out = Vec::with_capacity(frames.len() * self.run.embed_dim());
-        for chunk in frames.chunks(self.run.batch()) {
-            let mut x = vec![0f32; chunk.len() * len];
-            for (f, o) in chunk.iter().zip(x.chunks_mut(len)) {
-                self.pre.spec().normalize_into(f, o);
-            }
-            out.extend(self.run.run(&x, chunk.len())?);
-        }
+        let pixels: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let mut out = embed_pixels(self.run.as_ref(), self.pre.spec(), &pixels)?;
         if let Some(r) = recentring {
             r.adapt_rows(&mut out);
         }
@@ -185,28 +180,20 @@ fn mapped(linear: &LinearAdapter, rows: &[f32], l2: bool) -> Vec<f32> {
     out
 }
 
-/// Index of the nearest centroid of each row.
-fn nearest(rows: &[f32], centroids: &[f32], d: usize) -> Vec<u32> {
-    rows.chunks_exact(d)
-        .map(|r| {
-            centroids
-                .chunks_exact(d)
-                .map(|c| r.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum::<f32>())
-                .enumerate()
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map_or(0, |(i, _)| i as u32)
-        })
-        .collect()
+/// Index of the nearest centroid of each row (batch k-means' assignment step).
+fn nearest(rows: &[f32], centroids: &[f32], d: usize) -> Result<Vec<u32>, EdgeError> {
+    let model = KMeans::from_centroids(centroids.to_vec(), d)?;
+    Ok(model.predict(MatRef::new(rows, d)?)?.0)
 }
 
 /// Five Lloyd iterations from `init` (a cluster that loses every row keeps its centroid), so
 /// that the refined clusters correspond to the current ones; and each cluster's rows.
-fn refine(init: &[f32], rows: &[f32], d: usize) -> (Vec<f32>, Vec<u64>) {
+fn refine(init: &[f32], rows: &[f32], d: usize) -> Result<(Vec<f32>, Vec<u64>), EdgeError> {
     let k = init.len() / d;
     let mut centroids = init.to_vec();
     let mut counts = vec![0u64; k];
     for _ in 0..5 {
-        let labels = nearest(rows, &centroids, d);
+        let labels = nearest(rows, &centroids, d)?;
         let mut sums = vec![0f32; k * d];
         counts.fill(0);
         for (r, &l) in rows.chunks_exact(d).zip(&labels) {
@@ -228,21 +215,21 @@ fn refine(init: &[f32], rows: &[f32], d: usize) -> (Vec<f32>, Vec<u64>) {
             }
         }
     }
-    (centroids, counts)
+    Ok((centroids, counts))
 }
 
 /// The label-free quality of `rows` under `centroids`: the silhouette of their nearest-centroid
 /// clusters, times the entropy of the cluster sizes over its maximum (log k). The silhouette
 /// alone rewards a collapse into a few tight clusters; the balance factor does not. -1 when it
 /// cannot be computed, so that such a candidate is never preferred.
-fn proxy(rows: &[f32], centroids: &[f32], d: usize) -> f64 {
+fn proxy(rows: &[f32], centroids: &[f32], d: usize) -> Result<f64, EdgeError> {
     let k = centroids.len() / d;
     if k == 0 {
-        return -1.0;
+        return Ok(-1.0);
     }
-    let labels = nearest(rows, centroids, d);
+    let labels = nearest(rows, centroids, d)?;
     let Ok(s) = silhouette(rows, d, &labels) else {
-        return -1.0;
+        return Ok(-1.0);
     };
     let mut sizes = vec![0usize; k];
     labels.iter().for_each(|&l| sizes[l as usize] += 1);
@@ -260,7 +247,7 @@ fn proxy(rows: &[f32], centroids: &[f32], d: usize) -> f64 {
     } else {
         1.0
     };
-    s * balance
+    Ok(s * balance)
 }
 
 #[cfg(test)]
@@ -286,24 +273,25 @@ mod tests {
             })
             .collect();
         let (b, c) = (
-            proxy(&balanced, &centroids, 2),
-            proxy(&collapsed, &centroids, 2),
+            proxy(&balanced, &centroids, 2).unwrap(),
+            proxy(&collapsed, &centroids, 2).unwrap(),
         );
         assert!(b > 0.9 && c < 0.6, "balanced {b}, collapsed {c}");
-        let sil = |rows: &[f32]| silhouette(rows, 2, &nearest(rows, &centroids, 2)).unwrap();
+        let sil =
+            |rows: &[f32]| silhouette(rows, 2, &nearest(rows, &centroids, 2).unwrap()).unwrap();
         assert!(
             sil(&collapsed) >= sil(&balanced) - 0.01,
             "the silhouette alone misses it"
         );
         // Without clusters there is nothing to judge by.
-        assert_eq!(proxy(&balanced, &[], 2), -1.0);
+        assert_eq!(proxy(&balanced, &[], 2).unwrap(), -1.0);
     }
 
     #[test]
     fn refining_keeps_the_order_of_the_clusters() {
         let init = [0.0, 0.0, 5.0, 5.0];
         let rows = [0.5, 0.0, 0.4, 0.2, 5.5, 5.0, 4.8, 5.2, 5.1, 4.9];
-        let (c, counts) = refine(&init, &rows, 2);
+        let (c, counts) = refine(&init, &rows, 2).unwrap();
         assert_eq!(counts, [2, 3]);
         assert!(c[0] < 1.0 && c[2] > 4.0, "{c:?}");
     }

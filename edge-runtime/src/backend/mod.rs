@@ -93,6 +93,25 @@ impl BatchShape {
     }
 }
 
+/// `frames` (planar u8 at the manifest's size, lengths already checked), normalised as `spec`
+/// says and run in batches of `run.batch()`: raw embeddings, row-major.
+pub fn embed_pixels(
+    run: &dyn Runnable,
+    spec: &models::preprocess::PreprocessSpec,
+    frames: &[&[u8]],
+) -> Result<Vec<f32>, EdgeError> {
+    let len = spec.image_len();
+    let mut out = Vec::with_capacity(frames.len() * run.embed_dim());
+    for chunk in frames.chunks(run.batch()) {
+        let mut x = vec![0f32; chunk.len() * len];
+        for (f, o) in chunk.iter().zip(x.chunks_mut(len)) {
+            spec.normalize_into(f, o);
+        }
+        out.extend(run.run(&x, chunk.len())?);
+    }
+    Ok(out)
+}
+
 /// Every image of `set`, preprocessed by `pre` and run in batches of `run.batch()`: raw
 /// embeddings, row-major.
 pub fn embed_images(
