@@ -1,11 +1,12 @@
 //! Reading images for both sides: Fashion-MNIST IDX files and folders of JPEG/PNG images;
-//! generated scenes, and domain shifts of any set (for measuring adaptation).
+//! generated scenes and random figures, and domain shifts of any set (for measuring adaptation).
 //!
 //! Every error names the file it is about. Images come out as [`ImageSet`]: `u8` pixels,
 //! planar (channel, row, column), all of one size.
 
 mod error;
 mod fashion_mnist;
+mod figures;
 mod idx;
 #[cfg(feature = "image")]
 mod image_folder;
@@ -20,6 +21,7 @@ pub use fashion_mnist::{
     fashion_mnist_dir, load_fashion_mnist, looks_like_fashion_mnist, Split, FASHION_MNIST_CLASSES,
     FASHION_MNIST_DEFAULT_DIR,
 };
+pub use figures::{render_figure_pair, Figure};
 pub use idx::{read_idx, IdxArray};
 #[cfg(feature = "image")]
 pub use image_folder::{

@@ -51,9 +51,27 @@ impl SceneParams {
 
 /// One scene of class `class` (`< params.classes`): planar RGB, `3 * size * size` bytes.
 pub fn render_scene(params: &SceneParams, class: usize, rng: &mut Rng) -> Vec<u8> {
-    let s = params.size;
-    let object = Object::draw(params, class, rng);
-    let background = Background::draw(rng);
+    let placement = Placement::draw(params, rng);
+    let background = Background::draw(rng, Background::SCENE_KINDS);
+    render(
+        params.size,
+        &|x, y| inside_shape(class, x, y),
+        &placement,
+        &background,
+        rng,
+    )
+}
+
+/// The figure whose outline is `outline` (a test in the figure's own frame, unit
+/// circumradius), at `placement`, on `background`, under lighting and marks drawn from `rng`.
+pub(super) fn render(
+    size: usize,
+    outline: &dyn Fn(f32, f32) -> bool,
+    placement: &Placement,
+    background: &Background,
+    rng: &mut Rng,
+) -> Vec<u8> {
+    let s = size;
     let light = Lighting::draw(rng);
     let marks = Marks::draw(rng);
     let mut out = vec![0u8; 3 * s * s];
@@ -65,8 +83,9 @@ pub fn render_scene(params: &SceneParams, class: usize, rng: &mut Rng) -> Vec<u8
             for oy in OFFSETS {
                 for ox in OFFSETS {
                     let (u, v) = ((x as f32 + ox) / s as f32, (y as f32 + oy) / s as f32);
-                    let c = if object.contains(u, v) {
-                        object.colour
+                    let (fx, fy) = placement.to_figure_frame(u, v);
+                    let c = if outline(fx, fy) {
+                        placement.colour
                     } else if let Some(c) = marks.colour_at(u, v) {
                         c
                     } else {
@@ -85,12 +104,12 @@ pub fn render_scene(params: &SceneParams, class: usize, rng: &mut Rng) -> Vec<u8
     out
 }
 
-fn uniform(rng: &mut Rng, lo: f32, hi: f32) -> f32 {
+pub(super) fn uniform(rng: &mut Rng, lo: f32, hi: f32) -> f32 {
     lo + (hi - lo) * rng.next_f64() as f32
 }
 
 /// A random colour from hue, saturation and value.
-fn random_colour(rng: &mut Rng) -> [f32; 3] {
+pub(super) fn random_colour(rng: &mut Rng) -> [f32; 3] {
     hsv(
         uniform(rng, 0.0, 1.0),
         uniform(rng, 0.2, 1.0),
@@ -112,9 +131,8 @@ fn hsv(h: f32, s: f32, v: f32) -> [f32; 3] {
     }
 }
 
-/// The one object: a shape at a position, size and rotation, in one colour.
-struct Object {
-    shape: usize,
+/// Where the one figure sits, how large, how turned, and in which colour.
+pub(super) struct Placement {
     centre: (f32, f32),
     radius: f32,
     /// cos and sin of the rotation.
@@ -122,13 +140,12 @@ struct Object {
     colour: [f32; 3],
 }
 
-impl Object {
-    fn draw(params: &SceneParams, class: usize, rng: &mut Rng) -> Self {
+impl Placement {
+    pub(super) fn draw(params: &SceneParams, rng: &mut Rng) -> Self {
         let radius = uniform(rng, params.radius.0, params.radius.1);
         let margin = radius * 0.9;
         let angle = uniform(rng, 0.0, core::f32::consts::TAU);
         Self {
-            shape: class,
             centre: (
                 uniform(rng, margin, 1.0 - margin),
                 uniform(rng, margin, 1.0 - margin),
@@ -139,14 +156,14 @@ impl Object {
         }
     }
 
-    /// Whether image point (u, v), both in [0, 1], lies inside the object.
-    fn contains(&self, u: f32, v: f32) -> bool {
+    /// Image point (u, v), both in [0, 1], in the figure's own frame.
+    fn to_figure_frame(&self, u: f32, v: f32) -> (f32, f32) {
         let (dx, dy) = (
             (u - self.centre.0) / self.radius,
             (v - self.centre.1) / self.radius,
         );
         let (c, s) = self.rotation;
-        inside_shape(self.shape, c * dx + s * dy, -s * dx + c * dy)
+        (c * dx + s * dy, -s * dx + c * dy)
     }
 }
 
@@ -177,7 +194,7 @@ fn inside_shape(shape: usize, x: f32, y: f32) -> bool {
 }
 
 /// Background textures.
-enum Background {
+pub(super) enum Background {
     /// Two colours in bands of a period, at an angle.
     Stripes {
         a: [f32; 3],
@@ -204,14 +221,28 @@ enum Background {
         b: [f32; 3],
         dir: (f32, f32),
     },
+    /// Two colours blended by smooth value noise on a grid of `NOISE_GRID` cells a side.
+    Noise {
+        a: [f32; 3],
+        b: [f32; 3],
+        grid: [f32; NOISE_GRID * NOISE_GRID],
+    },
 }
 
+const NOISE_GRID: usize = 6;
+
 impl Background {
-    fn draw(rng: &mut Rng) -> Self {
+    /// The kinds scenes draw from: stripes, checks, blotches, gradient.
+    pub(super) const SCENE_KINDS: usize = 4;
+    /// Every kind: the scenes' and value noise.
+    pub(super) const ALL_KINDS: usize = 5;
+
+    /// One of the first `kinds` kinds, in random colours.
+    pub(super) fn draw(rng: &mut Rng, kinds: usize) -> Self {
         let (a, b) = (random_colour(rng), random_colour(rng));
         let angle = uniform(rng, 0.0, core::f32::consts::PI);
         let dir = (libm::cosf(angle), libm::sinf(angle));
-        match rng.below(4) {
+        match rng.below(kinds) {
             0 => Self::Stripes {
                 a,
                 b,
@@ -236,7 +267,12 @@ impl Background {
                     waves: [wave(), wave(), wave()],
                 }
             }
-            _ => Self::Gradient { a, b, dir },
+            3 => Self::Gradient { a, b, dir },
+            _ => Self::Noise {
+                a,
+                b,
+                grid: core::array::from_fn(|_| rng.next_f64() as f32),
+            },
         }
     }
 
@@ -273,8 +309,26 @@ impl Background {
                 let t = ((u - 0.5) * dir.0 + (v - 0.5) * dir.1) * core::f32::consts::SQRT_2;
                 mix(a, b, 0.5 + 0.5 * t)
             }
+            Self::Noise { a, b, grid } => mix(a, b, bilinear(grid, u, v)),
         }
     }
+}
+
+/// `grid` (row-major, `NOISE_GRID` a side, spanning the unit square) at (u, v), with a
+/// smoothstep between cells so the blend has no creases.
+fn bilinear(grid: &[f32; NOISE_GRID * NOISE_GRID], u: f32, v: f32) -> f32 {
+    let last = (NOISE_GRID - 1) as f32;
+    let (gx, gy) = (u.clamp(0.0, 1.0) * last, v.clamp(0.0, 1.0) * last);
+    let (x0, y0) = (
+        (gx as usize).min(NOISE_GRID - 2),
+        (gy as usize).min(NOISE_GRID - 2),
+    );
+    let smooth = |t: f32| t * t * (3.0 - 2.0 * t);
+    let (tx, ty) = (smooth(gx - x0 as f32), smooth(gy - y0 as f32));
+    let at = |x: usize, y: usize| grid[y * NOISE_GRID + x];
+    let top = at(x0, y0) + (at(x0 + 1, y0) - at(x0, y0)) * tx;
+    let bottom = at(x0, y0 + 1) + (at(x0 + 1, y0 + 1) - at(x0, y0 + 1)) * tx;
+    top + (bottom - top) * ty
 }
 
 /// A short bar: its centre, its direction (cos, sin) and its colour.
