@@ -23,6 +23,9 @@ pub enum Layer {
     /// Mean over height and width, then flatten: (b, c, h, w) -> (b, c).
     GlobalAvgPool,
     Linear(Linear),
+    /// Each image's channels normalised by their own spatial mean and variance, then
+    /// `scale * x + bias` per channel (ONNX `InstanceNormalization`).
+    InstanceNorm(InstanceNorm),
     /// `body(x) + shortcut(x)`: ResNet's basic block before its last ReLU.
     Residual(Residual),
 }
@@ -53,6 +56,14 @@ pub struct Linear {
     pub out_features: usize,
     pub in_features: usize,
     pub bias: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceNorm {
+    pub name: String,
+    pub scale: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub eps: f64,
 }
 
 /// An encoder ready to export: input `(c, h, w)`, layers in order, output `(b, embed_dim)`.
@@ -165,6 +176,7 @@ fn run_layers(
             Layer::MaxPool { kernel, stride } => max_pool2d(&x, *kernel, *stride)?,
             Layer::Flatten => x.flatten_from(1)?,
             Layer::GlobalAvgPool => x.mean((2, 3))?,
+            Layer::InstanceNorm(n) => instance_norm(&x, n)?,
             Layer::Linear(l) => {
                 observe(*next, &x)?;
                 *next += 1;
@@ -179,6 +191,18 @@ fn run_layers(
         };
     }
     Ok(x)
+}
+
+fn instance_norm(x: &Tensor, n: &InstanceNorm) -> Result<Tensor> {
+    let dev = x.device();
+    let mean = x.mean_keepdim(3)?.mean_keepdim(2)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let std = (centred.sqr()?.mean_keepdim(3)?.mean_keepdim(2)? + n.eps)?.sqrt()?;
+    let per_channel = |v: &[f32]| bias(v, dev).and_then(|t| t.reshape((1, (), 1, 1)));
+    centred
+        .broadcast_div(&std)?
+        .broadcast_mul(&per_channel(&n.scale)?)?
+        .broadcast_add(&per_channel(&n.bias)?)
 }
 
 fn bias(b: &[f32], dev: &Device) -> Result<Tensor> {

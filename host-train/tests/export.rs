@@ -85,6 +85,7 @@ fn fashion_mnist_slice(n: usize) -> (RunConfig, TrainSet, TrainSet) {
         npid: Default::default(),
         la: Default::default(),
         swav: Default::default(),
+        figure_pairs: Default::default(),
         eval_every: 1,
     };
     (
@@ -382,6 +383,19 @@ fn small_cnn_flat_onnx_runs_in_tract() {
     let folded = graph.forward(&x, |_, _| Ok(())).unwrap();
     let d = max_abs_diff(&want, &folded);
     assert!(d <= 1e-4, "folded differs by {d}");
+    assert_tract_matches(&graph, &x);
+}
+
+/// small-cnn-in: the InstanceNorm layers, unfolded, give candle's embeddings in the graph
+/// and in tract, whatever the light level of the input.
+#[test]
+fn small_cnn_in_onnx_runs_in_tract() {
+    let (_vm, enc) = encoder_of(Arch::SmallCnnIn, 3, false, 32);
+    let x = Tensor::randn(0.3f32, 2.0, (3, 3, 32, 32), &Device::Cpu).unwrap();
+    let graph = enc.folded_graph([3, 32, 32]).unwrap();
+    let want = enc.embed(&x, false).unwrap();
+    let d = max_abs_diff(&want, &graph.forward(&x, |_, _| Ok(())).unwrap());
+    assert!(d <= 1e-4, "graph differs by {d}");
     assert_tract_matches(&graph, &x);
 }
 

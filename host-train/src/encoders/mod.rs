@@ -4,14 +4,16 @@
 mod alexnet_bn;
 mod bn_relu;
 mod fold;
+mod in_relu;
 mod resnet18;
 mod small_cnn;
 mod sobel;
 
 pub use alexnet_bn::{AlexNetBn, AlexNetBnConfig};
 pub use bn_relu::BnRelu;
+pub use in_relu::InRelu;
 pub use resnet18::{ResNet18, ResNet18Config};
-pub use small_cnn::{SmallCnn, SmallCnnConfig, SmallCnnHead};
+pub use small_cnn::{SmallCnn, SmallCnnConfig, SmallCnnHead, SmallCnnNorm};
 pub use sobel::SobelFront;
 
 use candle_core::{ModuleT, Result, Tensor};
@@ -87,6 +89,10 @@ pub enum Arch {
     /// small-cnn whose projection sees the whole last map (128 x h/4 x w/4), not its
     /// channel means; built for one input size.
     SmallCnnFlat,
+    /// small-cnn with InstanceNorm in place of BatchNorm: each image normalised by its own
+    /// statistics, so that colour casts, light levels and a background's tone drop out
+    /// early. The encoder `--method figure-pairs` trains.
+    SmallCnnIn,
     /// CIFAR-style ResNet-18 for 32x32 inputs (`--size 32` pads Fashion-MNIST).
     Resnet18,
     /// DeepCluster's AlexNet with batch-norm, for larger images (at least 63x63; 224 in
@@ -105,7 +111,7 @@ impl Arch {
     ) -> Result<Box<dyn Encoder>> {
         let (in_channels, h, w) = input;
         Ok(match self {
-            Arch::SmallCnn | Arch::SmallCnnFlat => Box::new(SmallCnn::new(
+            Arch::SmallCnn | Arch::SmallCnnFlat | Arch::SmallCnnIn => Box::new(SmallCnn::new(
                 SmallCnnConfig {
                     in_channels,
                     embed_dim,
@@ -113,6 +119,10 @@ impl Arch {
                     head: match self {
                         Arch::SmallCnnFlat => SmallCnnHead::Flatten { input_hw: (h, w) },
                         _ => SmallCnnHead::GlobalAvgPool,
+                    },
+                    norm: match self {
+                        Arch::SmallCnnIn => SmallCnnNorm::Instance,
+                        _ => SmallCnnNorm::Batch,
                     },
                     ..Default::default()
                 },

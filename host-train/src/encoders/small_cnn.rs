@@ -1,5 +1,6 @@
-//! `small-cnn`: three conv-BN-ReLU blocks (32, 64, 128 channels) for 28x28 and 32x32 images,
-//! 2x2 max-pooling after the first two, then global average pooling (or, with the flatten
+//! `small-cnn`: three conv-norm-ReLU blocks (32, 64, 128 channels) for 28x28 and 32x32
+//! images, the norm BatchNorm or (`small-cnn-in`) InstanceNorm, 2x2 max-pooling after the
+//! first two, then global average pooling (or, with the flatten
 //! head, the whole 128 x h/4 x w/4 map) and a linear projection to the embedding. Pooling
 //! always sees even sizes, where candle's max-pool backward is exact.
 
@@ -9,8 +10,9 @@ use candle_nn::{linear, VarBuilder};
 use crate::graph::{FoldedGraph, Layer};
 
 use super::fold::{folded_conv, linear_layer};
-use super::{BnRelu, SobelFront};
-use crate::ops::{conv2d, Conv2dGeometry};
+use super::{BnRelu, InRelu, SobelFront};
+use crate::graph::Conv;
+use crate::ops::{conv2d, max_pool_2x2, Conv2dGeometry};
 
 /// Shape of a `small-cnn`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,24 @@ pub struct SmallCnnConfig {
     /// Put DeepCluster's fixed grayscale + Sobel filter in front (2 channels into the net).
     pub sobel: bool,
     pub head: SmallCnnHead,
+    pub norm: SmallCnnNorm,
+}
+
+/// The normalisation after each convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SmallCnnNorm {
+    /// Batch statistics in training, running ones at inference; folds into the convolution.
+    #[default]
+    Batch,
+    /// Each image's own statistics, always: removes per-image colour casts and light levels.
+    Instance,
+}
+
+/// One block's norm and ReLU.
+#[derive(Debug)]
+enum BlockNorm {
+    Batch(BnRelu),
+    Instance(InRelu),
 }
 
 /// What the projection sees of the last block's map.
@@ -51,6 +71,7 @@ impl Default for SmallCnnConfig {
             embed_dim: 128,
             sobel: false,
             head: SmallCnnHead::GlobalAvgPool,
+            norm: SmallCnnNorm::Batch,
         }
     }
 }
@@ -60,7 +81,7 @@ impl Default for SmallCnnConfig {
 pub struct SmallCnn {
     sobel: Option<SobelFront>,
     convs: Vec<Tensor>,
-    norms: Vec<BnRelu>,
+    norms: Vec<BlockNorm>,
     proj: candle_nn::Linear,
     config: SmallCnnConfig,
 }
@@ -80,7 +101,14 @@ impl SmallCnn {
                 candle_nn::init::DEFAULT_KAIMING_NORMAL,
             )?;
             convs.push(w);
-            norms.push(BnRelu::new(c_out, vb.pp(format!("block{i}.bn")))?);
+            norms.push(match config.norm {
+                SmallCnnNorm::Batch => {
+                    BlockNorm::Batch(BnRelu::new(c_out, vb.pp(format!("block{i}.bn")))?)
+                }
+                SmallCnnNorm::Instance => {
+                    BlockNorm::Instance(InRelu::new(c_out, vb.pp(format!("block{i}.in")))?)
+                }
+            });
             c_in = c_out;
         }
         if let SmallCnnHead::Flatten { input_hw: (h, w) } = config.head {
@@ -104,7 +132,8 @@ impl SmallCnn {
         &self.config
     }
 
-    /// The eval-mode network with BatchNorm folded into the convolutions, for export.
+    /// The eval-mode network with BatchNorm folded into the convolutions (InstanceNorm stays
+    /// a layer of its own), for export.
     pub fn folded_graph(&self, input_chw: [usize; 3]) -> Result<FoldedGraph> {
         if input_chw[0] != self.config.in_channels {
             bail!(
@@ -117,8 +146,24 @@ impl SmallCnn {
         if let Some(s) = &self.sobel {
             layers.push(Layer::Conv(s.as_conv()?));
         }
-        for (i, (w, bn)) in self.convs.iter().zip(&self.norms).enumerate() {
-            layers.push(folded_conv(format!("block{i}.conv"), w, bn, 1, 1)?);
+        for (i, (w, norm)) in self.convs.iter().zip(&self.norms).enumerate() {
+            let name = format!("block{i}.conv");
+            match norm {
+                BlockNorm::Batch(bn) => layers.push(folded_conv(name, w, bn, 1, 1)?),
+                BlockNorm::Instance(n) => {
+                    layers.push(Layer::Conv(Conv {
+                        name,
+                        weight: w.flatten_all()?.to_vec1()?,
+                        shape: w.dims4()?.into(),
+                        bias: None,
+                        stride: 1,
+                        padding: 1,
+                    }));
+                    layers.push(Layer::InstanceNorm(
+                        n.instance_norm(format!("block{i}.in"))?,
+                    ));
+                }
+            }
             layers.push(Layer::Relu);
             if i < 2 {
                 layers.push(Layer::MaxPool2x2);
@@ -149,12 +194,14 @@ impl SmallCnn {
             stride: 1,
             padding: 1,
         };
-        for (i, (w, bn)) in self.convs.iter().zip(&self.norms).enumerate() {
+        for (i, (w, norm)) in self.convs.iter().zip(&self.norms).enumerate() {
             x = conv2d(&x, w, same)?;
-            x = if i < 2 {
-                bn.forward_pool_t(&x, train)?
-            } else {
-                bn.forward_t(&x, train)?
+            let pool = i < 2;
+            x = match norm {
+                BlockNorm::Batch(bn) if pool => bn.forward_pool_t(&x, train)?,
+                BlockNorm::Batch(bn) => bn.forward_t(&x, train)?,
+                BlockNorm::Instance(n) if pool => max_pool_2x2(&n.forward(&x)?)?,
+                BlockNorm::Instance(n) => n.forward(&x)?,
             };
         }
         match self.config.head {

@@ -177,6 +177,18 @@ impl<'q> GraphBuilder<'q> {
                         vec![int("transB", 1)],
                     );
                 }
+                Layer::InstanceNorm(n) => {
+                    let dims = [n.scale.len() as i64];
+                    let scale = self.f32_init(&format!("{}.scale", n.name), &dims, &n.scale);
+                    let bias = self.f32_init(&format!("{}.bias", n.name), &dims, &n.bias);
+                    self.node(
+                        "InstanceNormalization",
+                        &n.name,
+                        vec![x, scale, bias],
+                        &out,
+                        vec![float("epsilon", n.eps as f32)],
+                    );
+                }
                 Layer::Residual(r) => {
                     let body = self.layers(&r.body, x.clone(), &format!("{tag}.body"), false);
                     let shortcut = self.layers(&r.shortcut, x, &format!("{tag}.shortcut"), false);
@@ -283,6 +295,15 @@ fn int(name: &str, v: i64) -> AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
         i: v,
+        ..Default::default()
+    }
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Float as i32,
+        f: v,
         ..Default::default()
     }
 }
