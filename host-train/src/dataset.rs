@@ -95,6 +95,26 @@ impl TrainSet {
         }
     }
 
+    /// Images from outside the set (planar `u8`, this set's channels and size, one after
+    /// another) as a normalised (b, c, h, w) tensor.
+    pub fn tensor_from_pixels(&self, pixels: &[u8], device: &Device) -> Result<Tensor, TrainError> {
+        let (c, h, w) = self.image_dims();
+        let len = c * h * w;
+        if pixels.is_empty() || !pixels.len().is_multiple_of(len) {
+            return Err(TrainError::Config(format!(
+                "{} pixel values are not whole {c}x{h}x{w} images",
+                pixels.len()
+            )));
+        }
+        let mut data: Vec<f32> = pixels.iter().map(|&p| p as f32 * (1.0 / 255.0)).collect();
+        data.par_chunks_mut(len).for_each(|x| self.normalize(x));
+        Ok(Tensor::from_vec(
+            data,
+            (pixels.len() / len, c, h, w),
+            device,
+        )?)
+    }
+
     /// The images `indices` as a (b, c, h, w) tensor: pixels augmented (with a per-sample
     /// seed derived from `seed` and the position in the batch), then normalised.
     pub fn batch(

@@ -15,6 +15,7 @@ use crate::features::extract;
 use crate::gallery::{write_gallery, GalleryConfig};
 use crate::methods::deepcluster::{self, DeepClusterConfig, EpochStats};
 use crate::methods::feature_bank::FeatureBank;
+use crate::methods::figure_pairs::{self, FigurePairsConfig, FigurePairsEpoch};
 use crate::methods::local_aggregation::{self, LaConfig};
 use crate::methods::npid::{self, NpidConfig};
 use crate::methods::swav::{self, FeatureQueue, ProjectionHead, Prototypes, SwavConfig};
@@ -49,6 +50,8 @@ pub struct RunConfig {
     pub la: LaConfig,
     #[serde(default)]
     pub swav: SwavConfig,
+    #[serde(default)]
+    pub figure_pairs: FigurePairsConfig,
     /// Evaluate every this many epochs (and after the last); each evaluation extracts the
     /// test features and runs kNN and k-means, about 20 s on 60k images on 2 cores.
     #[serde(default = "every_epoch")]
@@ -169,6 +172,8 @@ enum MethodState {
         prototypes: Prototypes,
         queue: FeatureQueue,
     },
+    /// Figure pairs: the projection head (also in the variable map).
+    FigurePairs { head: ProjectionHead },
 }
 
 /// The network, its optimiser and where a run writes: what every epoch uses.
@@ -227,6 +232,7 @@ impl Trainer<'_> {
                 prototypes,
                 queue,
             } => self.swav_epoch(head, prototypes, queue, epoch, seed),
+            MethodState::FigurePairs { head } => self.figure_pairs_epoch(head, epoch, seed),
         }?;
         if let MetricsRow::Train { loss, .. } = &row {
             if self.watch.observe(*loss) {
@@ -381,6 +387,35 @@ impl Trainer<'_> {
     }
 }
 
+impl Trainer<'_> {
+    fn figure_pairs_epoch(
+        &mut self,
+        head: &ProjectionHead,
+        epoch: usize,
+        seed: u64,
+    ) -> Result<MetricsRow, TrainError> {
+        let (cfg, t0) = (self.cfg, std::time::Instant::now());
+        let stats = figure_pairs::train_epoch(
+            self.encoder.as_ref(),
+            &mut self.opt,
+            self.train,
+            cfg.batch_size,
+            FigurePairsEpoch {
+                cfg: &cfg.figure_pairs,
+                head,
+                epoch,
+                epochs: cfg.epochs,
+                lr_scale: self.watch.lr_scale,
+            },
+            seed,
+            self.device,
+        )?;
+        check_finite(epoch + 1, stats.loss)?;
+        self.checkpoint(epoch + 1, vec![])?;
+        Ok(self.train_row(epoch + 1, &stats, t0))
+    }
+}
+
 /// The label-free figures of one epoch's embeddings, and its clustering for the next.
 fn label_free_row(
     feats: &[f32],
@@ -433,6 +468,7 @@ fn resume_state(t: &mut Trainer<'_>, state: &mut MethodState) -> Result<usize, T
             }
         }
         MethodState::Swav { prototypes, .. } => prototypes.normalize()?,
+        MethodState::FigurePairs { .. } => {}
     }
     tracing::info!(epoch = start, run = %t.run.path("").display(), "resumed");
     Ok(start)
@@ -462,12 +498,16 @@ pub fn pretrain(
             prototypes: Prototypes::new(&vm, cfg.swav.prototypes, dim, cfg.seed, device)?,
             queue: FeatureQueue::new(cfg.swav.queue_length, dim),
         },
+        Method::FigurePairs => MethodState::FigurePairs {
+            head: figure_pairs::projection_head(&vm, dim, cfg.seed, device)?,
+        },
     };
     let (names, vars) = sorted_vars(&vm);
     let sgd = match cfg.method {
         Method::Deepcluster => cfg.deepcluster.sgd(),
         Method::Npid | Method::La => cfg.npid.sgd(),
         Method::Swav => cfg.swav.sgd(),
+        Method::FigurePairs => cfg.figure_pairs.sgd(),
     };
     let opt = SgdMomentum::new(vars, sgd)?;
     let mut t = Trainer {

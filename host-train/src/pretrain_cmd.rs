@@ -11,6 +11,7 @@ use host_train::encoders::Arch;
 use host_train::eval::evaluate;
 use host_train::features::{extract_layer, Layer};
 use host_train::methods::deepcluster::DeepClusterConfig;
+use host_train::methods::figure_pairs::FigurePairsConfig;
 use host_train::methods::local_aggregation::LaConfig;
 use host_train::methods::npid::NpidConfig;
 use host_train::methods::swav::SwavConfig;
@@ -25,7 +26,8 @@ pub struct DataArgs {
     data: String,
     /// Side of the square images read from a folder; Fashion-MNIST's 28x28 images are
     /// zero-padded to it (32 for CIFAR-style networks such as resnet18). Default: 28 for
-    /// Fashion-MNIST, else the folder's median shorter side (a multiple of 4, 16-64).
+    /// Fashion-MNIST, else the folder's median shorter side (a multiple of 4, 16-64; at
+    /// most 32 for figure-pairs).
     #[arg(long)]
     size: Option<u32>,
     /// Read folders of images as RGB instead of grayscale.
@@ -74,9 +76,11 @@ pub struct PretrainArgs {
     method: Method,
     #[command(flatten)]
     data: DataArgs,
-    #[arg(long, value_enum, default_value = "small-cnn")]
-    arch: Arch,
-    /// Epochs (default: about 300k images seen, 10-200 epochs).
+    /// The network (default: small-cnn-in for figure-pairs, small-cnn otherwise).
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
+    /// Epochs (default: about 300k images seen, 10-200 epochs; figure-pairs: 20 epochs of
+    /// 12,800 pairs).
     #[arg(long)]
     epochs: Option<usize>,
     /// Images per batch (default: up to 256, at least 8 batches per epoch).
@@ -92,10 +96,11 @@ pub struct PretrainArgs {
     #[arg(long)]
     k: Option<usize>,
     /// Learning rate (default: the method's, 0.05 for DeepCluster (0.01 with small-cnn-flat),
-    /// 0.03 for NPID).
+    /// 0.03 for NPID, 0.1 for figure-pairs).
     #[arg(long)]
     lr: Option<f64>,
-    /// NPID softmax temperature (default 0.07, or 0.1 for at most 10k images).
+    /// Softmax temperature: NPID's (default 0.07, or 0.1 for at most 10k images), SwAV's
+    /// (0.1) or figure-pairs' (0.2).
     #[arg(long)]
     temperature: Option<f64>,
     /// NPID with NCE and this many noise samples per batch (the paper's 4096) instead of the
@@ -250,12 +255,24 @@ fn open_run(args: &PretrainArgs) -> Result<RunDir> {
 /// A new run's configuration: the flags, and for those not given, values chosen from the
 /// data (printed).
 fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
-    let auto = DataDefaults::survey(&args.data.data)?;
+    let mut auto = DataDefaults::survey(&args.data.data)?;
+    if args.method == Method::FigurePairs {
+        // Rendering and training cost grow with the square of the side; 32 px holds a
+        // figure's outline.
+        auto.size = auto.size.min(32);
+    }
     let spec = args
         .data
         .spec(args.data.size.unwrap_or(auto.size), args.seed);
     let (train, _) = load_images(&spec)?;
-    let epochs = args.epochs.unwrap_or(auto.epochs);
+    let arch = args.arch.unwrap_or(match args.method {
+        Method::FigurePairs => Arch::SmallCnnIn,
+        _ => Arch::SmallCnn,
+    });
+    let epochs = args.epochs.unwrap_or(match args.method {
+        Method::FigurePairs => 20,
+        _ => auto.epochs,
+    });
     let batch_size = args.batch_size.unwrap_or(auto.batch_size);
     let classes = train.class_names.len().max(10);
     let chosen: Vec<String> = [
@@ -290,7 +307,7 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
     let k = args.k.unwrap_or(10 * classes);
     Ok(RunConfig {
         method: args.method,
-        arch: args.arch,
+        arch,
         epochs,
         batch_size,
         embed_dim: args.embed_dim,
@@ -300,7 +317,7 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
         input: (train.channels, train.height, train.width),
         augment: views(args),
         deepcluster: {
-            let d = DeepClusterConfig::for_arch(args.arch);
+            let d = DeepClusterConfig::for_arch(arch);
             DeepClusterConfig {
                 k,
                 lr: args.lr.unwrap_or(d.lr),
@@ -337,6 +354,14 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
                 )),
                 lr: args.lr.unwrap_or(d.lr),
                 warmup_epochs: args.warmup_epochs,
+                ..d
+            }
+        },
+        figure_pairs: {
+            let d = FigurePairsConfig::default();
+            FigurePairsConfig {
+                temperature: args.temperature.unwrap_or(d.temperature),
+                lr: args.lr.unwrap_or(d.lr),
                 ..d
             }
         },
@@ -380,6 +405,13 @@ fn describe(cfg: &RunConfig, images: usize, out: &std::path::Path) -> String {
             cfg.swav.queue_length,
             cfg.swav.lr,
             cfg.swav.warmup_epochs
+        ),
+        Method::FigurePairs => format!(
+            "{} generated pairs per epoch, tau = {}, lr {} (warm-up {} epoch, then cosine)",
+            cfg.figure_pairs.pairs_per_epoch,
+            cfg.figure_pairs.temperature,
+            cfg.figure_pairs.lr,
+            cfg.figure_pairs.warmup_epochs
         ),
     };
     format!(

@@ -1,12 +1,15 @@
-//! SwAV, the cluster head and export on a small set of generated RGB scenes: the loss falls,
-//! the head trains and saves, and export carries its centroids into the manifest.
+//! SwAV, figure pairs, the cluster head and export on a small set of generated RGB scenes:
+//! the loss falls, the head trains and saves, and export carries its centroids into the
+//! manifest.
 
 use candle_core::Device;
 use host_train::augment::AugmentConfig;
 use host_train::cluster_head::{fit_cluster_head, ClusterHead, ClusterHeadConfig};
 use host_train::dataset::{DataSpec, Normalization, TrainSet};
 use host_train::encoders::Arch;
+use host_train::export::verify::{verify, VerifyConfig};
 use host_train::export::{export, ExportConfig};
+use host_train::methods::figure_pairs::FigurePairsConfig;
 use host_train::methods::swav::SwavConfig;
 use host_train::methods::Method;
 use host_train::pretrain::{load_encoder, pretrain, MetricsRow, RunConfig};
@@ -58,6 +61,7 @@ fn swav_config(train: &TrainSet, epochs: usize) -> RunConfig {
             lr: 0.1,
             ..Default::default()
         },
+        figure_pairs: Default::default(),
         eval_every: 100,
     }
 }
@@ -131,6 +135,57 @@ fn swav_trains_on_rgb_scenes_and_its_head_reaches_the_manifest() {
     let c = manifest.centroids.expect("centroids in the manifest");
     assert_eq!((c.k, c.dim), (6, 16));
     assert_eq!(c.values, head.centroids);
+}
+
+/// A figure-pairs run of small-cnn-in trains on generated pairs alone and checkpoints; the
+/// exported model, with its InstanceNorm layers, runs in the edge runtime with candle's
+/// embeddings. (That the loss falls is `figure_pairs::tests`; learning shapes takes
+/// thousands of steps, measured in docs/RESULTS.md.)
+#[test]
+fn figure_pairs_train_an_instance_norm_encoder_that_exports() {
+    let train = scenes();
+    let cfg = RunConfig {
+        method: Method::FigurePairs,
+        arch: Arch::SmallCnnIn,
+        batch_size: 32,
+        augment: AugmentConfig::none(),
+        figure_pairs: FigurePairsConfig {
+            pairs_per_epoch: 64,
+            ..Default::default()
+        },
+        ..swav_config(&train, 2)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let done = pretrain(&cfg, &train, None, &run, &Device::Cpu, false, &mut |_| {}).unwrap();
+    let losses: Vec<f64> = train_rows(&run.read_metrics().unwrap())
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(losses.len(), 2);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+
+    let out = dir.path().join("model");
+    let ecfg = ExportConfig {
+        calibration_images: 32,
+        ..Default::default()
+    };
+    export(done.encoder.as_ref(), &cfg, "test", &train, &out, &ecfg).unwrap();
+    let onnx = std::fs::read(out.join(host_train::export::FP32_FILE)).unwrap();
+    assert!(
+        onnx.windows(21).any(|w| w == b"InstanceNormalization"),
+        "the export writes ONNX InstanceNormalization"
+    );
+    let vcfg = VerifyConfig {
+        test_images: 64,
+        train_images: 80,
+        batch: 32,
+        seed: 1,
+        adapter: None,
+    };
+    let r = verify(done.encoder.as_ref(), &out, &train, &train, &vcfg).unwrap();
+    assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");
+    assert!(r.int8_mean_cosine >= 0.98, "{r:?}");
 }
 
 #[test]

@@ -50,6 +50,7 @@ fn config_for(method: Method, epochs: usize) -> (RunConfig, TrainSet, TrainSet) 
         npid: Default::default(),
         la: Default::default(),
         swav: Default::default(),
+        figure_pairs: Default::default(),
         eval_every: 1,
     };
     (

@@ -4,6 +4,7 @@
 pub mod bank_loss;
 pub mod deepcluster;
 pub mod feature_bank;
+pub mod figure_pairs;
 pub mod local_aggregation;
 pub mod npid;
 pub mod swav;
@@ -20,4 +21,7 @@ pub enum Method {
     La,
     /// SwAV: swapped prediction of Sinkhorn codes over learnable prototypes, multi-crop.
     Swav,
+    /// Contrastive pretraining on pairs of generated figures that differ in everything but
+    /// their outline (colour, background, lighting, place); the data is not trained on.
+    FigurePairs,
 }
