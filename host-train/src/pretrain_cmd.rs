@@ -178,6 +178,12 @@ pub struct EvalArgs {
     /// Which output to evaluate.
     #[arg(long, value_enum, default_value = "embedding")]
     layer: Layer,
+    /// Evaluate on this labeled folder (class sub-folders) instead of the run's data: read
+    /// at the run's size and colour, split by its --val-fraction and seed, normalised as
+    /// the run was. For encoders that did not train on their data (figure-pairs), or to see
+    /// how a model transfers.
+    #[arg(long)]
+    data: Option<String>,
 }
 
 pub fn device(spec: &str) -> Result<Device> {
@@ -470,12 +476,21 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let dev = device(&args.device)?;
     let run = RunDir::open(&args.checkpoint)?;
     let (cfg, encoder) = load_encoder(&run, &dev)?;
-    let (train, test) = load_images(&cfg.data)?;
+    let spec = match &args.data {
+        // Another folder splits itself: the run's --val folder belongs to the run's data.
+        Some(source) => DataSpec {
+            source: source.clone(),
+            val: None,
+            ..cfg.data.clone()
+        },
+        None => cfg.data.clone(),
+    };
+    let (train, test) = load_images(&spec)?;
     let (Some(test), Some(_)) = (test, train.labels.as_ref()) else {
         bail!(
             "{}: evaluation needs labels: Fashion-MNIST, or a folder with one sub-folder per \
              class (split by --val-fraction at pretraining, or given a --val folder)",
-            cfg.data.source
+            spec.source
         );
     };
     let train = TrainSet::new(train, cfg.normalization.clone())?;

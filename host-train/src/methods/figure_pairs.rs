@@ -66,7 +66,7 @@ impl FigurePairsConfig {
     }
 
     pub fn check(&self) -> Result<(), TrainError> {
-        if self.pairs_per_epoch == 0 || !(self.temperature > 0.0) {
+        if self.pairs_per_epoch == 0 || self.temperature.is_nan() || self.temperature <= 0.0 {
             return Err(TrainError::Config(
                 "figure pairs: pairs per epoch and the temperature must be positive".into(),
             ));
