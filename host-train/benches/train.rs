@@ -4,7 +4,8 @@
 //!
 //! Also: strong SimCLR/SwAV views of 3x32x32 images per second, and a SwAV step (small-cnn, two
 //! large + two small crops, batch 128) with the share of it spent making the views, which must
-//! not become the bottleneck.
+//! not become the bottleneck. Likewise a figure-pairs step (small-cnn-in, batch 128 pairs of
+//! generated 3x32x32 figures) and its share spent rendering the pairs.
 //!
 //! Environment: `THREADS` (default 2), `PYTHON` (needs torch; default `python3`).
 //! Writes `target/bench/train.json`.
@@ -17,7 +18,8 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{linear, Module, Optimizer, VarBuilder, VarMap};
 use host_train::augment::AugmentConfig;
 use host_train::dataset::{Normalization, TrainSet};
-use host_train::encoders::{Encoder, SmallCnn, SmallCnnConfig};
+use host_train::encoders::{Encoder, SmallCnn, SmallCnnConfig, SmallCnnNorm};
+use host_train::methods::figure_pairs::{nt_xent, pair_batch, projection_head};
 use host_train::methods::npid::l2_normalize;
 use host_train::methods::swav::{sinkhorn, swapped_prediction_loss};
 use host_train::optim::{SgdMomentum, SgdParams};
@@ -156,6 +158,55 @@ fn ours_swav() -> BenchResult<(f64, f64, f64)> {
     ))
 }
 
+/// (figure pairs rendered per second, pairs trained per second, the step's share spent
+/// rendering).
+fn ours_figure_pairs() -> BenchResult<(f64, f64, f64)> {
+    let dev = Device::Cpu;
+    // Only the size, channels and normalisation of this set are used.
+    let images = ImageSet {
+        pixels: vec![128; 3 * 32 * 32],
+        channels: 3,
+        height: 32,
+        width: 32,
+        ..Default::default()
+    };
+    let norm = Normalization::measure(&images);
+    let set = TrainSet::new(images, norm)?;
+    let mut seed = 0u64;
+    let pairs_per_s = SWAV_BATCH as f64
+        * best_rate(|| {
+            seed += 1;
+            pair_batch(&set, SWAV_BATCH, seed, &dev)?;
+            Ok(())
+        })?;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let cfg = SmallCnnConfig {
+        in_channels: 3,
+        norm: SmallCnnNorm::Instance,
+        ..Default::default()
+    };
+    let net = SmallCnn::new(cfg, vb.pp("encoder"))?;
+    let head = projection_head(&vm, net.embed_dim(), 1, &dev)?;
+    let mut opt = SgdMomentum::new(vm.all_vars(), SgdParams::default())?;
+    let (mut render_seconds, mut step_seconds) = (0f64, 0f64);
+    let steps_per_s = best_rate(|| {
+        let t0 = Instant::now();
+        seed += 1;
+        let x = pair_batch(&set, SWAV_BATCH, seed, &dev)?;
+        render_seconds += t0.elapsed().as_secs_f64();
+        let z = l2_normalize(&head.forward_t(&net.forward_t(&x, true)?, true)?)?;
+        opt.backward_step(&nt_xent(&z, 0.2)?)?;
+        step_seconds += t0.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    Ok((
+        pairs_per_s,
+        steps_per_s * SWAV_BATCH as f64,
+        render_seconds / step_seconds,
+    ))
+}
+
 fn pytorch(threads: usize, root: &Path) -> BenchResult<Value> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = root.join("host-train/benches/reference/train_pytorch.py");
@@ -230,7 +281,22 @@ fn main() -> BenchResult<()> {
         "| share of the step spent making views | {:.1}% |",
         100.0 * view_share
     );
+    let (pairs_per_s, pair_steps_per_s, render_share) = pool.install(ours_figure_pairs)?;
+    println!(
+        "\nfigure pairs, small-cnn-in, batch {SWAV_BATCH} pairs of 3x32x32, {threads} threads"
+    );
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| pairs rendered | {pairs_per_s:.0} pairs/s |");
+    println!("| figure-pairs training step | {pair_steps_per_s:.0} pairs/s |");
+    println!(
+        "| share of the step spent rendering | {:.1}% |",
+        100.0 * render_share
+    );
     let report = json!({
+        "figure_pairs_rendered_per_s": pairs_per_s,
+        "figure_pairs_trained_per_s": pair_steps_per_s,
+        "figure_pairs_render_share": render_share,
         "ours_img_per_s": ours, "pytorch_img_per_s": theirs, "threads": threads, "batch": BATCH,
         "strong_views_per_s": views_per_s, "swav_img_per_s": swav_img_per_s,
         "swav_view_share": view_share,
