@@ -385,9 +385,7 @@ impl Trainer<'_> {
         self.checkpoint(epoch + 1, vec![])?;
         Ok(self.train_row(epoch + 1, &stats, t0))
     }
-}
 
-impl Trainer<'_> {
     fn figure_pairs_epoch(
         &mut self,
         head: &ProjectionHead,
@@ -494,7 +492,7 @@ pub fn pretrain(
         }
         Method::Swav => MethodState::Swav {
             // Created before the optimiser collects the variables, so that it moves them.
-            head: ProjectionHead::in_varmap(&vm, dim, cfg.seed, device)?,
+            head: ProjectionHead::in_varmap(&vm, "swav", dim, cfg.seed, device)?,
             prototypes: Prototypes::new(&vm, cfg.swav.prototypes, dim, cfg.seed, device)?,
             queue: FeatureQueue::new(cfg.swav.queue_length, dim),
         },

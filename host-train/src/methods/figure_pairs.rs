@@ -26,7 +26,6 @@ use crate::dataset::TrainSet;
 use crate::encoders::Encoder;
 use crate::optim::{SgdMomentum, SgdParams, WarmupCosine};
 use crate::progress::Progress;
-use crate::seeded_init::seeded_var_builder;
 use crate::TrainError;
 
 /// Figure-pair pretraining's hyper-parameters.
@@ -82,12 +81,7 @@ pub fn projection_head(
     seed: u64,
     device: &Device,
 ) -> Result<ProjectionHead, TrainError> {
-    let vb = seeded_var_builder(vm, seed, DType::F32, device);
-    Ok(ProjectionHead::new(
-        dim,
-        4 * dim,
-        vb.pp("figures").pp("head"),
-    )?)
+    ProjectionHead::in_varmap(vm, "figures", dim, seed, device)
 }
 
 /// NT-Xent over `z`: (2b, d) L2-normalised rows, renders `i` and `i + b` a pair. Each row's
@@ -202,6 +196,7 @@ pub fn train_epoch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seeded_init::seeded_var_builder;
     use models::data::ImageSet;
 
     #[test]

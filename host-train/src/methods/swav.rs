@@ -135,15 +135,17 @@ impl ProjectionHead {
         })
     }
 
-    /// Registered in `vm` as `swav.head.*`, seeded like the encoder.
+    /// Registered in `vm` as `{method}.head.*` (hidden width 4 x `dim`), seeded like the
+    /// encoder.
     pub fn in_varmap(
         vm: &VarMap,
+        method: &str,
         dim: usize,
         seed: u64,
         device: &Device,
     ) -> Result<Self, TrainError> {
         let vb = seeded_var_builder(vm, seed, DType::F32, device);
-        Ok(Self::new(dim, 4 * dim, vb.pp("swav").pp("head"))?)
+        Ok(Self::new(dim, 4 * dim, vb.pp(method).pp("head"))?)
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
