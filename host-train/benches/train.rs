@@ -73,6 +73,12 @@ fn best_rate(mut f: impl FnMut() -> BenchResult<()>) -> BenchResult<f64> {
 
 const SWAV_BATCH: usize = 128;
 
+/// `images` with their own normalisation.
+fn normalized(images: ImageSet) -> BenchResult<TrainSet> {
+    let norm = Normalization::measure(&images);
+    Ok(TrainSet::new(images, norm)?)
+}
+
 /// (strong views per second, SwAV images per second, the step's share spent on views).
 fn ours_swav() -> BenchResult<(f64, f64, f64)> {
     let dev = Device::Cpu;
@@ -89,8 +95,7 @@ fn ours_swav() -> BenchResult<(f64, f64, f64)> {
         labels: Some(labels),
         ..Default::default()
     };
-    let norm = Normalization::measure(&images);
-    let set = TrainSet::new(images, norm)?;
+    let set = normalized(images)?;
     let idx: Vec<usize> = (0..SWAV_BATCH).collect();
     let (strong, small) = (AugmentConfig::strong(), AugmentConfig::small_crop());
     let mut seed = 0u64;
@@ -170,8 +175,7 @@ fn ours_figure_pairs() -> BenchResult<(f64, f64, f64)> {
         width: 32,
         ..Default::default()
     };
-    let norm = Normalization::measure(&images);
-    let set = TrainSet::new(images, norm)?;
+    let set = normalized(images)?;
     let mut seed = 0u64;
     let pairs_per_s = SWAV_BATCH as f64
         * best_rate(|| {

@@ -176,7 +176,9 @@ fn run_layers(
             Layer::MaxPool { kernel, stride } => max_pool2d(&x, *kernel, *stride)?,
             Layer::Flatten => x.flatten_from(1)?,
             Layer::GlobalAvgPool => x.mean((2, 3))?,
-            Layer::InstanceNorm(n) => instance_norm(&x, n)?,
+            Layer::InstanceNorm(n) => {
+                instance_norm(&x, &bias(&n.scale, dev)?, &bias(&n.bias, dev)?, n.eps)?
+            }
             Layer::Linear(l) => {
                 observe(*next, &x)?;
                 *next += 1;
@@ -193,16 +195,21 @@ fn run_layers(
     Ok(x)
 }
 
-fn instance_norm(x: &Tensor, n: &InstanceNorm) -> Result<Tensor> {
-    let dev = x.device();
+/// InstanceNorm of `x` (b, c, h, w): each image's channels less their spatial mean, over
+/// their spatial std (`+ eps` under the root), then `scale * x + bias` per channel. The
+/// training layer (`encoders::InRelu`) and the export reference both run this.
+pub fn instance_norm(x: &Tensor, scale: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(3)?.mean_keepdim(2)?;
     let centred = x.broadcast_sub(&mean)?;
-    let std = (centred.sqr()?.mean_keepdim(3)?.mean_keepdim(2)? + n.eps)?.sqrt()?;
-    let per_channel = |v: &[f32]| bias(v, dev).and_then(|t| t.reshape((1, (), 1, 1)));
+    let var = centred.sqr()?.mean_keepdim(3)?.mean_keepdim(2)?;
+    let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
+    let gain = (var + eps)?
+        .sqrt()?
+        .recip()?
+        .broadcast_mul(&per_channel(scale)?)?;
     centred
-        .broadcast_div(&std)?
-        .broadcast_mul(&per_channel(&n.scale)?)?
-        .broadcast_add(&per_channel(&n.bias)?)
+        .broadcast_mul(&gain)?
+        .broadcast_add(&per_channel(bias)?)
 }
 
 fn bias(b: &[f32], dev: &Device) -> Result<Tensor> {

@@ -197,6 +197,20 @@ impl Trainer<'_> {
             .save_checkpoint(&self.vm, &self.opt, &self.names, &tensors)
     }
 
+    /// After epoch `epoch` (1-based): refuses a non-finite loss before checkpointing (with
+    /// the method's `extra` state), then the epoch's training row.
+    fn close_epoch(
+        &self,
+        epoch: usize,
+        stats: &EpochStats,
+        extra: Vec<(&str, Tensor)>,
+        t0: std::time::Instant,
+    ) -> Result<MetricsRow, TrainError> {
+        check_finite(epoch, stats.loss)?;
+        self.checkpoint(epoch, extra)?;
+        Ok(self.train_row(epoch, stats, t0))
+    }
+
     fn train_row(&self, epoch: usize, stats: &EpochStats, t0: std::time::Instant) -> MetricsRow {
         MetricsRow::Train {
             epoch,
@@ -273,10 +287,8 @@ impl Trainer<'_> {
             self.device,
             close.as_ref(),
         )?;
-        check_finite(epoch + 1, stats.loss)?;
         let saved = Tensor::from_slice(&bank.rows, (bank.len(), bank.dim), &Device::Cpu)?;
-        self.checkpoint(epoch + 1, vec![("memory_bank", saved)])?;
-        Ok(self.train_row(epoch + 1, &stats, t0))
+        self.close_epoch(epoch + 1, &stats, vec![("memory_bank", saved)], t0)
     }
 
     fn deepcluster_epoch(
@@ -328,12 +340,8 @@ impl Trainer<'_> {
             seed,
             self.device,
         )?;
-        check_finite(epoch + 1, stats.loss)?;
-        self.checkpoint(
-            epoch + 1,
-            vec![("assignments", labels_to_tensor(&clustering.labels)?)],
-        )?;
-        let mut row = self.train_row(epoch + 1, &stats, t0);
+        let assignments = vec![("assignments", labels_to_tensor(&clustering.labels)?)];
+        let mut row = self.close_epoch(epoch + 1, &stats, assignments, t0)?;
         if let MetricsRow::Train {
             kmeans_objective,
             non_empty_clusters,
@@ -381,9 +389,7 @@ impl Trainer<'_> {
             seed,
             self.device,
         )?;
-        check_finite(epoch + 1, stats.loss)?;
-        self.checkpoint(epoch + 1, vec![])?;
-        Ok(self.train_row(epoch + 1, &stats, t0))
+        self.close_epoch(epoch + 1, &stats, vec![], t0)
     }
 
     fn figure_pairs_epoch(
@@ -408,9 +414,7 @@ impl Trainer<'_> {
             seed,
             self.device,
         )?;
-        check_finite(epoch + 1, stats.loss)?;
-        self.checkpoint(epoch + 1, vec![])?;
-        Ok(self.train_row(epoch + 1, &stats, t0))
+        self.close_epoch(epoch + 1, &stats, vec![], t0)
     }
 }
 

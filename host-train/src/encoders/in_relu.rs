@@ -9,7 +9,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::graph::InstanceNorm;
+use crate::graph::{instance_norm, InstanceNorm};
 
 const EPS: f64 = 1e-5;
 
@@ -29,17 +29,7 @@ impl InRelu {
 
     /// (b, c, h, w) -> the same shape.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(3)?.mean_keepdim(2)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(3)?.mean_keepdim(2)?;
-        let scale = (var + EPS)?
-            .sqrt()?
-            .recip()?
-            .broadcast_mul(&self.weight.reshape((1, (), 1, 1))?)?;
-        centred
-            .broadcast_mul(&scale)?
-            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?
-            .relu()
+        instance_norm(x, &self.weight, &self.bias, EPS)?.relu()
     }
 
     /// The parameters the export writes, under `name`.

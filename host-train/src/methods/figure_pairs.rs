@@ -14,7 +14,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
-use models::data::{render_figure_pair, SceneParams};
+use models::data::{image_pixels, render_figure_pair, ColorMode, ImageFolderOptions, SceneParams};
 use models::rng::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -121,9 +121,10 @@ pub fn pair_batch(
         .into_par_iter()
         .map(|i| {
             let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            render_figure_pair(&params, &mut rng).map(|rgb| to_channels(rgb, c, h * w))
+            let [a, b] = render_figure_pair(&params, &mut rng);
+            Ok([to_channels(a, c, h)?, to_channels(b, c, h)?])
         })
-        .collect();
+        .collect::<Result<_, TrainError>>()?;
     let mut pixels = Vec::with_capacity(2 * pairs * c * h * w);
     for side in 0..2 {
         rendered
@@ -133,17 +134,26 @@ pub fn pair_batch(
     set.tensor_from_pixels(&pixels, device)
 }
 
-/// Planar RGB as `c` channels: itself for 3, its luma for 1.
-fn to_channels(rgb: Vec<u8>, c: usize, hw: usize) -> Vec<u8> {
+/// Planar RGB as `c` channels: itself for 3, for 1 the gray that the folder reader makes of
+/// an RGB file (`models::data::image_pixels`), so gray runs see figures as they see images.
+fn to_channels(rgb: Vec<u8>, c: usize, size: usize) -> Result<Vec<u8>, TrainError> {
     if c == 3 {
-        return rgb;
+        return Ok(rgb);
     }
-    (0..hw)
-        .map(|p| {
-            let (r, g, b) = (rgb[p] as f32, rgb[hw + p] as f32, rgb[2 * hw + p] as f32);
-            (0.299 * r + 0.587 * g + 0.114 * b + 0.5) as u8
-        })
-        .collect()
+    let side = size as u32;
+    let plane = size * size;
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        let p = y as usize * size + x as usize;
+        image::Rgb([rgb[p], rgb[plane + p], rgb[2 * plane + p]])
+    });
+    let gray = ImageFolderOptions {
+        width: side,
+        height: side,
+        color: ColorMode::Gray,
+        ..Default::default()
+    };
+    image_pixels(image::DynamicImage::ImageRgb8(img), &gray)
+        .map_err(|e| TrainError::Config(format!("a generated figure: {e}")))
 }
 
 /// Everything one epoch needs besides the encoder.
