@@ -2,17 +2,21 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use host_train::cluster_head::{
     fit_cluster_head, mine_neighbours, ClusterHead, ClusterHeadConfig, MiningSpace, HEAD_FILE,
 };
 use host_train::dataset::{load_images, TrainSet};
+use host_train::encoders::{EmbeddingWhitening, Encoder, WhitenedEncoder};
 use host_train::features::extract;
-use host_train::pretrain::load_encoder;
+use host_train::pretrain::{load_trained_encoder, WHITENING_FILE};
 use host_train::run_dir::RunDir;
+use models::cluster::KMeansParams;
+use models::linalg::l2_normalize_rows;
 use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
+use models::MatRef;
 
 #[derive(Debug, Args)]
 pub struct ClusterHeadArgs {
@@ -48,6 +52,12 @@ pub struct ClusterHeadArgs {
     /// A prediction above this probability is confident enough to be a self-label.
     #[arg(long, default_value_t = ClusterHeadConfig::default().self_label_threshold)]
     self_label_threshold: f64,
+    /// PCA-whiten the embedding to this many directions (fitted on the training images, no
+    /// labels) before the head: saved in the run, so that eval, export and the board use it
+    /// too. Helps DeepCluster's embeddings, whose variance sits in a few directions, on small
+    /// sets (docs/RESULTS.md); 0 keeps the embedding as trained (and drops an earlier one).
+    #[arg(long, default_value_t = 0)]
+    whiten: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -61,10 +71,11 @@ enum MineArg {
 pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
     let dev = crate::pretrain_cmd::device(&args.device)?;
     let run = RunDir::open(&args.checkpoint)?;
-    let (cfg, encoder) = load_encoder(&run, &dev)?;
+    let (cfg, trained) = load_trained_encoder(&run, &dev)?;
     let (train, val) = load_images(&cfg.data)?;
     let classes = train.class_names.len();
     let train = TrainSet::new(train, cfg.normalization.clone())?;
+    let encoder = whiten(&run, trained, &train, args.whiten, &dev)?;
     let hcfg = ClusterHeadConfig {
         clusters: args.k.unwrap_or(if classes > 1 { classes } else { 10 }),
         neighbours: args.neighbours,
@@ -125,6 +136,42 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
     Ok(())
 }
 
+/// `trained` followed by a whitening to `dims` directions fitted on `train` and saved in the
+/// run; with `dims` 0, `trained` as it is, and any earlier whitening removed (a head belongs
+/// to the space it was trained in).
+fn whiten(
+    run: &RunDir,
+    trained: Box<dyn Encoder>,
+    train: &TrainSet,
+    dims: usize,
+    dev: &Device,
+) -> Result<Box<dyn Encoder>> {
+    let path = run.path(WHITENING_FILE);
+    if dims == 0 {
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            println!(
+                "removed {}: the head sees the embedding as trained",
+                path.display()
+            );
+        }
+        return Ok(trained);
+    }
+    let dim = trained.embed_dim();
+    let n = train.len();
+    if dims > dim || dims >= n {
+        bail!("--whiten must be at most the embedding's {dim} dimensions and below the {n} images, got {dims}");
+    }
+    let raw = extract(trained.as_ref(), train, 512, dev, "embeddings")?;
+    let whitening = EmbeddingWhitening::fit(&raw, dim, dims)?;
+    run.write_json(WHITENING_FILE, &whitening)?;
+    println!(
+        "whitened the {dim}-d embedding to {dims} directions; saved {}",
+        path.display()
+    );
+    Ok(Box::new(WhitenedEncoder::new(trained, whitening, dev)?))
+}
+
 /// The head's clusters and the board's nearest-centroid clusters, against labels if any.
 fn report(what: &str, head: &ClusterHead, emb: &[f32], labels: Option<&[u32]>) -> Result<()> {
     let found = head.assign(emb);
@@ -138,7 +185,12 @@ fn report(what: &str, head: &ClusterHead, emb: &[f32], labels: Option<&[u32]>) -
         found.len()
     );
     if let Some(labels) = labels {
-        for (name, l) in [("head", &found), ("nearest centroid", &board)] {
+        let kmeans = cosine_kmeans(emb, head.dim, head.config.clusters, head.config.seed)?;
+        for (name, l) in [
+            ("head", &found),
+            ("nearest centroid", &board),
+            ("k-means on the same embedding", &kmeans),
+        ] {
             println!(
                 "  {name}: NMI {:.4}, ARI {:.4}, accuracy {:.4}",
                 normalized_mutual_info(labels, l)?,
@@ -148,4 +200,16 @@ fn report(what: &str, head: &ClusterHead, emb: &[f32], labels: Option<&[u32]>) -
         }
     }
     Ok(())
+}
+
+/// k-means (3 restarts) of the L2-normalised rows: what the head is compared with.
+fn cosine_kmeans(emb: &[f32], dim: usize, k: usize, seed: u64) -> Result<Vec<u32>> {
+    let mut x = emb.to_vec();
+    l2_normalize_rows(&mut x, dim);
+    let fit = KMeansParams::new(k)
+        .seed(seed)
+        .n_redo(3)
+        .check()?
+        .fit(MatRef::new(&x, dim)?)?;
+    Ok(fit.labels)
 }

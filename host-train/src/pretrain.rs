@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
 use crate::dataset::{DataSpec, Normalization, TrainSet};
-use crate::encoders::{Arch, Encoder};
+use crate::encoders::{Arch, EmbeddingWhitening, Encoder, WhitenedEncoder};
 use crate::eval::{evaluate, label_free, EvalReport};
 use crate::features::extract;
 use crate::gallery::{write_gallery, GalleryConfig};
@@ -574,8 +574,27 @@ pub fn pretrain(
     })
 }
 
-/// Loads a finished run's encoder for evaluation or export.
+/// Where a run keeps the whitening of its embedding (`host-train cluster-head --whiten`).
+pub const WHITENING_FILE: &str = "whitening.json";
+
+/// Loads a finished run's encoder for evaluation or export, followed by the run's embedding
+/// whitening when it has one: the encoder as the board will run it.
 pub fn load_encoder(
+    run: &RunDir,
+    device: &Device,
+) -> Result<(RunConfig, Box<dyn Encoder>), TrainError> {
+    let (cfg, encoder) = load_trained_encoder(run, device)?;
+    if !run.path(WHITENING_FILE).exists() {
+        return Ok((cfg, encoder));
+    }
+    let whitening: EmbeddingWhitening = run.read_json(WHITENING_FILE)?;
+    let encoder = WhitenedEncoder::new(encoder, whitening, device)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", run.path(WHITENING_FILE).display())))?;
+    Ok((cfg, Box::new(encoder)))
+}
+
+/// Loads a finished run's encoder as training left it, without any whitening.
+pub fn load_trained_encoder(
     run: &RunDir,
     device: &Device,
 ) -> Result<(RunConfig, Box<dyn Encoder>), TrainError> {

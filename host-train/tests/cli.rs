@@ -240,13 +240,18 @@ fn quick_start_on_a_generated_scene_folder() {
                 "20",
                 "--heads",
                 "1",
+                "--whiten",
+                "8",
                 "--checkpoint",
             ])
             .arg(&run),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("validation: 6 images") && stdout.contains("head: NMI"),
+        stdout.contains("validation: 6 images")
+            && stdout.contains("head: NMI")
+            && stdout.contains("k-means on the same embedding: NMI")
+            && stdout.contains("whitened the 16-d embedding to 8 directions"),
         "{stdout}"
     );
     run_ok(
@@ -261,6 +266,11 @@ fn quick_start_on_a_generated_scene_folder() {
     let head: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("cluster_head.json")).unwrap()).unwrap();
     assert_eq!(manifest["centroids"]["k"], 3);
+    assert_eq!(
+        manifest["embedding"]["dim"], 8,
+        "the whitening is in the model"
+    );
+    assert_eq!(manifest["centroids"]["dim"], 8);
     assert_eq!(manifest["centroids"]["values"], head["centroids"]);
 }
 
@@ -314,6 +324,14 @@ fn bad_values_of_the_new_flags_are_clear_errors() {
     let err = run_err(&["cluster-head", "--k", "100", "--checkpoint"], &[&run]);
     assert!(
         err.contains("--k must be between 2 and half the images"),
+        "{err}"
+    );
+    let err = run_err(
+        &["cluster-head", "--whiten", "500", "--checkpoint"],
+        &[&run],
+    );
+    assert!(
+        err.contains("--whiten must be at most the embedding's 128 dimensions"),
         "{err}"
     );
     let err = run_err(

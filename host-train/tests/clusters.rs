@@ -6,13 +6,16 @@ use candle_core::Device;
 use host_train::augment::AugmentConfig;
 use host_train::cluster_head::{fit_cluster_head, ClusterHead, ClusterHeadConfig};
 use host_train::dataset::{DataSpec, Normalization, TrainSet};
-use host_train::encoders::Arch;
+use host_train::encoders::{Arch, EmbeddingWhitening};
 use host_train::export::verify::{verify, VerifyConfig};
 use host_train::export::{export, ExportConfig};
+use host_train::features::extract;
 use host_train::methods::figure_pairs::FigurePairsConfig;
 use host_train::methods::swav::SwavConfig;
 use host_train::methods::Method;
-use host_train::pretrain::{load_encoder, pretrain, MetricsRow, RunConfig};
+use host_train::pretrain::{
+    load_encoder, load_trained_encoder, pretrain, MetricsRow, RunConfig, WHITENING_FILE,
+};
 use host_train::run_dir::RunDir;
 use models::data::{render_scenes, ImageSet, SceneParams};
 use models::manifest::Centroids;
@@ -223,4 +226,61 @@ fn a_swav_run_resumes_with_its_prototypes() {
     let rows: Vec<MetricsRow> = run.read_metrics().unwrap();
     let epochs: Vec<usize> = train_rows(&rows).iter().map(|r| r.0).collect();
     assert_eq!(epochs, vec![1, 2]);
+}
+
+/// A run with a whitening loads as the whitened encoder; its export ends in the whitening,
+/// runs in tract with candle's embeddings, and a whitening of the wrong width is a clear
+/// error naming the file.
+#[test]
+fn a_runs_whitening_travels_into_the_exported_model() {
+    let train = scenes();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    pretrain(
+        &swav_config(&train, 1),
+        &train,
+        None,
+        &run,
+        &Device::Cpu,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (cfg, trained) = load_trained_encoder(&run, &Device::Cpu).unwrap();
+    let raw = extract(trained.as_ref(), &train, 64, &Device::Cpu, "test").unwrap();
+    let whitening = EmbeddingWhitening::fit(&raw, 16, 6).unwrap();
+    run.write_json(WHITENING_FILE, &whitening).unwrap();
+    let (_, encoder) = load_encoder(&run, &Device::Cpu).unwrap();
+    assert_eq!(encoder.embed_dim(), 6);
+    let white = extract(encoder.as_ref(), &train, 64, &Device::Cpu, "test").unwrap();
+    let expected = whitening.apply(&raw);
+    assert!(white
+        .iter()
+        .zip(&expected)
+        .all(|(a, b)| (a - b).abs() < 1e-3));
+
+    let out = dir.path().join("model");
+    let ecfg = ExportConfig {
+        calibration_images: 32,
+        centroids_k: 6,
+        ..Default::default()
+    };
+    let manifest = export(encoder.as_ref(), &cfg, "test", &train, &out, &ecfg).unwrap();
+    assert_eq!(manifest.embedding.dim, 6);
+    assert_eq!(manifest.centroids.expect("k-means centroids").dim, 6);
+    let vcfg = VerifyConfig {
+        test_images: 64,
+        train_images: 80,
+        batch: 32,
+        seed: 1,
+        adapter: None,
+    };
+    let r = verify(encoder.as_ref(), &out, &train, &train, &vcfg).unwrap();
+    assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");
+
+    let wrong = EmbeddingWhitening::fit(&raw[..16 * 40], 8, 4);
+    assert!(wrong.is_ok());
+    run.write_json(WHITENING_FILE, &wrong.unwrap()).unwrap();
+    let e = load_encoder(&run, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains(WHITENING_FILE) && e.contains("8-d"), "{e}");
 }

@@ -8,6 +8,7 @@ mod in_relu;
 mod resnet18;
 mod small_cnn;
 mod sobel;
+mod whitened;
 
 pub use alexnet_bn::{AlexNetBn, AlexNetBnConfig};
 pub use bn_relu::BnRelu;
@@ -15,6 +16,7 @@ pub use in_relu::InRelu;
 pub use resnet18::{ResNet18, ResNet18Config};
 pub use small_cnn::{SmallCnn, SmallCnnConfig, SmallCnnHead, SmallCnnNorm};
 pub use sobel::SobelFront;
+pub use whitened::{EmbeddingWhitening, WhitenedEncoder};
 
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
