@@ -159,6 +159,19 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_scales_the_defaults_to_the_images_used() {
+        let fashion = DataDefaults {
+            size: 28,
+            ..DataDefaults::for_images(60_000, Some(28))
+        };
+        let two_k = fashion.limited(Some(2_000));
+        assert_eq!((two_k.images, two_k.size), (2_000, 28));
+        assert_eq!((two_k.batch_size, two_k.epochs), (128, 150));
+        assert_eq!(fashion.limited(Some(90_000)), fashion);
+        assert_eq!(fashion.limited(None), fashion);
+    }
+
+    #[test]
     fn normalization_is_measured_and_applied() {
         let set = ImageSet {
             pixels: vec![0, 255, 0, 255],
@@ -280,6 +293,17 @@ impl DataDefaults {
                 Self::for_images(n, side)
             }
         })
+    }
+
+    /// The defaults for the first `limit` images only (`--limit`), the size kept.
+    pub fn limited(self, limit: Option<usize>) -> Self {
+        match limit {
+            Some(n) if n < self.images => Self {
+                size: self.size,
+                ..Self::for_images(n, self.median_side)
+            },
+            _ => self,
+        }
     }
 }
 

@@ -261,7 +261,7 @@ fn open_run(args: &PretrainArgs) -> Result<RunDir> {
 /// A new run's configuration: the flags, and for those not given, values chosen from the
 /// data (printed).
 fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
-    let mut auto = DataDefaults::survey(&args.data.data)?;
+    let mut auto = DataDefaults::survey(&args.data.data)?.limited(args.data.limit);
     if args.method == Method::FigurePairs {
         // Rendering and training cost grow with the square of the side; 32 px holds a
         // figure's outline.
