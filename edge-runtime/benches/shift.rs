@@ -49,6 +49,18 @@ fn model_dir() -> PathBuf {
 
 /// An adaptation mode by name; `None` for no adaptation.
 fn mode_config(mode: &str) -> Option<AdaptConfig> {
+    // `input` alone: the input's statistics only; `embedding-` before a mode: that mode
+    // without them (the embedding adapted alone).
+    if mode == "input" {
+        return Some(AdaptConfig {
+            recentring: None,
+            ..Default::default()
+        });
+    }
+    let (input, mode) = match mode.strip_prefix("embedding-") {
+        Some(rest) => (false, rest),
+        None => (true, mode),
+    };
     let recentring = match mode.split('+').next() {
         Some("stats") => Some(RecentringKind::Diagonal),
         Some("whiten") => Some(RecentringKind::Full),
@@ -81,6 +93,7 @@ fn mode_config(mode: &str) -> Option<AdaptConfig> {
     });
     Some(AdaptConfig {
         recentring,
+        input,
         train,
         ..Default::default()
     })
@@ -164,7 +177,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let modes = env_list("SHIFT_MODES").unwrap_or_else(|| {
-        ["stats", "whiten", "stats+train", "whiten+train"]
+        ["input", "embedding-stats", "stats", "whiten", "stats+train"]
             .map(String::from)
             .to_vec()
     });

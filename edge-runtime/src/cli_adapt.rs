@@ -81,6 +81,10 @@ pub fn adapt(cmd: &AdaptCommand) -> Result<()> {
                 "frames": r.frames,
                 "dim": r.linear.dim(),
                 "statistics": r.recentring.as_ref().map(|s| format!("{:?}", s.kind())),
+                "input_statistics": r.input.as_ref().map(|s| {
+                    let (mean, std) = s.moments();
+                    serde_json::json!({ "frames": s.count, "mean": mean, "std": std })
+                }),
                 "memory_bytes": r.memory_bytes(),
                 "distance_from_identity": r.linear.distance_from_identity(),
             });
@@ -171,6 +175,7 @@ fn save_loop(bank: &Path, dim: usize) -> Result<()> {
             frames: n,
             linear,
             recentring: None,
+            input: None,
         };
         store::save(bank, &record)?;
         writeln!(out, "saved {n}")?;

@@ -112,9 +112,14 @@ pub struct RunArgs {
 pub struct AdaptArgs {
     /// Statistics adaptation: re-centre each embedding dimension (`stats`) or re-whiten the
     /// whole embedding (`whiten`) from what the camera shows onto the training statistics
-    /// (embedding-stats.json beside the manifest).
+    /// (embedding-stats.json beside the manifest). Each frame is also re-normalised from the
+    /// running per-channel statistics of the frames seen (unless --no-adapt-input).
     #[arg(long, value_enum, default_value = "none")]
     adapt: AdaptArg,
+    /// With --adapt stats or whiten: leave the frames as the manifest preprocesses them and
+    /// adapt the embedding only.
+    #[arg(long)]
+    no_adapt_input: bool,
     /// Also train the adapter layer on the device from the bank's thumbnails (kept only when
     /// a held-out part of the bank does not cluster worse; saved as BANK/adapter.bin).
     #[arg(long)]
@@ -149,6 +154,7 @@ impl AdaptArgs {
             return None;
         }
         Some(AdaptConfig {
+            input: recentring.is_some() && !self.no_adapt_input,
             recentring,
             train: self.adapt_train.then(|| TrainConfig {
                 every: self.adapt_every,

@@ -14,7 +14,7 @@ use models::MatRef;
 use serde::Serialize;
 
 use crate::adapt::{AdaptConfig, Adaptation, Job, Outcome, TrainConfig, Trainer, Worker};
-use crate::backend::{embed_pixels, PrepareOptions, Runnable, Runtime};
+use crate::backend::{embed_pixels_mapped, PrepareOptions, Runnable, Runtime};
 use crate::bank::identity::BankIdentity;
 use crate::bank::{CaptureMeta, FrameDetail, MemoryBank, Thumbnail};
 use crate::bundle::ModelBundle;
@@ -231,7 +231,13 @@ impl Pipeline {
                 });
             }
             let pixels: Vec<&[u8]> = chunk.iter().map(|f| f.pixels.as_slice()).collect();
-            let mut emb = embed_pixels(self.run.as_ref(), self.pre.spec(), &pixels)?;
+            let adaptation = &mut self.adaptation;
+            let mut emb =
+                embed_pixels_mapped(self.run.as_ref(), self.pre.spec(), &pixels, &mut |x| {
+                    if let Some(a) = adaptation.as_mut() {
+                        a.map_input(x);
+                    }
+                })?;
             if let Some(adaptation) = &mut self.adaptation {
                 adaptation.map(&mut emb);
             }
@@ -355,6 +361,7 @@ impl Pipeline {
             train: train_frames,
             held_out,
             recentring: a.record().recentring.clone(),
+            input: a.record().input.clone(),
             linear: a.record().linear.clone(),
             centroids: self
                 .online

@@ -203,6 +203,52 @@ fn reset_returns_to_the_shipped_model_and_keeps_the_old_adapter_aside() {
     let record = pipe.adaptation().unwrap().record();
     assert_eq!(record.linear, LinearAdapter::identity(record.linear.dim()));
     assert_eq!(record.updates, 0);
+    assert_eq!(record.input.as_ref().expect("input statistics").count, 0);
+}
+
+/// The input's statistics follow a brightened camera, are saved with the adapter, and the
+/// export hands them to the host.
+#[test]
+fn the_input_statistics_follow_a_brightened_stream_and_are_saved() {
+    let set = load_fashion_mnist(&fashion_mnist_dir(), Split::Test)
+        .unwrap()
+        .take(300);
+    let bright = shifted(&set, Shift::Brightness, 2, 7);
+    let frames: Vec<Frame> = (0..bright.len())
+        .map(|i| Frame {
+            meta: CaptureMeta {
+                frame_id: i as u64,
+                source: "test".into(),
+                ..Default::default()
+            },
+            pixels: bright.image(i).to_vec(),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipe = pipeline(dir.path(), Some(AdaptConfig::default())).unwrap();
+    pipe.process(&frames, None).unwrap();
+    pipe.snapshot().unwrap();
+    let saved = store::read(dir.path()).unwrap().expect("a saved adapter");
+    let input = saved.input.clone().expect("input statistics");
+    assert_eq!(input.count, 300);
+    // Brighter frames: above the training mean (0 after the manifest's normalisation) and
+    // flatter (clipped at white).
+    let (mean, std) = input.moments();
+    assert!(mean[0] > 0.5 && std[0] < 0.9, "{mean:?} {std:?}");
+    let export = saved.export();
+    assert_eq!((export.input_mean, export.input_std), (mean, std));
+    // Without it, the record has none.
+    let other = tempfile::tempdir().unwrap();
+    let mut plain = pipeline(
+        other.path(),
+        Some(AdaptConfig {
+            input: false,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    plain.process(&frames[..10], None).unwrap();
+    assert!(plain.adaptation().unwrap().record().input.is_none());
 }
 
 #[test]
@@ -215,6 +261,7 @@ fn an_adapter_of_another_model_is_refused_by_name() {
         frames: 10,
         linear: LinearAdapter::identity(128),
         recentring: None,
+        input: None,
     };
     store::save(dir.path(), &other).unwrap();
     let err = pipeline(dir.path(), Some(training(|_| ()))).unwrap_err();

@@ -1,7 +1,9 @@
 //! On-device adaptation of the embedding to the scene the camera sees, without labels and
 //! without candle (the maths is `models::adapt`).
 //!
-//! Each raw embedding passes, before clustering, through
+//! Each preprocessed frame is first re-normalised from the running statistics of the frames
+//! seen ([`InputStats`], AdaBN at the input; `AdaptConfig::input`). Each raw embedding then
+//! passes, before clustering, through
 //! 1. statistics adaptation ([`Recentring`]): re-centred (and, `Full`, re-whitened) from the
 //!    running statistics of what the device sees onto the training embeddings' statistics
 //!    (`embedding-stats.json` beside the manifest); and
@@ -24,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use models::adapt::swapped::SwappedParams;
 use models::adapt::views::ViewParams;
-use models::adapt::{EmbeddingStats, LinearAdapter, Recentring, RecentringKind};
+use models::adapt::{EmbeddingStats, InputStats, LinearAdapter, Recentring, RecentringKind};
 
 pub use models::adapt::AdapterExport;
 pub use store::AdapterRecord;
@@ -38,8 +40,11 @@ use crate::EdgeError;
 /// How the pipeline adapts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdaptConfig {
-    /// Statistics adaptation, if any.
+    /// Statistics adaptation of the embedding, if any.
     pub recentring: Option<RecentringKind>,
+    /// Statistics adaptation of the input: each preprocessed frame mapped back to the
+    /// training images' per-channel mean and standard deviation.
+    pub input: bool,
     /// Frames in the running statistics' window, and frames before they are used.
     pub window: u64,
     pub warmup: u64,
@@ -51,6 +56,7 @@ impl Default for AdaptConfig {
     fn default() -> Self {
         Self {
             recentring: Some(RecentringKind::Diagonal),
+            input: true,
             window: 2000,
             warmup: 200,
             train: None,
@@ -151,7 +157,8 @@ impl Adaptation {
             None => None,
         };
         let sha = model.file().sha256.clone();
-        let fresh = fresh_record(&config, train_stats.as_ref(), &sha, dim);
+        let channels = model.manifest.preprocess.channels();
+        let fresh = fresh_record(&config, train_stats.as_ref(), &sha, dim, channels);
         let record = match store::load(bank_dir, &sha)? {
             None => fresh,
             // The layer was trained on top of one kind of statistics: with another it would
@@ -165,6 +172,11 @@ impl Adaptation {
                     },
                 })
             }
+            // Input statistics are relearnt in a warm-up: follow the configuration.
+            Some(r) if r.input.is_some() != config.input => AdapterRecord {
+                input: fresh.input,
+                ..r
+            },
             Some(r) => r,
         };
         Ok(Self {
@@ -180,6 +192,13 @@ impl Adaptation {
 
     pub fn record(&self) -> &AdapterRecord {
         &self.record
+    }
+
+    /// Observes and re-normalises one preprocessed frame in place (when `config.input`).
+    pub fn map_input(&mut self, frame: &mut [f32]) {
+        if let Some(s) = &mut self.record.input {
+            s.observe_and_adapt(frame);
+        }
     }
 
     /// Observes and maps a batch of raw embeddings in place.
@@ -213,11 +232,13 @@ impl Adaptation {
             let _ = w.wait();
         }
         let dim = self.record.linear.dim();
+        let channels = self.record.input.as_ref().map_or(1, InputStats::channels);
         self.record = fresh_record(
             &self.config,
             self.train_stats.as_ref(),
             &self.record.model_sha256,
             dim,
+            channels,
         );
         self.since_round = 0;
         store::reset(&self.bank_dir)
@@ -238,6 +259,7 @@ fn fresh_record(
     train_stats: Option<&EmbeddingStats>,
     sha: &str,
     dim: usize,
+    channels: usize,
 ) -> AdapterRecord {
     AdapterRecord {
         format: store::ADAPTER_FORMAT,
@@ -249,5 +271,8 @@ fn fresh_record(
             .recentring
             .zip(train_stats)
             .map(|(kind, s)| Recentring::new(kind, s, config.window, config.warmup)),
+        input: config
+            .input
+            .then(|| InputStats::new(channels, config.window, config.warmup)),
     }
 }

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use models::adapt::{AdapterExport, LinearAdapter, Recentring};
+use models::adapt::{AdapterExport, InputStats, LinearAdapter, Recentring};
 use serde::{Deserialize, Serialize};
 
 use crate::bank::{log, publish_record};
@@ -19,7 +19,7 @@ use crate::EdgeError;
 pub const ADAPTER_FILE: &str = "adapter.bin";
 
 /// Bumped when the record changes meaning; other versions are refused.
-pub const ADAPTER_FORMAT: u32 = 1;
+pub const ADAPTER_FORMAT: u32 = 2;
 
 /// What is persisted: the trained layer and the running statistics it was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,8 @@ pub struct AdapterRecord {
     pub frames: u64,
     pub linear: LinearAdapter,
     pub recentring: Option<Recentring>,
+    /// The input's running statistics (`AdaptConfig::input`).
+    pub input: Option<InputStats>,
 }
 
 impl AdapterRecord {
@@ -44,7 +46,8 @@ impl AdapterRecord {
             // Running covariance, the training square root (f64) and the map (f32).
             Some(Recentring::Full(a)) => a.dim() * a.dim() * (8 + 8 + 4) + a.dim() * 8 * 3,
         };
-        self.linear.bytes() + stats
+        let input = self.input.as_ref().map_or(0, |s| s.channels() * 8 * 2);
+        self.linear.bytes() + stats + input
     }
 }
 
@@ -140,6 +143,7 @@ impl AdapterRecord {
             self.frames,
             &self.linear,
             self.recentring.as_ref(),
+            self.input.as_ref(),
         )
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use models::adapt::swapped::{self, unit_prototypes};
 use models::adapt::views::view;
-use models::adapt::{LinearAdapter, Recentring};
+use models::adapt::{InputStats, LinearAdapter, Recentring};
 use models::cluster::KMeans;
 use models::linalg::l2_normalize_rows;
 use models::metrics::silhouette;
@@ -13,7 +13,7 @@ use models::rng::Rng;
 use models::MatRef;
 
 use super::TrainConfig;
-use crate::backend::{embed_pixels, Runnable};
+use crate::backend::{embed_pixels_mapped, Runnable};
 use crate::preprocess::Preprocessor;
 use crate::EdgeError;
 
@@ -27,6 +27,8 @@ pub struct Job {
     /// Frames held out for the quality check (never trained on).
     pub held_out: Vec<Vec<u8>>,
     pub recentring: Option<Recentring>,
+    /// The input's statistics when the round started (frozen during it).
+    pub input: Option<InputStats>,
     pub linear: LinearAdapter,
     /// The online centroids (k x dim).
     pub centroids: Vec<f32>,
@@ -103,8 +105,8 @@ impl Trainer {
             loss_last = loss;
         }
         // The check: the held-out frames under each layer, each with its own clusters.
-        let held = self.embed(&job.held_out, &job.recentring)?;
-        let clean = self.embed(&job.train, &job.recentring)?;
+        let held = self.embed(&job.held_out, &job)?;
+        let clean = self.embed(&job.train, &job)?;
         let before = mapped(&job.linear, &held, job.l2);
         let after = mapped(&candidate, &held, job.l2);
         let (centroids, counts) = refine(&job.centroids, &mapped(&candidate, &clean, job.l2), d)?;
@@ -149,21 +151,19 @@ impl Trainer {
             }
         }
         let [a, b] = out;
-        Ok([
-            self.embed(&a, &job.recentring)?,
-            self.embed(&b, &job.recentring)?,
-        ])
+        Ok([self.embed(&a, job)?, self.embed(&b, job)?])
     }
 
-    /// Raw embeddings of `frames`, mapped by the (frozen) statistics adaptation.
-    fn embed(
-        &self,
-        frames: &[Vec<u8>],
-        recentring: &Option<Recentring>,
-    ) -> Result<Vec<f32>, EdgeError> {
+    /// Raw embeddings of `frames`, mapped by the job's (frozen) statistics adaptation of the
+    /// input and of the embedding.
+    fn embed(&self, frames: &[Vec<u8>], job: &Job) -> Result<Vec<f32>, EdgeError> {
         let pixels: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-        let mut out = embed_pixels(self.run.as_ref(), self.pre.spec(), &pixels)?;
-        if let Some(r) = recentring {
+        let mut out = embed_pixels_mapped(self.run.as_ref(), self.pre.spec(), &pixels, &mut |x| {
+            if let Some(s) = &job.input {
+                s.adapt(x);
+            }
+        })?;
+        if let Some(r) = &job.recentring {
             r.adapt_rows(&mut out);
         }
         Ok(out)

@@ -100,12 +100,24 @@ pub fn embed_pixels(
     spec: &models::preprocess::PreprocessSpec,
     frames: &[&[u8]],
 ) -> Result<Vec<f32>, EdgeError> {
+    embed_pixels_mapped(run, spec, frames, &mut |_| {})
+}
+
+/// [`embed_pixels`], with `map` applied to each preprocessed frame before the model (the
+/// input's statistics adaptation).
+pub fn embed_pixels_mapped(
+    run: &dyn Runnable,
+    spec: &models::preprocess::PreprocessSpec,
+    frames: &[&[u8]],
+    map: &mut dyn FnMut(&mut [f32]),
+) -> Result<Vec<f32>, EdgeError> {
     let len = spec.image_len();
     let mut out = Vec::with_capacity(frames.len() * run.embed_dim());
     for chunk in frames.chunks(run.batch()) {
         let mut x = vec![0f32; chunk.len() * len];
         for (f, o) in chunk.iter().zip(x.chunks_mut(len)) {
             spec.normalize_into(f, o);
+            map(o);
         }
         out.extend(run.run(&x, chunk.len())?);
     }

@@ -86,7 +86,7 @@ mod tests {
         let mut adapter_layer = LinearAdapter::identity(d);
         adapter_layer.weight = g(d * d);
         adapter_layer.bias = g(d);
-        let adapter = AdapterExport::compose(1, "sha", 2, 10, &adapter_layer, None);
+        let adapter = AdapterExport::compose(1, "sha", 2, 10, &adapter_layer, None, None);
         let x = g(n);
         // The board: the original layer, then the adapter.
         let mut board: Vec<f32> = (0..d)
@@ -107,7 +107,7 @@ mod tests {
             assert!((host - board[i]).abs() < 1e-4, "{host} vs {}", board[i]);
         }
         // A width mismatch is refused.
-        let wrong = AdapterExport::compose(1, "sha", 0, 0, &LinearAdapter::identity(4), None);
+        let wrong = AdapterExport::compose(1, "sha", 0, 0, &LinearAdapter::identity(4), None, None);
         assert!(fold_adapter(&mut graph, &wrong).is_err());
     }
 }

@@ -114,6 +114,14 @@ pub fn export(
         (None, 0) => None,
         (None, k) => Some(train_centroids(raw, dim, k, cfg.seed)?),
     };
+    // The device's input statistics, when the adapter has them, move into the preprocessing.
+    let normalization = match &cfg.adapter {
+        Some(a) => a.fold_normalization(&run.normalization.mean, &run.normalization.std),
+        None => (
+            run.normalization.mean.clone(),
+            run.normalization.std.clone(),
+        ),
+    };
     let arch = serde_json::to_value(run.arch)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
@@ -138,8 +146,8 @@ pub fn export(
                 ColorMode::Gray
             },
             resize: ResizeMode::ShorterSideCenterCrop,
-            mean: run.normalization.mean.clone(),
-            std: run.normalization.std.clone(),
+            mean: normalization.0,
+            std: normalization.1,
             sobel_in_graph: run.sobel,
         },
         embedding: EmbeddingSpec {

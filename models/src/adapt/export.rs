@@ -1,14 +1,15 @@
 //! The adapter as the board hands it to the host (`edge-runtime adapt export`, JSON): the
 //! statistics map, the trained layer, and both composed into the one affine map
 //! `x -> matrix x + offset` that `host-train export --fold-adapter` folds into the encoder's
-//! last linear layer.
+//! last linear layer; and the input's statistics, which it folds into the manifest's
+//! preprocessing.
 
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-use super::{LinearAdapter, Recentring, RecentringKind};
+use super::{InputStats, LinearAdapter, Recentring, RecentringKind};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterExport {
@@ -26,6 +27,12 @@ pub struct AdapterExport {
     /// `linear(recentring(x))` as one map, row-major dim x dim.
     pub matrix: Vec<f32>,
     pub offset: Vec<f32>,
+    /// Per channel, the mean and standard deviation of the preprocessed frames the device saw
+    /// (empty without input statistics).
+    #[serde(default)]
+    pub input_mean: Vec<f32>,
+    #[serde(default)]
+    pub input_std: Vec<f32>,
 }
 
 impl AdapterExport {
@@ -36,6 +43,7 @@ impl AdapterExport {
         frames: u64,
         linear: &LinearAdapter,
         recentring: Option<&Recentring>,
+        input: Option<&InputStats>,
     ) -> Self {
         let d = linear.dim();
         let (rm, ro) = match recentring {
@@ -70,7 +78,24 @@ impl AdapterExport {
             linear_bias: b.clone(),
             matrix,
             offset,
+            input_mean: input.map_or(Vec::new(), |s| s.moments().0),
+            input_std: input.map_or(Vec::new(), |s| s.moments().1),
         }
+    }
+
+    /// A manifest's per-channel normalisation `(pixel - mean) / std` with the input
+    /// statistics folded in: normalising by the result equals normalising by `mean`, `std`
+    /// and then re-normalising as the device did. Unchanged without input statistics, or
+    /// for another number of channels.
+    pub fn fold_normalization(&self, mean: &[f32], std: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        if self.input_mean.len() != mean.len() || self.input_std.len() != std.len() {
+            return (mean.to_vec(), std.to_vec());
+        }
+        mean.iter()
+            .zip(std)
+            .zip(self.input_mean.iter().zip(&self.input_std))
+            .map(|((&mu, &sigma), (&m, &s))| (mu + sigma * m, sigma * s))
+            .unzip()
     }
 
     /// Whether the composed map's lengths agree with `dim`.
@@ -116,7 +141,7 @@ mod tests {
             .bias
             .iter_mut()
             .for_each(|b| *b = rng.next_gaussian() as f32);
-        let e = AdapterExport::compose(1, "sha", 1, 400, &linear, Some(&r));
+        let e = AdapterExport::compose(1, "sha", 1, 400, &linear, Some(&r), None);
         let x: Vec<f32> = (0..d).map(|i| i as f32 - 1.5).collect();
         let mut stepwise = x.clone();
         r.adapt_rows(&mut stepwise);
@@ -126,5 +151,54 @@ mod tests {
         for (a, b) in stepwise.iter().zip(&composed) {
             assert!((a - b).abs() < 1e-4, "{stepwise:?} vs {composed:?}");
         }
+    }
+
+    #[test]
+    fn the_folded_normalisation_equals_normalising_then_re_normalising() {
+        let mut input = InputStats::new(2, 0, 1);
+        let mut rng = Rng::new(9);
+        let frames: Vec<Vec<f32>> = (0..50)
+            .map(|_| {
+                (0..32)
+                    .map(|i| {
+                        let g = rng.next_gaussian() as f32;
+                        if i < 16 {
+                            0.5 * g + 1.0
+                        } else {
+                            3.0 * g - 2.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        frames.iter().for_each(|f| input.observe(f));
+        let e = AdapterExport::compose(
+            2,
+            "sha",
+            0,
+            50,
+            &LinearAdapter::identity(3),
+            None,
+            Some(&input),
+        );
+        let (mean, std) = ([0.3f32, 0.6], [0.2f32, 0.25]);
+        let (m2, s2) = e.fold_normalization(&mean, &std);
+        for pixel in [0.0f32, 0.4, 0.9] {
+            for ch in 0..2 {
+                let mut twice = vec![(pixel - mean[ch]) / std[ch]; 32];
+                input.adapt(&mut twice);
+                let folded = (pixel - m2[ch]) / s2[ch];
+                let got = twice[ch * 16];
+                assert!(
+                    (got - folded).abs() < 1e-4,
+                    "channel {ch}: {got} vs {folded}"
+                );
+            }
+        }
+        let none = AdapterExport::compose(2, "sha", 0, 0, &LinearAdapter::identity(3), None, None);
+        assert_eq!(
+            none.fold_normalization(&mean, &std),
+            (mean.to_vec(), std.to_vec())
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! On-device adaptation of a frozen encoder's embeddings to a camera that drifts from the
 //! training data, without labels. no_std + alloc, so an MCU could run it.
 //!
-//! Two stages, applied in this order to each raw embedding before clustering:
+//! [`InputStats`] re-normalises each preprocessed frame from the running statistics of what the
+//! device sees (AdaBN at the input), before the encoder. Then two stages, applied in this
+//! order to each raw embedding before clustering:
 //! - [`Recentring`]: forward-only statistics adaptation (AdaBN-style; the encoder's
 //!   BatchNorm is folded, so the device re-centres the embeddings instead): per dimension
 //!   ([`StatsAdapter`]) or with the full covariance ([`WhiteningAdapter`]), onto the training
@@ -11,6 +13,7 @@
 //!   with views from [`views`].
 
 mod export;
+mod input;
 mod linear;
 mod stats;
 pub mod swapped;
@@ -20,6 +23,7 @@ mod whiten;
 use alloc::vec::Vec;
 
 pub use export::AdapterExport;
+pub use input::InputStats;
 pub use linear::{LinearAdapter, LinearGrad};
 pub use stats::{RunningStats, StatsAdapter};
 pub use whiten::{matrix_power, symmetric_eigen, RunningCovariance, WhiteningAdapter};
