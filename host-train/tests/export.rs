@@ -154,7 +154,7 @@ fn a_folded_adapter_reaches_the_exported_model() {
         .iter_mut()
         .for_each(|w| *w += 0.2 * rng.next_gaussian() as f32);
     layer.bias.iter_mut().for_each(|b| *b = 0.5);
-    let adapter = models::adapt::AdapterExport::compose(1, "board", 3, 900, &layer, None);
+    let adapter = models::adapt::AdapterExport::compose(1, "board", 3, 900, &layer, None, None);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_vec(&adapter).unwrap()).unwrap();
     let adapter = host_train::export::fold::read_adapter(file.path()).unwrap();
@@ -190,6 +190,23 @@ fn a_folded_adapter_reaches_the_exported_model() {
     )
     .unwrap();
     assert_eq!((stats.dim, stats.images), (16, train.len() as u64));
+    // The board's input statistics move into the manifest's normalisation.
+    let mut input = models::adapt::InputStats::new(1, 0, 1);
+    input.observe(&[1.0, 2.0, 3.0, 4.0]);
+    let with_input =
+        models::adapt::AdapterExport::compose(2, "board", 3, 900, &layer, None, Some(&input));
+    let out = tempfile::tempdir().unwrap();
+    let ecfg = ExportConfig {
+        calibration_images: 16,
+        centroids_k: 0,
+        adapter: Some(with_input),
+        ..Default::default()
+    };
+    let manifest = export(enc.as_ref(), &cfg, "runs/test", &train, out.path(), &ecfg).unwrap();
+    let (mean, std) = (cfg.normalization.mean[0], cfg.normalization.std[0]);
+    let seen_std = 1.25f32.sqrt();
+    assert!((manifest.preprocess.mean[0] - (mean + std * 2.5)).abs() < 1e-5);
+    assert!((manifest.preprocess.std[0] - std * seen_std).abs() < 1e-5);
     // A file that is not an adapter is refused by name.
     std::fs::write(file.path(), b"{}").unwrap();
     let err = host_train::export::fold::read_adapter(file.path()).unwrap_err();
