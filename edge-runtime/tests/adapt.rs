@@ -28,10 +28,15 @@ fn bundle() -> ModelBundle {
 
 /// The first `n` test images, inverted (a shift the adapter has something to learn from).
 fn frames(n: usize) -> Vec<Frame> {
+    shifted_frames(Shift::Invert, n)
+}
+
+/// The first `n` test images under `shift` at its higher severity.
+fn shifted_frames(shift: Shift, n: usize) -> Vec<Frame> {
     let set = load_fashion_mnist(&fashion_mnist_dir(), Split::Test)
         .unwrap()
         .take(n);
-    let set = shifted(&set, Shift::Invert, 2, 7);
+    let set = shifted(&set, shift, 2, 7);
     (0..n)
         .map(|i| Frame {
             meta: CaptureMeta {
@@ -210,20 +215,7 @@ fn reset_returns_to_the_shipped_model_and_keeps_the_old_adapter_aside() {
 /// export hands them to the host.
 #[test]
 fn the_input_statistics_follow_a_brightened_stream_and_are_saved() {
-    let set = load_fashion_mnist(&fashion_mnist_dir(), Split::Test)
-        .unwrap()
-        .take(300);
-    let bright = shifted(&set, Shift::Brightness, 2, 7);
-    let frames: Vec<Frame> = (0..bright.len())
-        .map(|i| Frame {
-            meta: CaptureMeta {
-                frame_id: i as u64,
-                source: "test".into(),
-                ..Default::default()
-            },
-            pixels: bright.image(i).to_vec(),
-        })
-        .collect();
+    let frames = shifted_frames(Shift::Brightness, 300);
     let dir = tempfile::tempdir().unwrap();
     let mut pipe = pipeline(dir.path(), Some(AdaptConfig::default())).unwrap();
     pipe.process(&frames, None).unwrap();

@@ -69,6 +69,12 @@ fn swav_config(train: &TrainSet, epochs: usize) -> RunConfig {
     }
 }
 
+/// A SwAV run of `epochs` epochs in `run` (continued from its checkpoint with `resume`).
+fn swav_epochs(train: &TrainSet, run: &RunDir, epochs: usize, resume: bool) {
+    let cfg = swav_config(train, epochs);
+    pretrain(&cfg, train, None, run, &Device::Cpu, resume, &mut |_| {}).unwrap();
+}
+
 /// (epoch, loss) of each training row.
 fn train_rows(rows: &[MetricsRow]) -> Vec<(usize, f64)> {
     rows.iter()
@@ -196,16 +202,7 @@ fn a_swav_run_resumes_with_its_prototypes() {
     let train = scenes();
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
-    pretrain(
-        &swav_config(&train, 1),
-        &train,
-        None,
-        &run,
-        &Device::Cpu,
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    swav_epochs(&train, &run, 1, false);
     let saved =
         candle_core::safetensors::load(run.path("model.safetensors"), &Device::Cpu).unwrap();
     let protos = saved.get("swav.prototypes").expect("prototypes saved");
@@ -213,16 +210,7 @@ fn a_swav_run_resumes_with_its_prototypes() {
     // Rows stay on the unit sphere.
     let norms: Vec<f32> = protos.sqr().unwrap().sum(1).unwrap().to_vec1().unwrap();
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "{norms:?}");
-    pretrain(
-        &swav_config(&train, 2),
-        &train,
-        None,
-        &run,
-        &Device::Cpu,
-        true,
-        &mut |_| {},
-    )
-    .unwrap();
+    swav_epochs(&train, &run, 2, true);
     let rows: Vec<MetricsRow> = run.read_metrics().unwrap();
     let epochs: Vec<usize> = train_rows(&rows).iter().map(|r| r.0).collect();
     assert_eq!(epochs, vec![1, 2]);
@@ -236,16 +224,7 @@ fn a_runs_whitening_travels_into_the_exported_model() {
     let train = scenes();
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
-    pretrain(
-        &swav_config(&train, 1),
-        &train,
-        None,
-        &run,
-        &Device::Cpu,
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    swav_epochs(&train, &run, 1, false);
     let (cfg, trained) = load_trained_encoder(&run, &Device::Cpu).unwrap();
     let raw = extract(trained.as_ref(), &train, 64, &Device::Cpu, "test").unwrap();
     let whitening = EmbeddingWhitening::fit(&raw, 16, 6).unwrap();

@@ -153,6 +153,29 @@ mod tests {
             .collect()
     }
 
+    /// A randomly initialised small-cnn (128-d embedding).
+    fn small_cnn(dev: &Device) -> SmallCnn {
+        let vm = VarMap::new();
+        SmallCnn::new(
+            SmallCnnConfig::default(),
+            VarBuilder::from_varmap(&vm, DType::F32, dev),
+        )
+        .unwrap()
+    }
+
+    /// A tensor's values in order.
+    fn values(t: Result<Tensor>) -> Vec<f32> {
+        t.unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// The largest absolute difference of two equally long slices.
+    fn worst(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn whitened_rows_are_centred_with_unit_variance_in_every_kept_direction() {
         let (n, d) = (2000, 6);
@@ -171,64 +194,27 @@ mod tests {
     #[test]
     fn the_folded_graph_ends_in_the_whitening_and_matches_the_forward_pass() {
         let dev = Device::Cpu;
-        let vm = VarMap::new();
-        let cnn = SmallCnn::new(
-            SmallCnnConfig::default(),
-            VarBuilder::from_varmap(&vm, DType::F32, &dev),
-        )
-        .unwrap();
+        let cnn = small_cnn(&dev);
         let x = Tensor::randn(0f32, 1.0, (64, 1, 28, 28), &dev).unwrap();
-        let raw: Vec<f32> = cnn
-            .embed(&x, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let raw = values(cnn.embed(&x, false));
         let w = EmbeddingWhitening::fit(&raw, 128, 16).unwrap();
         let enc = WhitenedEncoder::new(Box::new(cnn), w.clone(), &dev).unwrap();
         assert_eq!(enc.embed_dim(), 16);
-        let ours: Vec<f32> = enc
-            .embed(&x, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let expected = w.apply(&raw);
-        let worst = ours
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-3, "forward differs from apply by {worst}");
+        let ours = values(enc.embed(&x, false));
+        let d = worst(&ours, &w.apply(&raw));
+        assert!(d < 1e-3, "forward differs from apply by {d}");
         let graph = enc.folded_graph([1, 28, 28]).unwrap();
         assert_eq!(graph.embed_dim, 16);
         assert!(matches!(graph.layers.last(), Some(Layer::Linear(l)) if l.name == "whiten"));
-        let folded: Vec<f32> = graph
-            .forward(&x, |_, _| Ok(()))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let worst = folded
-            .iter()
-            .zip(&ours)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-3, "the folded graph differs by {worst}");
+        let folded = values(graph.forward(&x, |_, _| Ok(())));
+        let d = worst(&folded, &ours);
+        assert!(d < 1e-3, "the folded graph differs by {d}");
     }
 
     #[test]
     fn a_whitening_of_another_width_is_refused() {
         let dev = Device::Cpu;
-        let vm = VarMap::new();
-        let cnn = SmallCnn::new(
-            SmallCnnConfig::default(),
-            VarBuilder::from_varmap(&vm, DType::F32, &dev),
-        )
-        .unwrap();
+        let cnn = small_cnn(&dev);
         let w = EmbeddingWhitening::fit(&stretched(100, 6), 6, 3).unwrap();
         let e = WhitenedEncoder::new(Box::new(cnn), w, &dev).unwrap_err();
         assert!(e.to_string().contains("6-d"), "{e}");
