@@ -10,13 +10,11 @@ use host_train::cluster_head::{
 };
 use host_train::dataset::{load_images, TrainSet};
 use host_train::encoders::{EmbeddingWhitening, Encoder, WhitenedEncoder};
+use host_train::eval::cosine_kmeans;
 use host_train::features::extract;
 use host_train::pretrain::{load_trained_encoder, WHITENING_FILE};
 use host_train::run_dir::RunDir;
-use models::cluster::KMeansParams;
-use models::linalg::l2_normalize_rows;
 use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
-use models::MatRef;
 
 #[derive(Debug, Args)]
 pub struct ClusterHeadArgs {
@@ -185,7 +183,14 @@ fn report(what: &str, head: &ClusterHead, emb: &[f32], labels: Option<&[u32]>) -
         found.len()
     );
     if let Some(labels) = labels {
-        let kmeans = cosine_kmeans(emb, head.dim, head.config.clusters, head.config.seed)?;
+        let kmeans = cosine_kmeans(
+            emb.to_vec(),
+            head.dim,
+            head.config.clusters,
+            head.config.seed,
+            3,
+        )?
+        .labels;
         for (name, l) in [
             ("head", &found),
             ("nearest centroid", &board),
@@ -200,16 +205,4 @@ fn report(what: &str, head: &ClusterHead, emb: &[f32], labels: Option<&[u32]>) -
         }
     }
     Ok(())
-}
-
-/// k-means (3 restarts) of the L2-normalised rows: what the head is compared with.
-fn cosine_kmeans(emb: &[f32], dim: usize, k: usize, seed: u64) -> Result<Vec<u32>> {
-    let mut x = emb.to_vec();
-    l2_normalize_rows(&mut x, dim);
-    let fit = KMeansParams::new(k)
-        .seed(seed)
-        .n_redo(3)
-        .check()?
-        .fit(MatRef::new(&x, dim)?)?;
-    Ok(fit.labels)
 }

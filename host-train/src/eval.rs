@@ -5,7 +5,7 @@
 //! features, no labels) to at most 256 dimensions, the protocol of the pixel baseline
 //! (`host-train baseline`), so learned features and pixels compare like for like.
 
-use models::cluster::KMeansParams;
+use models::cluster::{KMeansFit, KMeansParams};
 use models::linalg::{l2_normalize_rows, PcaParams};
 use models::metrics::{
     adjusted_rand_index, clustering_accuracy, normalized_mutual_info, WeightedKnnParams,
@@ -54,11 +54,7 @@ pub fn evaluate(
     // The L2-normalised train rows are also what k-means clusters.
     let (knn_top1, tr) = normalized_knn(train.to_vec(), test.to_vec(), dim, labels)?;
     let classes = train_labels.iter().max().map_or(1, |&m| m as usize + 1);
-    let fit = KMeansParams::new(classes)
-        .seed(seed)
-        .n_redo(3)
-        .check()?
-        .fit(MatRef::new(&tr, dim)?)?;
+    let fit = cosine_kmeans(tr, dim, classes, seed, 3)?;
     Ok(EvalReport {
         knn_top1,
         knn_top1_whitened,
@@ -66,6 +62,23 @@ pub fn evaluate(
         ari: adjusted_rand_index(train_labels, &fit.labels)?,
         accuracy: clustering_accuracy(train_labels, &fit.labels)?,
     })
+}
+
+/// k-means with `restarts` runs (the lowest objective kept) of the L2-normalised rows of
+/// `emb` (rows of `dim`): how evaluation, the head's report and the export cluster.
+pub fn cosine_kmeans(
+    mut emb: Vec<f32>,
+    dim: usize,
+    k: usize,
+    seed: u64,
+    restarts: usize,
+) -> Result<KMeansFit, TrainError> {
+    l2_normalize_rows(&mut emb, dim);
+    Ok(KMeansParams::new(k)
+        .seed(seed)
+        .n_redo(restarts)
+        .check()?
+        .fit(MatRef::new(&emb, dim)?)?)
 }
 
 /// What an unlabeled set's embeddings can say about themselves.

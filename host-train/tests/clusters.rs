@@ -75,6 +75,17 @@ fn swav_epochs(train: &TrainSet, run: &RunDir, epochs: usize, resume: bool) {
     pretrain(&cfg, train, None, run, &Device::Cpu, resume, &mut |_| {}).unwrap();
 }
 
+/// Parity checks sized for the tiny scene set.
+fn small_verify() -> VerifyConfig {
+    VerifyConfig {
+        test_images: 64,
+        train_images: 80,
+        batch: 32,
+        seed: 1,
+        adapter: None,
+    }
+}
+
 /// (epoch, loss) of each training row.
 fn train_rows(rows: &[MetricsRow]) -> Vec<(usize, f64)> {
     rows.iter()
@@ -185,13 +196,7 @@ fn figure_pairs_train_an_instance_norm_encoder_that_exports() {
         onnx.windows(21).any(|w| w == b"InstanceNormalization"),
         "the export writes ONNX InstanceNormalization"
     );
-    let vcfg = VerifyConfig {
-        test_images: 64,
-        train_images: 80,
-        batch: 32,
-        seed: 1,
-        adapter: None,
-    };
+    let vcfg = small_verify();
     let r = verify(done.encoder.as_ref(), &out, &train, &train, &vcfg).unwrap();
     assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");
     assert!(r.int8_mean_cosine >= 0.98, "{r:?}");
@@ -247,13 +252,7 @@ fn a_runs_whitening_travels_into_the_exported_model() {
     let manifest = export(encoder.as_ref(), &cfg, "test", &train, &out, &ecfg).unwrap();
     assert_eq!(manifest.embedding.dim, 6);
     assert_eq!(manifest.centroids.expect("k-means centroids").dim, 6);
-    let vcfg = VerifyConfig {
-        test_images: 64,
-        train_images: 80,
-        batch: 32,
-        seed: 1,
-        adapter: None,
-    };
+    let vcfg = small_verify();
     let r = verify(encoder.as_ref(), &out, &train, &train, &vcfg).unwrap();
     assert!(r.fp32_max_abs_diff <= 1e-4, "{r:?}");
 

@@ -17,8 +17,6 @@ use std::path::Path;
 
 use candle_core::Device;
 use models::adapt::{EmbeddingStats, EMBEDDING_STATS_FILE};
-use models::cluster::KMeansParams;
-use models::linalg::l2_normalize_rows;
 use models::manifest::{
     sha256_hex, Centroids, EmbeddingSpec, EncoderManifest, InputSpec, Layout, ModelFile, Precision,
     Quantization, TensorQuant, WeightQuant, MANIFEST_VERSION,
@@ -26,11 +24,11 @@ use models::manifest::{
 use models::preprocess::{ColorMode, PreprocessSpec, ResizeMode};
 use models::quant::Calibrator;
 use models::rng::Rng;
-use models::MatRef;
 
 use crate::augment::AugmentConfig;
 use crate::dataset::TrainSet;
 use crate::encoders::Encoder;
+use crate::eval::cosine_kmeans;
 use crate::features::extract;
 use crate::pretrain::RunConfig;
 use crate::run_dir::write_atomic;
@@ -205,19 +203,14 @@ fn calibration_batches(
 
 /// k-means centroids of the L2-normalised `emb` (raw training embeddings, rows of `dim`).
 fn train_centroids(
-    mut emb: Vec<f32>,
+    emb: Vec<f32>,
     dim: usize,
     k: usize,
     seed: u64,
 ) -> Result<Centroids, TrainError> {
-    l2_normalize_rows(&mut emb, dim);
     // k-means optima differ by several NMI points on this data; the board starts from the
     // best of ten.
-    let fit = KMeansParams::new(k)
-        .seed(seed)
-        .n_redo(10)
-        .check()?
-        .fit(MatRef::new(&emb, dim)?)?;
+    let fit = cosine_kmeans(emb, dim, k, seed, 10)?;
     Ok(Centroids {
         k: k as u32,
         dim: dim as u32,
