@@ -34,16 +34,11 @@ impl EmbeddingWhitening {
         dim_out: usize,
     ) -> std::result::Result<Self, models::linalg::PcaError> {
         let pca = PcaParams::new(dim_out).fit(MatRef::new(embeddings, dim_in)?)?;
-        let weight = pca.matrix().to_vec();
-        let bias = weight
-            .chunks_exact(dim_in)
-            .map(|row| -row.iter().zip(pca.mean()).map(|(w, m)| w * m).sum::<f32>())
-            .collect();
         Ok(Self {
             dim_in,
             dim_out: pca.d_out(),
-            weight,
-            bias,
+            weight: pca.matrix().to_vec(),
+            bias: pca.bias().iter().map(|b| -b).collect(),
         })
     }
 
@@ -97,10 +92,6 @@ impl WhitenedEncoder {
             weight_t,
             bias,
         })
-    }
-
-    pub fn whitening(&self) -> &EmbeddingWhitening {
-        &self.whitening
     }
 }
 

@@ -63,6 +63,12 @@ impl InputStats {
         }
     }
 
+    /// The standard deviation of channel `ch` (at least `MIN_STD`).
+    fn std(&self, ch: usize) -> f64 {
+        let m = self.mean[ch];
+        libm::sqrt((self.mean_square[ch] - m * m).max(0.0)).max(MIN_STD)
+    }
+
     /// Maps one frame onto mean 0 and standard deviation 1 per channel (unchanged during the
     /// warm-up).
     pub fn adapt(&self, frame: &mut [f32]) {
@@ -72,8 +78,7 @@ impl InputStats {
         }
         let plane = frame.len() / c;
         for (ch, pixels) in frame.chunks_exact_mut(plane).take(c).enumerate() {
-            let var = self.mean_square[ch] - self.mean[ch] * self.mean[ch];
-            let scale = (1.0 / libm::sqrt(var.max(0.0)).max(MIN_STD)) as f32;
+            let scale = (1.0 / self.std(ch)) as f32;
             let shift = self.mean[ch] as f32;
             pixels.iter_mut().for_each(|x| *x = (*x - shift) * scale);
         }
@@ -81,15 +86,8 @@ impl InputStats {
 
     /// Per channel: the mean and standard deviation of the preprocessed frames seen.
     pub fn moments(&self) -> (Vec<f32>, Vec<f32>) {
-        self.mean
-            .iter()
-            .zip(&self.mean_square)
-            .map(|(&m, &q)| {
-                (
-                    m as f32,
-                    libm::sqrt((q - m * m).max(0.0)).max(MIN_STD) as f32,
-                )
-            })
+        (0..self.channels())
+            .map(|ch| (self.mean[ch] as f32, self.std(ch) as f32))
             .unzip()
     }
 

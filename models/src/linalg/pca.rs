@@ -321,6 +321,10 @@ impl Pca {
     pub fn matrix(&self) -> &[f32] {
         &self.matrix
     }
+    /// `matrix * mean`: `transform(x) = matrix * x - bias`.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
 
     /// Projects each row of `data` (n x d_in) to d_out values.
     pub fn transform(&self, data: MatRef<'_>) -> Result<Vec<f32>, PcaError> {
