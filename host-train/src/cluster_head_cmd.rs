@@ -14,7 +14,10 @@ use host_train::eval::cosine_kmeans;
 use host_train::features::extract;
 use host_train::pretrain::{load_trained_encoder, WHITENING_FILE};
 use host_train::run_dir::RunDir;
+use models::cluster::KMeans;
+use models::linalg::l2_normalize_rows;
 use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
+use models::MatRef;
 
 #[derive(Debug, Args)]
 pub struct ClusterHeadArgs {
@@ -125,11 +128,30 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
             same as f64 / nb.len() as f64
         );
     }
-    report("train", &head, &clean, train.images.labels.as_deref())?;
+    // What `export --centroids-from kmeans` would give the board instead of the head's
+    // centroids: k-means on the training embeddings, every image to its nearest centroid.
+    // Only worth its time when labels can score it.
+    let kmeans = match train.images.labels {
+        Some(_) => Some(cosine_kmeans(clean.clone(), head.dim, hcfg.clusters, hcfg.seed, 3)?.model),
+        None => None,
+    };
+    report(
+        "train",
+        &head,
+        kmeans.as_ref(),
+        &clean,
+        train.images.labels.as_deref(),
+    )?;
     if let Some(val) = val {
         let val = TrainSet::new(val, cfg.normalization.clone())?;
         let emb = extract(encoder.as_ref(), &val, 512, &Device::Cpu, "validation")?;
-        report("validation", &head, &emb, val.images.labels.as_deref())?;
+        report(
+            "validation",
+            &head,
+            kmeans.as_ref(),
+            &emb,
+            val.images.labels.as_deref(),
+        )?;
     }
     Ok(())
 }
@@ -170,8 +192,15 @@ fn whiten(
     Ok(Box::new(WhitenedEncoder::new(trained, whitening, dev)?))
 }
 
-/// The head's clusters and the board's nearest-centroid clusters, against labels if any.
-fn report(what: &str, head: &ClusterHead, emb: &[f32], labels: Option<&[u32]>) -> Result<()> {
+/// The head's clusters and the board's nearest-centroid clusters (from the head's centroids
+/// and from the training images' k-means centroids), against labels if any.
+fn report(
+    what: &str,
+    head: &ClusterHead,
+    kmeans: Option<&KMeans>,
+    emb: &[f32],
+    labels: Option<&[u32]>,
+) -> Result<()> {
     let found = head.assign(emb);
     let board = head.nearest_centroid(emb);
     let agree =
@@ -182,19 +211,17 @@ fn report(what: &str, head: &ClusterHead, emb: &[f32], labels: Option<&[u32]>) -
         "{what}: {} images, cluster sizes {sizes:?}, nearest-centroid agreement {agree:.4}",
         found.len()
     );
-    if let Some(labels) = labels {
-        let kmeans = cosine_kmeans(
-            emb.to_vec(),
-            head.dim,
-            head.config.clusters,
-            head.config.seed,
-            3,
-        )?
-        .labels;
+    if let (Some(labels), Some(kmeans)) = (labels, kmeans) {
+        let mut unit = emb.to_vec();
+        l2_normalize_rows(&mut unit, head.dim);
+        let nearest_kmeans = kmeans.predict(MatRef::new(&unit, head.dim)?)?.0;
         for (name, l) in [
             ("head", &found),
-            ("nearest centroid", &board),
-            ("k-means on the same embedding", &kmeans),
+            ("nearest head centroid", &board),
+            (
+                "nearest k-means centroid (export --centroids-from kmeans)",
+                &nearest_kmeans,
+            ),
         ] {
             println!(
                 "  {name}: NMI {:.4}, ARI {:.4}, accuracy {:.4}",

@@ -92,7 +92,7 @@ pub struct PretrainArgs {
     #[arg(long)]
     sobel: bool,
     /// Clusters (DeepCluster, and each of Local Aggregation's k-means runs: default 10x the
-    /// number of classes, or 100).
+    /// number of classes, or 100) or SwAV's prototypes (default 3x, or 30).
     #[arg(long)]
     k: Option<usize>,
     /// Learning rate (default: the method's, 0.05 for DeepCluster (0.01 with small-cnn-flat),
@@ -100,7 +100,7 @@ pub struct PretrainArgs {
     #[arg(long)]
     lr: Option<f64>,
     /// Softmax temperature: NPID's (default 0.07, or 0.1 for at most 10k images), SwAV's
-    /// (0.1) or figure-pairs' (0.2).
+    /// (0.3) or figure-pairs' (0.2).
     #[arg(long)]
     temperature: Option<f64>,
     /// NPID with NCE and this many noise samples per batch (the paper's 4096) instead of the
@@ -281,6 +281,7 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
     });
     let batch_size = args.batch_size.unwrap_or(auto.batch_size);
     let classes = train.class_names.len().max(10);
+    let k = args.k.unwrap_or(default_k(args.method, classes));
     let chosen: Vec<String> = [
         (
             args.data.size.is_none(),
@@ -295,10 +296,7 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
             args.batch_size.is_none(),
             format!("--batch-size {batch_size}"),
         ),
-        (
-            args.k.is_none(),
-            format!("--k {}", args.k.unwrap_or(10 * classes)),
-        ),
+        (args.k.is_none(), format!("--k {k}")),
     ]
     .into_iter()
     .filter_map(|(auto, text)| auto.then_some(text))
@@ -310,7 +308,6 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
             chosen.join(", ")
         );
     }
-    let k = args.k.unwrap_or(10 * classes);
     Ok(RunConfig {
         method: args.method,
         arch,
@@ -374,6 +371,16 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
         data: spec,
         eval_every: args.eval_every.max(1),
     })
+}
+
+/// The clusters or prototypes a method gets without `--k`: 10x the classes for DeepCluster
+/// and Local Aggregation (DeepCluster's 10,000 for ImageNet's 1,000 classes), 3x for SwAV
+/// (the paper's 3,000); on a few thousand images 100 prototypes learned slower than 30.
+fn default_k(method: Method, classes: usize) -> usize {
+    match method {
+        Method::Swav => 3 * classes,
+        _ => 10 * classes,
+    }
 }
 
 /// `--augment` (strong by default for SwAV) with `--hue` applied.

@@ -131,9 +131,7 @@ fn pretrain_flags_reach_the_run_config() {
         let run = dir.path().join(out);
         run_ok(
             host_train()
-                .args([
-                    "pretrain", "--method", "la", "--size", "28", "--epochs", "0",
-                ])
+                .args(["pretrain", "--size", "28", "--epochs", "0"])
                 .args(extra)
                 .arg("--data")
                 .arg(dir.path().join("data"))
@@ -142,14 +140,21 @@ fn pretrain_flags_reach_the_run_config() {
         );
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap()
     };
-    let defaults = config("defaults", &[]);
+    let defaults = config("defaults", &["--method", "la"]);
     assert_eq!(defaults["npid"]["lr_steps"], serde_json::json!([0.6, 0.8]));
+    // Fewer than 10 classes count as 10: LA's k-means gets 10x, SwAV's prototypes 3x.
+    assert_eq!(defaults["la"]["kmeans_k"], 100);
+    let swav = config("swav", &["--method", "swav"]);
+    assert_eq!(swav["swav"]["prototypes"], 30);
+    assert_eq!(swav["swav"]["temperature"], 0.3);
     assert_eq!(defaults["la"]["kmeans_runs"], 10);
     assert_eq!(defaults["la"]["background_k"], serde_json::Value::Null);
     assert_eq!(defaults["eval_every"], 1);
     let set = config(
         "set",
         &[
+            "--method",
+            "la",
             "--constant-lr",
             "--la-runs",
             "4",

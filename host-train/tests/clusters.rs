@@ -99,18 +99,20 @@ fn train_rows(rows: &[MetricsRow]) -> Vec<(usize, f64)> {
 #[test]
 fn swav_trains_on_rgb_scenes_and_its_head_reaches_the_manifest() {
     let train = scenes();
-    let cfg = swav_config(&train, 6);
+    let cfg = swav_config(&train, 8);
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
     pretrain(&cfg, &train, None, &run, &Device::Cpu, false, &mut |_| {}).unwrap();
     let rows: Vec<MetricsRow> = run.read_metrics().unwrap();
     let losses: Vec<f64> = train_rows(&rows).iter().map(|r| r.1).collect();
-    assert_eq!(losses.len(), 6);
+    assert_eq!(losses.len(), 8);
     assert!(losses.iter().all(|l| l.is_finite()));
-    // The swapped prediction starts near log K (uniform predictions) and must fall.
+    // The swapped prediction starts near log K (uniform predictions) and must fall, below
+    // log K: a run that collapses to uniform predictions sits at log K.
     assert!(
-        losses[5] < losses[0] - 0.02,
-        "SwAV loss did not fall: {losses:?}"
+        losses[7] < losses[0] - 0.02 && losses[7] < (12f64).ln() - 0.02,
+        "SwAV loss did not fall below log K = {:.3}: {losses:?}",
+        (12f64).ln()
     );
     // Without labels the run reports label-free figures.
     assert!(rows
