@@ -255,7 +255,7 @@ fn quick_start_on_a_generated_scene_folder() {
     assert!(
         stdout.contains("validation: 6 images")
             && stdout.contains("head: NMI")
-            && stdout.contains("k-means on the same embedding: NMI")
+            && stdout.contains("nearest k-means centroid (export --centroids-from kmeans): NMI")
             && stdout.contains("whitened the 16-d embedding to 8 directions"),
         "{stdout}"
     );
