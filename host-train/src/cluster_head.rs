@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::augment::AugmentConfig;
 use crate::dataset::TrainSet;
 use crate::encoders::Encoder;
-use crate::eval::WHITEN_DIM;
+use crate::eval::{nearest_centroids, WHITEN_DIM};
 use crate::features::{extract, extract_view};
 use crate::run_dir::RunDir;
 use crate::seeded_init::seeded_var_builder;
@@ -208,16 +208,7 @@ impl ClusterHead {
     pub fn nearest_centroid(&self, embeddings: &[f32]) -> Vec<u32> {
         let mut x = embeddings.to_vec();
         l2_normalize_rows(&mut x, self.dim);
-        x.chunks_exact(self.dim)
-            .map(|row| {
-                self.centroids
-                    .chunks_exact(self.dim)
-                    .enumerate()
-                    .map(|(c, m)| (c, m.iter().zip(row).map(|(a, b)| a * b).sum::<f32>()))
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-                    .map_or(0, |(c, _)| c as u32)
-            })
-            .collect()
+        nearest_centroids(&x, self.dim, &self.centroids)
     }
 }
 

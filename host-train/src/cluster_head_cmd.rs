@@ -10,14 +10,14 @@ use host_train::cluster_head::{
 };
 use host_train::dataset::{load_images, TrainSet};
 use host_train::encoders::{EmbeddingWhitening, Encoder, WhitenedEncoder};
-use host_train::eval::cosine_kmeans;
+use host_train::eval::nearest_centroids;
+use host_train::export::CentroidChoice;
 use host_train::features::extract;
 use host_train::pretrain::{load_trained_encoder, WHITENING_FILE};
 use host_train::run_dir::RunDir;
-use models::cluster::KMeans;
 use models::linalg::l2_normalize_rows;
+use models::manifest::Centroids;
 use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
-use models::MatRef;
 
 #[derive(Debug, Args)]
 pub struct ClusterHeadArgs {
@@ -128,17 +128,25 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
             same as f64 / nb.len() as f64
         );
     }
-    // What `export --centroids-from kmeans` would give the board instead of the head's
-    // centroids: k-means on the training embeddings, every image to its nearest centroid.
-    // Only worth its time when labels can score it.
-    let kmeans = match train.images.labels {
-        Some(_) => Some(cosine_kmeans(clean.clone(), head.dim, hcfg.clusters, hcfg.seed, 3)?.model),
-        None => None,
+    // What `export --centroids-from best` weighs against the head's centroids: k-means
+    // centroids of the same embeddings, shipped when their clusters have the higher silhouette.
+    let head_centroids = Centroids {
+        k: hcfg.clusters as u32,
+        dim: head.dim as u32,
+        values: head.centroids.clone(),
     };
+    let choice = CentroidChoice::measure(&head_centroids, &clean, head.dim, cfg.seed)?;
+    println!(
+        "silhouette of the training images' clusters: head centroids {:.4}, k-means centroids {:.4}; `export --centroids-from best` ships the {}",
+        choice.head_silhouette,
+        choice.kmeans_silhouette,
+        if choice.kmeans_wins() { "k-means centroids" } else { "head's centroids" }
+    );
+    let kmeans = &choice.kmeans.values;
     report(
         "train",
         &head,
-        kmeans.as_ref(),
+        kmeans,
         &clean,
         train.images.labels.as_deref(),
     )?;
@@ -148,7 +156,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         report(
             "validation",
             &head,
-            kmeans.as_ref(),
+            kmeans,
             &emb,
             val.images.labels.as_deref(),
         )?;
@@ -197,7 +205,7 @@ fn whiten(
 fn report(
     what: &str,
     head: &ClusterHead,
-    kmeans: Option<&KMeans>,
+    kmeans: &[f32],
     emb: &[f32],
     labels: Option<&[u32]>,
 ) -> Result<()> {
@@ -211,17 +219,14 @@ fn report(
         "{what}: {} images, cluster sizes {sizes:?}, nearest-centroid agreement {agree:.4}",
         found.len()
     );
-    if let (Some(labels), Some(kmeans)) = (labels, kmeans) {
+    if let Some(labels) = labels {
         let mut unit = emb.to_vec();
         l2_normalize_rows(&mut unit, head.dim);
-        let nearest_kmeans = kmeans.predict(MatRef::new(&unit, head.dim)?)?.0;
+        let nearest_kmeans = nearest_centroids(&unit, head.dim, kmeans);
         for (name, l) in [
             ("head", &found),
             ("nearest head centroid", &board),
-            (
-                "nearest k-means centroid (export --centroids-from kmeans)",
-                &nearest_kmeans,
-            ),
+            ("nearest k-means centroid", &nearest_kmeans),
         ] {
             println!(
                 "  {name}: NMI {:.4}, ARI {:.4}, accuracy {:.4}",

@@ -8,8 +8,9 @@
 use models::cluster::{KMeansFit, KMeansParams};
 use models::linalg::{l2_normalize_rows, PcaParams};
 use models::metrics::{
-    adjusted_rand_index, clustering_accuracy, normalized_mutual_info, WeightedKnnParams,
+    adjusted_rand_index, clustering_accuracy, normalized_mutual_info, silhouette, WeightedKnnParams,
 };
+use models::rng::Rng;
 use models::MatRef;
 use serde::Serialize;
 
@@ -79,6 +80,45 @@ pub fn cosine_kmeans(
         .n_redo(restarts)
         .check()?
         .fit(MatRef::new(&emb, dim)?)?)
+}
+
+/// Rows the silhouette of a set of centroids is measured on (it costs n^2).
+pub const SILHOUETTE_SAMPLE: usize = 2_000;
+
+/// The mean silhouette of the clusters that give each row of `emb` (rows of `dim`) its
+/// nearest (cosine) row of `centroids`, on at most [`SILHOUETTE_SAMPLE`] rows drawn with
+/// `seed`, in the geometry of unit vectors. No labels: it says how well `centroids` separate
+/// the embeddings, and so which of two sets of centroids to ship.
+pub fn centroid_silhouette(
+    emb: &[f32],
+    dim: usize,
+    centroids: &[f32],
+    seed: u64,
+) -> Result<f64, TrainError> {
+    let n = emb.len() / dim.max(1);
+    let mut rows: Vec<f32> = Rng::new(seed)
+        .sample_indices(n, n.min(SILHOUETTE_SAMPLE))
+        .iter()
+        .flat_map(|&i| emb[i * dim..(i + 1) * dim].iter().copied())
+        .collect();
+    l2_normalize_rows(&mut rows, dim);
+    let labels = nearest_centroids(&rows, dim, centroids);
+    Ok(silhouette(&rows, dim, &labels)?)
+}
+
+/// The nearest (largest dot product) row of `centroids` for each row of `unit` (unit rows of
+/// `dim`): the board's assignment.
+pub fn nearest_centroids(unit: &[f32], dim: usize, centroids: &[f32]) -> Vec<u32> {
+    unit.chunks_exact(dim)
+        .map(|row| {
+            centroids
+                .chunks_exact(dim)
+                .map(|c| c.iter().zip(row).map(|(a, b)| a * b).sum::<f32>())
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(0, |(c, _)| c as u32)
+        })
+        .collect()
 }
 
 /// What an unlabeled set's embeddings can say about themselves.

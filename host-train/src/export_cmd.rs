@@ -33,8 +33,9 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 10)]
     centroids: usize,
     /// Where the manifest's centroids come from: `head` (the run's cluster head, from
-    /// `host-train cluster-head`), `kmeans` (k-means with --centroids), or `auto` (the head
-    /// when the run has one).
+    /// `host-train cluster-head`), `kmeans` (k-means with --centroids), `auto` (the head when
+    /// the run has one), or `best`: the head's centroids or k-means centroids (as many),
+    /// whichever cluster the training embeddings with the higher silhouette (no labels).
     #[arg(long, value_enum, default_value = "auto")]
     centroids_from: CentroidSource,
     /// Run the exported files with tract and print the parity report; fail if a target is missed.
@@ -54,6 +55,7 @@ pub enum CentroidSource {
     Auto,
     Head,
     Kmeans,
+    Best,
 }
 
 /// The cluster head's centroids, if they are to be used.
@@ -82,6 +84,10 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     let (cfg, encoder) = load_encoder(&run, &Device::Cpu)?;
     let head_centroids = head_centroids(&run, args.centroids_from)?;
     match &head_centroids {
+        Some(c) if args.centroids_from == CentroidSource::Best => println!(
+            "centroids: the cluster head's {} clusters or k-means with as many, by silhouette",
+            c.k
+        ),
         Some(c) => println!("centroids: the cluster head's {} clusters", c.k),
         None if args.centroids > 0 => println!("centroids: k-means, k = {}", args.centroids),
         None => {}
@@ -102,6 +108,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         calibration_images: args.calibration_images,
         calibrator: args.calibrator,
         centroids_k: args.centroids,
+        centroids_by_silhouette: args.centroids_from == CentroidSource::Best,
         head_centroids,
         seed: cfg.seed,
         adapter: adapter.clone(),

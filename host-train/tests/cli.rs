@@ -255,7 +255,8 @@ fn quick_start_on_a_generated_scene_folder() {
     assert!(
         stdout.contains("validation: 6 images")
             && stdout.contains("head: NMI")
-            && stdout.contains("nearest k-means centroid (export --centroids-from kmeans): NMI")
+            && stdout.contains("nearest k-means centroid: NMI")
+            && stdout.contains("`export --centroids-from best` ships the")
             && stdout.contains("whitened the 16-d embedding to 8 directions"),
         "{stdout}"
     );
@@ -277,6 +278,31 @@ fn quick_start_on_a_generated_scene_folder() {
     );
     assert_eq!(manifest["centroids"]["dim"], 8);
     assert_eq!(manifest["centroids"]["values"], head["centroids"]);
+    // `best` ships the head's centroids or k-means centroids, as many, in the same space.
+    let best = dir.path().join("best");
+    let out = run_ok(
+        host_train()
+            .args([
+                "export",
+                "--calibration-images",
+                "8",
+                "--centroids-from",
+                "best",
+            ])
+            .arg("--checkpoint")
+            .arg(&run)
+            .arg("--out")
+            .arg(&best),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("by silhouette"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(best.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["centroids"]["k"], 3);
+    assert_eq!(manifest["centroids"]["dim"], 8);
 }
 
 /// Runs `args` and returns its stderr, asserting that it failed without a panic.

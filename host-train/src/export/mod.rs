@@ -28,7 +28,7 @@ use models::rng::Rng;
 use crate::augment::AugmentConfig;
 use crate::dataset::TrainSet;
 use crate::encoders::Encoder;
-use crate::eval::cosine_kmeans;
+use crate::eval::{centroid_silhouette, cosine_kmeans};
 use crate::features::extract;
 use crate::pretrain::RunConfig;
 use crate::run_dir::write_atomic;
@@ -48,6 +48,10 @@ pub struct ExportConfig {
     /// Centroids fixed by a cluster head (`host-train cluster-head`); when set they are
     /// stored instead of k-means centroids.
     pub head_centroids: Option<Centroids>,
+    /// With head centroids: store whichever of them and k-means centroids (as many) cluster
+    /// the training embeddings with the higher silhouette. Neither wins everywhere: SwAV's
+    /// embeddings cluster better by k-means, NPID's by the head (docs/RESULTS.md).
+    pub centroids_by_silhouette: bool,
     pub seed: u64,
     /// A board's adapter (`edge-runtime adapt export`) to fold into the last linear layer.
     pub adapter: Option<models::adapt::AdapterExport>,
@@ -60,6 +64,7 @@ impl Default for ExportConfig {
             calibrator: Calibrator::default(),
             centroids_k: 10,
             head_centroids: None,
+            centroids_by_silhouette: false,
             seed: 0,
             adapter: None,
         }
@@ -108,6 +113,9 @@ pub fn export(
     }
     let stats = EmbeddingStats::of_rows(&raw, dim);
     let centroids = match (&cfg.head_centroids, cfg.centroids_k) {
+        (Some(head), _) if cfg.centroids_by_silhouette => {
+            Some(head_or_kmeans(head, &raw, dim, cfg.seed)?)
+        }
         (Some(head), _) => Some(head.clone()),
         (None, 0) => None,
         (None, k) => Some(train_centroids(raw, dim, k, cfg.seed)?),
@@ -201,6 +209,62 @@ fn calibration_batches(
         .collect()
 }
 
+/// A head's centroids against k-means centroids (as many) of the same training embeddings,
+/// by the silhouette of the clusters each gives them (no labels).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CentroidChoice {
+    pub head_silhouette: f64,
+    pub kmeans: Centroids,
+    pub kmeans_silhouette: f64,
+}
+
+impl CentroidChoice {
+    /// `emb`: the training embeddings (rows of `dim`) as the exported model computes them.
+    pub fn measure(
+        head: &Centroids,
+        emb: &[f32],
+        dim: usize,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        let kmeans = train_centroids(emb.to_vec(), dim, head.k as usize, seed)?;
+        Ok(Self {
+            head_silhouette: centroid_silhouette(emb, dim, &head.values, seed)?,
+            kmeans_silhouette: centroid_silhouette(emb, dim, &kmeans.values, seed)?,
+            kmeans,
+        })
+    }
+
+    /// The head keeps a tie.
+    pub fn kmeans_wins(&self) -> bool {
+        self.kmeans_silhouette > self.head_silhouette
+    }
+}
+
+/// `head` or k-means centroids of `emb`, whichever [`CentroidChoice`] prefers.
+fn head_or_kmeans(
+    head: &Centroids,
+    emb: &[f32],
+    dim: usize,
+    seed: u64,
+) -> Result<Centroids, TrainError> {
+    let choice = CentroidChoice::measure(head, emb, dim, seed)?;
+    tracing::info!(
+        head = choice.head_silhouette,
+        kmeans = choice.kmeans_silhouette,
+        chosen = if choice.kmeans_wins() {
+            "k-means"
+        } else {
+            "head"
+        },
+        "silhouette of the training embeddings' clusters"
+    );
+    Ok(if choice.kmeans_wins() {
+        choice.kmeans
+    } else {
+        head.clone()
+    })
+}
+
 /// k-means centroids of the L2-normalised `emb` (raw training embeddings, rows of `dim`).
 fn train_centroids(
     emb: Vec<f32>,
@@ -261,5 +325,65 @@ fn quantization_record(
         calibration_images: images as u32,
         activations,
         weights,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three tight groups of unit rows around the first three axes of 8-d space.
+    fn three_groups() -> Vec<f32> {
+        let mut rng = Rng::new(3);
+        let mut rows = Vec::new();
+        for i in 0..150 {
+            let mut row = [0f32; 8];
+            row[i % 3] = 1.0;
+            row.iter_mut()
+                .for_each(|v| *v += 0.1 * (rng.next_f64() as f32 - 0.5));
+            rows.extend_from_slice(&row);
+        }
+        rows
+    }
+
+    fn centroids(rows: &[[f32; 8]]) -> Centroids {
+        let mut values: Vec<f32> = rows.iter().flatten().copied().collect();
+        models::linalg::l2_normalize_rows(&mut values, 8);
+        Centroids {
+            k: rows.len() as u32,
+            dim: 8,
+            values,
+        }
+    }
+
+    fn axis(i: usize) -> [f32; 8] {
+        let mut a = [0f32; 8];
+        a[i] = 1.0;
+        a
+    }
+
+    #[test]
+    fn best_centroids_keep_a_head_that_separates_the_groups() {
+        let emb = three_groups();
+        let head = centroids(&[axis(0), axis(1), axis(2)]);
+        let picked = head_or_kmeans(&head, &emb, 8, 1).unwrap();
+        assert_eq!(picked, head);
+    }
+
+    #[test]
+    fn best_centroids_replace_a_head_that_merges_two_groups() {
+        let emb = three_groups();
+        // The first centroid sits between two groups and takes both; the third is empty.
+        let mut between = axis(0);
+        between[1] = 1.0;
+        let head = centroids(&[between, axis(2), axis(5)]);
+        let choice = CentroidChoice::measure(&head, &emb, 8, 1).unwrap();
+        assert!(
+            choice.kmeans_wins() && choice.kmeans_silhouette > choice.head_silhouette + 0.1,
+            "{choice:?}"
+        );
+        let picked = head_or_kmeans(&head, &emb, 8, 1).unwrap();
+        assert_eq!(picked, choice.kmeans);
+        assert_eq!((picked.k, picked.dim), (3, 8));
     }
 }
