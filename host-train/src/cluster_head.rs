@@ -16,6 +16,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarMap};
 use models::linalg::{l2_normalize_rows, PcaParams};
+use models::manifest::Centroids;
 use models::metrics::nearest_neighbours;
 use models::rng::Rng;
 use models::MatRef;
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::augment::AugmentConfig;
 use crate::dataset::TrainSet;
 use crate::encoders::Encoder;
-use crate::eval::{nearest_centroids, WHITEN_DIM};
+use crate::eval::{assign_to_centroids, WHITEN_DIM};
 use crate::features::{extract, extract_view};
 use crate::run_dir::RunDir;
 use crate::seeded_init::seeded_var_builder;
@@ -206,9 +207,16 @@ impl ClusterHead {
 
     /// The nearest centroid (cosine) of each row: the board's assignment.
     pub fn nearest_centroid(&self, embeddings: &[f32]) -> Vec<u32> {
-        let mut x = embeddings.to_vec();
-        l2_normalize_rows(&mut x, self.dim);
-        nearest_centroids(&x, self.dim, &self.centroids)
+        assign_to_centroids(embeddings, self.dim, &self.centroids)
+    }
+
+    /// The centroids as the manifest stores them.
+    pub fn board_centroids(&self) -> Centroids {
+        Centroids {
+            k: self.config.clusters as u32,
+            dim: self.dim as u32,
+            values: self.centroids.clone(),
+        }
     }
 }
 

@@ -10,13 +10,11 @@ use host_train::cluster_head::{
 };
 use host_train::dataset::{load_images, TrainSet};
 use host_train::encoders::{EmbeddingWhitening, Encoder, WhitenedEncoder};
-use host_train::eval::nearest_centroids;
+use host_train::eval::assign_to_centroids;
 use host_train::export::CentroidChoice;
 use host_train::features::extract;
 use host_train::pretrain::{load_trained_encoder, WHITENING_FILE};
 use host_train::run_dir::RunDir;
-use models::linalg::l2_normalize_rows;
-use models::manifest::Centroids;
 use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
 
 #[derive(Debug, Args)]
@@ -130,12 +128,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
     }
     // What `export --centroids-from best` weighs against the head's centroids: k-means
     // centroids of the same embeddings, shipped when their clusters have the higher silhouette.
-    let head_centroids = Centroids {
-        k: hcfg.clusters as u32,
-        dim: head.dim as u32,
-        values: head.centroids.clone(),
-    };
-    let choice = CentroidChoice::measure(&head_centroids, &clean, head.dim, cfg.seed)?;
+    let choice = CentroidChoice::measure(&head.board_centroids(), &clean, head.dim, cfg.seed)?;
     println!(
         "silhouette of the training images' clusters: head centroids {:.4}, k-means centroids {:.4}; `export --centroids-from best` ships the {}",
         choice.head_silhouette,
@@ -220,9 +213,7 @@ fn report(
         found.len()
     );
     if let Some(labels) = labels {
-        let mut unit = emb.to_vec();
-        l2_normalize_rows(&mut unit, head.dim);
-        let nearest_kmeans = nearest_centroids(&unit, head.dim, kmeans);
+        let nearest_kmeans = assign_to_centroids(emb, head.dim, kmeans);
         for (name, l) in [
             ("head", &found),
             ("nearest head centroid", &board),

@@ -106,8 +106,16 @@ pub fn centroid_silhouette(
     Ok(silhouette(&rows, dim, &labels)?)
 }
 
+/// The nearest (cosine) row of `centroids` for each row of `emb` (rows of `dim`, normalised
+/// here): the board's assignment.
+pub fn assign_to_centroids(emb: &[f32], dim: usize, centroids: &[f32]) -> Vec<u32> {
+    let mut unit = emb.to_vec();
+    l2_normalize_rows(&mut unit, dim);
+    nearest_centroids(&unit, dim, centroids)
+}
+
 /// The nearest (largest dot product) row of `centroids` for each row of `unit` (unit rows of
-/// `dim`): the board's assignment.
+/// `dim`).
 pub fn nearest_centroids(unit: &[f32], dim: usize, centroids: &[f32]) -> Vec<u32> {
     unit.chunks_exact(dim)
         .map(|row| {
@@ -199,7 +207,6 @@ fn normalized_knn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use models::rng::Rng;
 
     /// Two classes told apart by one low-variance coordinate, next to three loud nuisance
     /// coordinates that swamp cosine similarity until whitening puts all four on one scale.

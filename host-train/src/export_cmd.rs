@@ -71,11 +71,7 @@ fn head_centroids(run: &RunDir, from: CentroidSource) -> Result<Option<Centroids
             run.path("").display()
         ),
         (None, _) => Ok(None),
-        (Some(h), _) => Ok(Some(Centroids {
-            k: h.config.clusters as u32,
-            dim: h.dim as u32,
-            values: h.centroids,
-        })),
+        (Some(h), _) => Ok(Some(h.board_centroids())),
     }
 }
 
