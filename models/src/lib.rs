@@ -22,6 +22,7 @@ pub mod chart;
 pub mod cluster;
 #[cfg(feature = "std")]
 pub mod data;
+pub mod geometry;
 #[cfg(feature = "std")]
 pub mod linalg;
 pub mod manifest;

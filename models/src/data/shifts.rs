@@ -7,6 +7,7 @@ use std::io::Cursor;
 use image::{codecs::jpeg::JpegEncoder, ExtendedColorType, ImageDecoder};
 
 use crate::data::ImageSet;
+use crate::geometry::{rotate_planes_u8, Border};
 use crate::rng::Rng;
 
 /// One kind of shift.
@@ -90,7 +91,10 @@ fn apply(plane: &mut [u8], h: usize, w: usize, shift: Shift, hard: bool, rng: &m
             map(plane, |v| v + sigma * rng.next_gaussian() as f32);
         }
         Shift::Jpeg => {}
-        Shift::Rotation => rotate(plane, h, w, pick(10.0, 20.0).to_radians()),
+        Shift::Rotation => {
+            let angle = pick(10.0, 20.0).to_radians();
+            rotate_planes_u8(plane, h, w, angle, Border::Constant(0.0));
+        }
         Shift::Invert => {
             map(plane, |v| 255.0 - v);
             if !hard {
@@ -133,33 +137,6 @@ fn blur(plane: &mut [u8], h: usize, w: usize, sigma: f32) {
                 .map(|(d, k)| k * tmp[at(y as isize + d, h) * w + x])
                 .sum::<f32>()
                 / norm;
-            plane[y * w + x] = v.round().clamp(0.0, 255.0) as u8;
-        }
-    }
-}
-
-/// Rotation about the centre by `angle` radians, bilinear, zero outside.
-fn rotate(plane: &mut [u8], h: usize, w: usize, angle: f32) {
-    let src: Vec<f32> = plane.iter().map(|&v| v as f32).collect();
-    let (s, c) = angle.sin_cos();
-    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
-    let px = |y: isize, x: isize| -> f32 {
-        if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
-            0.0
-        } else {
-            src[y as usize * w + x as usize]
-        }
-    };
-    for y in 0..h {
-        for x in 0..w {
-            // The source point that lands on (x, y).
-            let (dx, dy) = (x as f32 - cx, y as f32 - cy);
-            let (sx, sy) = (c * dx + s * dy + cx, -s * dx + c * dy + cy);
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (fx, fy) = (sx - x0, sy - y0);
-            let (x0, y0) = (x0 as isize, y0 as isize);
-            let v = (1.0 - fy) * ((1.0 - fx) * px(y0, x0) + fx * px(y0, x0 + 1))
-                + fy * ((1.0 - fx) * px(y0 + 1, x0) + fx * px(y0 + 1, x0 + 1));
             plane[y * w + x] = v.round().clamp(0.0, 255.0) as u8;
         }
     }
