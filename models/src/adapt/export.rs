@@ -33,6 +33,10 @@ pub struct AdapterExport {
     pub input_mean: Vec<f32>,
     #[serde(default)]
     pub input_std: Vec<f32>,
+    /// The camera roll the device undoes before the encoder (degrees; 0 when none). The host
+    /// cannot fold it into the encoder: it says the mount is tilted.
+    #[serde(default)]
+    pub roll_degrees: f32,
 }
 
 impl AdapterExport {
@@ -80,6 +84,7 @@ impl AdapterExport {
             offset,
             input_mean: input.map_or(Vec::new(), |s| s.moments().0),
             input_std: input.map_or(Vec::new(), |s| s.moments().1),
+            roll_degrees: 0.0,
         }
     }
 

@@ -11,10 +11,14 @@
 //! - [`LinearAdapter`]: a trained d x d layer, initialised to the identity, trained from
 //!   stored frames by SwAV's swapped prediction against the online centroids ([`swapped`]),
 //!   with views from [`views`].
+//!
+//! Before all of these, [`roll`] can undo a tilted mount: it estimates the camera's roll once,
+//! from the training embeddings' statistics, and turns each frame back.
 
 mod export;
 mod input;
 mod linear;
+pub mod roll;
 mod stats;
 pub mod swapped;
 pub mod views;
@@ -72,7 +76,7 @@ impl EmbeddingStats {
         self.mean.iter().map(|&v| v as f64).collect()
     }
 
-    fn std_f64(&self) -> Vec<f64> {
+    pub(crate) fn std_f64(&self) -> Vec<f64> {
         let d = self.dim as usize;
         (0..d)
             .map(|i| libm::sqrt(self.covariance[i * d + i].max(0.0) as f64))
