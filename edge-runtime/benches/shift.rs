@@ -9,7 +9,8 @@
 //!
 //! `cargo bench -p edge-runtime --bench shift`. `SHIFT_FRAMES` caps the stream (10,000 by
 //! default); `SHIFT_MODES` picks modes (comma-separated: stats, whiten, stats+train,
-//! whiten+train, train); `SHIFT_ONLY` picks shifts by name.
+//! whiten+train, train; `+roll` in any of them adds the camera-roll search); `SHIFT_ONLY`
+//! picks shifts by name.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +20,7 @@ use edge_runtime::backend::{PrepareOptions, TractRuntime};
 use edge_runtime::bank::{BankConfig, CaptureMeta, MemoryBank};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
+use models::adapt::roll::RollParams;
 use models::adapt::RecentringKind;
 use models::data::{fashion_mnist_dir, load_fashion_mnist, shifted, ImageSet, Shift, Split};
 use models::manifest::Precision;
@@ -40,6 +42,8 @@ struct Row {
     /// Training rounds whose layer was kept, and all rounds.
     kept: u64,
     rounds: u64,
+    /// The camera roll the search found (degrees), in `+roll` modes.
+    roll_degrees: Option<f32>,
     seconds: f64,
 }
 
@@ -49,11 +53,16 @@ fn model_dir() -> PathBuf {
 
 /// An adaptation mode by name; `None` for no adaptation.
 fn mode_config(mode: &str) -> Option<AdaptConfig> {
+    // `+roll` anywhere: the camera roll searched as well.
+    let roll = mode.split('+').any(|t| t == "roll");
+    let mode = mode.replace("+roll", "");
+    let mode = mode.as_str();
     // `input` alone: the input's statistics only; `embedding-` before a mode: that mode
     // without them (the embedding adapted alone).
     if mode == "input" {
         return Some(AdaptConfig {
             recentring: None,
+            roll: None,
             ..Default::default()
         });
     }
@@ -95,6 +104,7 @@ fn mode_config(mode: &str) -> Option<AdaptConfig> {
         recentring,
         input,
         train,
+        roll: roll.then(RollParams::default),
         ..Default::default()
     })
 }
@@ -104,6 +114,7 @@ struct Streamed {
     accuracy: f64,
     kept: u64,
     rounds: u64,
+    roll: Option<f32>,
 }
 
 /// The online clusters of `set` streamed through a fresh pipeline.
@@ -149,11 +160,15 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> S
             _ => None,
         })
         .collect();
-    let (mut kept, mut rounds) = (0, 0);
+    let (mut kept, mut rounds, mut roll) = (0, 0, None);
     for e in &events {
-        if let Event::Adapt { kept: k, .. } = e {
-            rounds += 1;
-            kept += *k as u64;
+        match e {
+            Event::Adapt { kept: k, .. } => {
+                rounds += 1;
+                kept += *k as u64;
+            }
+            Event::Roll { degrees, .. } => roll = Some(*degrees),
+            _ => {}
         }
     }
     let labels = set.labels.as_deref().expect("labels");
@@ -162,6 +177,7 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> S
         accuracy: clustering_accuracy(labels, &assigned).expect("accuracy"),
         kept,
         rounds,
+        roll,
     }
 }
 
@@ -177,9 +193,16 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let modes = env_list("SHIFT_MODES").unwrap_or_else(|| {
-        ["input", "embedding-stats", "stats", "whiten", "stats+train"]
-            .map(String::from)
-            .to_vec()
+        [
+            "input",
+            "embedding-stats",
+            "stats",
+            "whiten",
+            "stats+roll",
+            "stats+roll+train",
+        ]
+        .map(String::from)
+        .to_vec()
     });
     let only = env_list("SHIFT_ONLY");
     let bundle = ModelBundle::load(&model_dir(), Precision::Int8).expect("default model");
@@ -221,6 +244,7 @@ fn main() {
             recovered: (s.nmi - base.nmi) / (clean_nmi - base.nmi),
             kept: s.kept,
             rounds: s.rounds,
+            roll_degrees: s.roll,
             seconds: t.elapsed().as_secs_f64(),
         };
         rows.push(row("off", &base, t));
@@ -231,12 +255,21 @@ fn main() {
         }
     }
     println!(
-        "{:<11} {:>3} {:<13} {:>7} {:>9} {:>9} {:>10} {:>7} {:>8}",
-        "shift", "sev", "adaptation", "NMI", "accuracy", "NMI lost", "recovered", "kept", "seconds"
+        "{:<11} {:>3} {:<18} {:>7} {:>9} {:>9} {:>10} {:>7} {:>6} {:>8}",
+        "shift",
+        "sev",
+        "adaptation",
+        "NMI",
+        "accuracy",
+        "NMI lost",
+        "recovered",
+        "kept",
+        "roll",
+        "seconds"
     );
     for r in &rows {
         println!(
-            "{:<11} {:>3} {:<13} {:>7.4} {:>9.4} {:>9.4} {:>10.2} {:>3}/{:<3} {:>8.1}",
+            "{:<11} {:>3} {:<18} {:>7.4} {:>9.4} {:>9.4} {:>10.2} {:>3}/{:<3} {:>6} {:>8.1}",
             r.shift,
             r.severity,
             r.mode,
@@ -246,6 +279,7 @@ fn main() {
             r.recovered,
             r.kept,
             r.rounds,
+            r.roll_degrees.map_or(String::new(), |d| format!("{d:.1}")),
             r.seconds
         );
     }

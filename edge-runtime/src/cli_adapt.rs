@@ -85,6 +85,7 @@ pub fn adapt(cmd: &AdaptCommand) -> Result<()> {
                     let (mean, std) = s.moments();
                     serde_json::json!({ "frames": s.count, "mean": mean, "std": std })
                 }),
+                "roll_degrees": r.roll.as_ref().map(|e| e.degrees),
                 "memory_bytes": r.memory_bytes(),
                 "distance_from_identity": r.linear.distance_from_identity(),
             });
@@ -176,6 +177,7 @@ fn save_loop(bank: &Path, dim: usize) -> Result<()> {
             linear,
             recentring: None,
             input: None,
+            roll: None,
         };
         store::save(bank, &record)?;
         writeln!(out, "saved {n}")?;

@@ -18,6 +18,7 @@ use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
 use edge_runtime::preprocess::Preprocessor;
 use edge_runtime::rebind::rebind;
 use edge_runtime::EdgeError;
+use models::adapt::roll::RollParams;
 use models::adapt::RecentringKind;
 use models::cluster::{KMeansParams, OnlineKMeansParams};
 use models::data::{read_image, ImageFolderOptions, ImageSet};
@@ -113,13 +114,19 @@ pub struct AdaptArgs {
     /// Statistics adaptation: re-centre each embedding dimension (`stats`) or re-whiten the
     /// whole embedding (`whiten`) from what the camera shows onto the training statistics
     /// (embedding-stats.json beside the manifest). Each frame is also re-normalised from the
-    /// running per-channel statistics of the frames seen (unless --no-adapt-input).
+    /// running per-channel statistics of the frames seen (unless --no-adapt-input), and
+    /// turned back by the camera's roll found at the end of the warm-up (unless
+    /// --no-adapt-roll).
     #[arg(long, value_enum, default_value = "none")]
     adapt: AdaptArg,
     /// With --adapt stats or whiten: leave the frames as the manifest preprocesses them and
     /// adapt the embedding only.
     #[arg(long)]
     no_adapt_input: bool,
+    /// With --adapt stats or whiten: do not search the camera's roll (a tilted mount) at the
+    /// end of the warm-up, nor turn the frames back by it.
+    #[arg(long)]
+    no_adapt_roll: bool,
     /// Also train the adapter layer on the device from the bank's thumbnails (kept only when
     /// a held-out part of the bank does not cluster worse; saved as BANK/adapter.bin).
     #[arg(long)]
@@ -155,6 +162,7 @@ impl AdaptArgs {
         }
         Some(AdaptConfig {
             input: recentring.is_some() && !self.no_adapt_input,
+            roll: (recentring.is_some() && !self.no_adapt_roll).then(RollParams::default),
             recentring,
             train: self.adapt_train.then(|| TrainConfig {
                 every: self.adapt_every,

@@ -87,6 +87,19 @@ pub enum Event {
         /// Updates kept so far.
         updates: u64,
     },
+    /// The camera roll was searched (once, after the warm-up); `degrees` is what every later
+    /// frame is turned back by (0: none found).
+    Roll {
+        degrees: f32,
+        /// Statistics distance to the training embeddings at that angle, unturned, and at
+        /// the opposite angle.
+        distance_best: f64,
+        distance_unturned: f64,
+        distance_opposite: f64,
+        angles: usize,
+        frames: usize,
+        seconds: f64,
+    },
 }
 
 pub struct Pipeline {
@@ -231,6 +244,9 @@ impl Pipeline {
                 });
             }
             let pixels: Vec<&[u8]> = chunk.iter().map(|f| f.pixels.as_slice()).collect();
+            if let Some(a) = &mut self.adaptation {
+                a.sample_for_roll(&pixels);
+            }
             let adaptation = &mut self.adaptation;
             let mut emb =
                 embed_pixels_mapped(self.run.as_ref(), self.pre.spec(), &pixels, &mut |x| {
@@ -277,6 +293,7 @@ impl Pipeline {
             }
             self.bank.reserve_cluster_ids(self.online.next_id())?;
             self.adaptation_tick(chunk.len() as u64, &mut events)?;
+            self.roll_tick(&mut events)?;
             self.since_recluster += chunk.len() as u64;
             if self.config.recluster_every > 0
                 && self.since_recluster >= self.config.recluster_every
@@ -314,6 +331,26 @@ impl Pipeline {
         if let Some(outcome) = worker.poll() {
             events.push(self.apply_outcome(outcome?)?);
         }
+        Ok(())
+    }
+
+    /// Runs the roll search when its frames are in (inline: it runs once).
+    fn roll_tick(&mut self, events: &mut Vec<Event>) -> Result<(), EdgeError> {
+        let Some(a) = self.adaptation.as_mut().filter(|a| a.roll_due()) else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let frames = a.roll_sample_len();
+        let e = a.search_roll(self.run.as_ref(), self.pre.spec())?;
+        events.push(Event::Roll {
+            degrees: e.degrees,
+            distance_best: e.distance_best,
+            distance_unturned: e.distance_unturned,
+            distance_opposite: e.distance_opposite,
+            angles: e.tried.len(),
+            frames,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
         Ok(())
     }
 
@@ -362,6 +399,7 @@ impl Pipeline {
             held_out,
             recentring: a.record().recentring.clone(),
             input: a.record().input.clone(),
+            roll_degrees: a.record().roll.as_ref().map_or(0.0, |r| r.degrees),
             linear: a.record().linear.clone(),
             centroids: self
                 .online

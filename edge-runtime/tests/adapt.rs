@@ -1,7 +1,8 @@
 //! On-device adaptation on the committed default model and real Fashion-MNIST frames: a
 //! rolled-back update changes nothing, a kept one keeps cluster ids and is saved and resumed,
 //! the saved adapter belongs to one model, survives `kill -9` mid-save, and can be reset;
-//! the CLI's adaptation flags and commands, and their errors.
+//! the camera's roll is found, undone, saved and reset; the CLI's adaptation flags and
+//! commands, and their errors.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -33,10 +34,18 @@ fn frames(n: usize) -> Vec<Frame> {
 
 /// The first `n` test images under `shift` at its higher severity.
 fn shifted_frames(shift: Shift, n: usize) -> Vec<Frame> {
+    frames_of(Some(shift), n)
+}
+
+/// The first `n` test images, under `shift` at its higher severity if any.
+fn frames_of(shift: Option<Shift>, n: usize) -> Vec<Frame> {
     let set = load_fashion_mnist(&fashion_mnist_dir(), Split::Test)
         .unwrap()
         .take(n);
-    let set = shifted(&set, shift, 2, 7);
+    let set = match shift {
+        Some(s) => shifted(&set, s, 2, 7),
+        None => set,
+    };
     (0..n)
         .map(|i| Frame {
             meta: CaptureMeta {
@@ -142,8 +151,11 @@ fn a_rolled_back_update_loses_no_frame_and_moves_no_cluster() {
     assert_eq!(frame_clusters(&events), frame_clusters(&reference));
     assert_eq!(adapted.bank().len(), frames.len());
     assert_eq!(adapted.adaptation().unwrap().record().updates, 0);
+    // The roll search saves what it found; no layer was saved.
+    let on_disk = store::read(a.path()).unwrap();
     assert!(
-        !store::path(a.path()).exists(),
+        on_disk
+            .is_none_or(|r| r.updates == 0 && r.linear == LinearAdapter::identity(r.linear.dim())),
         "a rolled-back update was saved"
     );
     // A snapshot saves the running statistics (no update), and a restart resumes them.
@@ -243,6 +255,79 @@ fn the_input_statistics_follow_a_brightened_stream_and_are_saved() {
     assert!(plain.adaptation().unwrap().record().input.is_none());
 }
 
+fn rolls(events: &[Event]) -> Vec<f32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Roll { degrees, .. } => Some(*degrees),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A camera turned by 20 degrees: the search at the end of the warm-up finds the angle, the
+/// record keeps it (saved, resumed without a second search), and a reset forgets it. An
+/// upright camera is left upright.
+#[test]
+fn a_tilted_camera_is_found_turned_back_saved_and_reset() {
+    let turned = shifted_frames(Shift::Rotation, 260);
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipe = pipeline(dir.path(), Some(AdaptConfig::default())).unwrap();
+    let events = pipe.process(&turned, None).unwrap();
+    let found = rolls(&events);
+    assert_eq!(found.len(), 1, "one search");
+    assert!((found[0] - 20.0).abs() <= 2.5, "found {}", found[0]);
+    // Every frame was clustered: the search holds none back.
+    assert_eq!(frame_clusters(&events).len(), turned.len());
+    pipe.snapshot().unwrap();
+    let saved = store::read(dir.path()).unwrap().expect("a saved adapter");
+    assert_eq!(saved.roll.as_ref().map(|r| r.degrees), Some(found[0]));
+    assert_eq!(saved.export().roll_degrees, found[0]);
+    drop(pipe);
+
+    let mut resumed = pipeline(dir.path(), Some(AdaptConfig::default())).unwrap();
+    let events = resumed.process(&turned[..20], None).unwrap();
+    assert!(rolls(&events).is_empty(), "searched again after a resume");
+    resumed.reset_adaptation().unwrap();
+    assert!(resumed.adaptation().unwrap().record().roll.is_none());
+
+    let upright = frames_of(None, 260);
+    let other = tempfile::tempdir().unwrap();
+    let mut pipe = pipeline(other.path(), Some(AdaptConfig::default())).unwrap();
+    assert_eq!(rolls(&pipe.process(&upright, None).unwrap()), vec![0.0]);
+}
+
+/// An adapter file from a build with another record layout is refused as another format,
+/// not called damaged, and left in place.
+#[test]
+fn an_adapter_of_an_older_format_is_named_as_such() {
+    #[derive(serde::Serialize)]
+    struct OlderRecord {
+        format: u32,
+        model_sha256: String,
+        updates: u64,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = edge_runtime::bank::log::frame(&OlderRecord {
+        format: 2,
+        model_sha256: bundle().file().sha256.clone(),
+        updates: 1,
+    });
+    std::fs::write(store::path(dir.path()), &bytes).unwrap();
+    let err = pipeline(dir.path(), Some(AdaptConfig::default())).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            EdgeError::Adapter {
+                problem: AdapterProblem::Format { found: 2, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(store::path(dir.path())).unwrap(), bytes);
+}
+
 #[test]
 fn an_adapter_of_another_model_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,6 +339,7 @@ fn an_adapter_of_another_model_is_refused_by_name() {
         linear: LinearAdapter::identity(128),
         recentring: None,
         input: None,
+        roll: None,
     };
     store::save(dir.path(), &other).unwrap();
     let err = pipeline(dir.path(), Some(training(|_| ()))).unwrap_err();

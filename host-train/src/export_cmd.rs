@@ -99,6 +99,15 @@ pub fn export(args: &ExportArgs) -> Result<()> {
             a.frames,
             a.model_sha256.get(..12).unwrap_or(&a.model_sha256)
         );
+        if a.roll_degrees != 0.0 {
+            // A turn of the input is not a map of the embedding: it cannot be folded.
+            println!(
+                "note: the board turns its frames back by {:.1} degrees (a tilted camera); \
+                 that is not folded into the model: level the mount, or keep the board's \
+                 roll correction on",
+                a.roll_degrees
+            );
+        }
     }
     let ecfg = ExportConfig {
         calibration_images: args.calibration_images,

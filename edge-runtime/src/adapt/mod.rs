@@ -1,7 +1,11 @@
 //! On-device adaptation of the embedding to the scene the camera sees, without labels and
 //! without candle (the maths is `models::adapt`).
 //!
-//! Each preprocessed frame is first re-normalised from the running statistics of the frames
+//! When the camera's roll is searched (`AdaptConfig::roll`), each preprocessed frame is first
+//! turned back by the roll found ([`models::adapt::roll`]): the search runs once, on the
+//! frames of the warm-up, and its answer is kept in the adapter record.
+//!
+//! Each preprocessed frame is then re-normalised from the running statistics of the frames
 //! seen ([`InputStats`], AdaBN at the input; `AdaptConfig::input`). Each raw embedding then
 //! passes, before clustering, through
 //! 1. statistics adaptation ([`Recentring`]): re-centred (and, `Full`, re-whitened) from the
@@ -24,6 +28,7 @@ mod worker;
 
 use std::path::{Path, PathBuf};
 
+use models::adapt::roll::{search_roll, undo_roll, RollEstimate, RollParams};
 use models::adapt::swapped::SwappedParams;
 use models::adapt::views::ViewParams;
 use models::adapt::{EmbeddingStats, InputStats, LinearAdapter, Recentring, RecentringKind};
@@ -33,6 +38,7 @@ pub use store::AdapterRecord;
 pub use trainer::{Job, Outcome, Trainer};
 pub use worker::Worker;
 
+use crate::backend::{embed_pixels_mapped, Runnable};
 use crate::bundle::ModelBundle;
 use crate::error::AdapterProblem;
 use crate::EdgeError;
@@ -50,6 +56,8 @@ pub struct AdaptConfig {
     pub warmup: u64,
     /// The trained layer, if any.
     pub train: Option<TrainConfig>,
+    /// Search the camera's roll on the warm-up's frames and turn every frame back by it.
+    pub roll: Option<RollParams>,
 }
 
 impl Default for AdaptConfig {
@@ -60,9 +68,13 @@ impl Default for AdaptConfig {
             window: 2000,
             warmup: 200,
             train: None,
+            roll: Some(RollParams::default()),
         }
     }
 }
+
+/// Frames the roll search looks at, at least (it uses the warm-up's frames when more).
+const ROLL_MIN_FRAMES: u64 = 64;
 
 /// Bounded training of the layer: `steps` steps of `batch` frames every `every` frames.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +151,10 @@ pub struct Adaptation {
     pub(crate) worker: Option<Worker>,
     pub(crate) since_round: u64,
     pub(crate) rounds: u64,
+    /// Frames (the model's input pixels) kept for the roll search until it runs.
+    roll_sample: Vec<Vec<u8>>,
+    /// The frames' height and width.
+    frame_hw: (usize, usize),
 }
 
 impl Adaptation {
@@ -149,15 +165,16 @@ impl Adaptation {
         dim: usize,
         config: AdaptConfig,
     ) -> Result<Self, EdgeError> {
-        let train_stats = match config.recentring {
-            Some(_) => Some(read_embedding_stats(
+        let train_stats = match config.recentring.is_some() || config.roll.is_some() {
+            true => Some(read_embedding_stats(
                 model.path.parent().unwrap_or(Path::new(".")),
                 dim,
             )?),
-            None => None,
+            false => None,
         };
         let sha = model.file().sha256.clone();
-        let channels = model.manifest.preprocess.channels();
+        let spec = &model.manifest.preprocess;
+        let channels = spec.channels();
         let fresh = fresh_record(&config, train_stats.as_ref(), &sha, dim, channels);
         let record = match store::load(bank_dir, &sha)? {
             None => fresh,
@@ -187,6 +204,8 @@ impl Adaptation {
             worker: None,
             since_round: 0,
             rounds: 0,
+            roll_sample: Vec::new(),
+            frame_hw: (spec.height as usize, spec.width as usize),
         })
     }
 
@@ -194,8 +213,12 @@ impl Adaptation {
         &self.record
     }
 
-    /// Observes and re-normalises one preprocessed frame in place (when `config.input`).
+    /// Turns one preprocessed frame back by the roll found, then observes and re-normalises
+    /// it in place (when `config.input`).
     pub fn map_input(&mut self, frame: &mut [f32]) {
+        if let Some(r) = &self.record.roll {
+            undo_roll(frame, self.frame_hw.0, self.frame_hw.1, r.degrees);
+        }
         if let Some(s) = &mut self.record.input {
             s.observe_and_adapt(frame);
         }
@@ -211,6 +234,65 @@ impl Adaptation {
             self.record.linear.apply_rows(rows);
         }
         self.record.frames += (rows.len() / d.max(1)) as u64;
+    }
+
+    /// Keeps frames for the roll search while it is still to run.
+    pub(crate) fn sample_for_roll(&mut self, frames: &[&[u8]]) {
+        if self.config.roll.is_none() || self.record.roll.is_some() {
+            return;
+        }
+        let want = self.roll_sample_size();
+        let room = want.saturating_sub(self.roll_sample.len());
+        self.roll_sample
+            .extend(frames.iter().take(room).map(|f| f.to_vec()));
+    }
+
+    pub(crate) fn roll_sample_len(&self) -> usize {
+        self.roll_sample.len()
+    }
+
+    fn roll_sample_size(&self) -> usize {
+        self.config.warmup.max(ROLL_MIN_FRAMES) as usize
+    }
+
+    /// Whether the roll search has its frames and has not run.
+    pub(crate) fn roll_due(&self) -> bool {
+        self.config.roll.is_some()
+            && self.record.roll.is_none()
+            && self.roll_sample.len() >= self.roll_sample_size()
+    }
+
+    /// Searches the roll on the kept frames with `run` (each angle's frames go through the
+    /// input's statistics as they stand), keeps the answer in the record and saves it. A roll
+    /// found restarts the embedding's statistics, which described the unturned frames.
+    pub(crate) fn search_roll(
+        &mut self,
+        run: &dyn Runnable,
+        spec: &models::preprocess::PreprocessSpec,
+    ) -> Result<RollEstimate, EdgeError> {
+        let (Some(params), Some(stats)) = (self.config.roll, self.train_stats.as_ref()) else {
+            return Err(EdgeError::NoEmbeddingStats {
+                path: self.bank_dir.clone(),
+            });
+        };
+        let (h, w) = self.frame_hw;
+        let input = self.record.input.clone();
+        let frames: Vec<&[u8]> = self.roll_sample.iter().map(Vec::as_slice).collect();
+        let estimate = search_roll(&params, stats, |degrees| {
+            embed_pixels_mapped(run, spec, &frames, &mut |x| {
+                undo_roll(x, h, w, degrees);
+                if let Some(s) = &input {
+                    s.adapt(x);
+                }
+            })
+        })?;
+        if estimate.degrees != 0.0 {
+            self.record.recentring = fresh_recentring(&self.config, Some(stats));
+        }
+        self.record.roll = Some(estimate.clone());
+        self.roll_sample = Vec::new();
+        self.save()?;
+        Ok(estimate)
     }
 
     /// Keeps an accepted layer and saves the adapter.
@@ -241,6 +323,7 @@ impl Adaptation {
             channels,
         );
         self.since_round = 0;
+        self.roll_sample.clear();
         store::reset(&self.bank_dir)
     }
 }
@@ -267,12 +350,20 @@ fn fresh_record(
         updates: 0,
         frames: 0,
         linear: LinearAdapter::identity(dim),
-        recentring: config
-            .recentring
-            .zip(train_stats)
-            .map(|(kind, s)| Recentring::new(kind, s, config.window, config.warmup)),
+        recentring: fresh_recentring(config, train_stats),
         input: config
             .input
             .then(|| InputStats::new(channels, config.window, config.warmup)),
+        roll: None,
     }
+}
+
+fn fresh_recentring(
+    config: &AdaptConfig,
+    train_stats: Option<&EmbeddingStats>,
+) -> Option<Recentring> {
+    config
+        .recentring
+        .zip(train_stats)
+        .map(|(kind, s)| Recentring::new(kind, s, config.window, config.warmup))
 }

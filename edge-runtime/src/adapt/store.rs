@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use models::adapt::roll::RollEstimate;
 use models::adapt::{AdapterExport, InputStats, LinearAdapter, Recentring};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,7 @@ use crate::EdgeError;
 pub const ADAPTER_FILE: &str = "adapter.bin";
 
 /// Bumped when the record changes meaning; other versions are refused.
-pub const ADAPTER_FORMAT: u32 = 2;
+pub const ADAPTER_FORMAT: u32 = 3;
 
 /// What is persisted: the trained layer and the running statistics it was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,8 @@ pub struct AdapterRecord {
     pub recentring: Option<Recentring>,
     /// The input's running statistics (`AdaptConfig::input`).
     pub input: Option<InputStats>,
+    /// The camera roll the device found and undoes (`None` until searched).
+    pub roll: Option<RollEstimate>,
 }
 
 impl AdapterRecord {
@@ -101,8 +104,27 @@ pub fn read(bank_dir: &Path) -> Result<Option<AdapterRecord>, EdgeError> {
                 expected: ADAPTER_FORMAT,
             },
         )),
-        _ => Err(adapter_error(bank_dir, AdapterProblem::Damaged)),
+        // A record of another format may not parse as this one: its leading format number
+        // still says which it is.
+        _ => match log::read_records::<FormatOnly>(&bytes) {
+            (found, _, None) if found.last().is_some_and(|f| f.format != ADAPTER_FORMAT) => {
+                Err(adapter_error(
+                    bank_dir,
+                    AdapterProblem::Format {
+                        found: found.last().map_or(0, |f| f.format),
+                        expected: ADAPTER_FORMAT,
+                    },
+                ))
+            }
+            _ => Err(adapter_error(bank_dir, AdapterProblem::Damaged)),
+        },
     }
+}
+
+/// The first field of any format's record.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
 }
 
 /// Moves the adapter aside; returns where it went (`None` when there was none).
@@ -136,14 +158,17 @@ fn adapter_error(bank_dir: &Path, problem: AdapterProblem) -> EdgeError {
 impl AdapterRecord {
     /// The adapter as the host reads it (`edge-runtime adapt export`).
     pub fn export(&self) -> AdapterExport {
-        AdapterExport::compose(
-            ADAPTER_FORMAT,
-            &self.model_sha256,
-            self.updates,
-            self.frames,
-            &self.linear,
-            self.recentring.as_ref(),
-            self.input.as_ref(),
-        )
+        AdapterExport {
+            roll_degrees: self.roll.as_ref().map_or(0.0, |r| r.degrees),
+            ..AdapterExport::compose(
+                ADAPTER_FORMAT,
+                &self.model_sha256,
+                self.updates,
+                self.frames,
+                &self.linear,
+                self.recentring.as_ref(),
+                self.input.as_ref(),
+            )
+        }
     }
 }

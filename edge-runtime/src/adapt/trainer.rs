@@ -7,6 +7,7 @@ use models::adapt::swapped::{self, unit_prototypes};
 use models::adapt::views::view;
 use models::adapt::{InputStats, LinearAdapter, Recentring};
 use models::cluster::KMeans;
+use models::geometry::{rotate_planes_u8, Border};
 use models::linalg::l2_normalize_rows;
 use models::metrics::silhouette;
 use models::rng::Rng;
@@ -29,6 +30,8 @@ pub struct Job {
     pub recentring: Option<Recentring>,
     /// The input's statistics when the round started (frozen during it).
     pub input: Option<InputStats>,
+    /// The camera roll undone before everything else (degrees).
+    pub roll_degrees: f32,
     pub linear: LinearAdapter,
     /// The online centroids (k x dim).
     pub centroids: Vec<f32>,
@@ -85,6 +88,7 @@ impl Trainer {
 
     pub fn round(&mut self, job: Job) -> Result<Outcome, EdgeError> {
         let t0 = Instant::now();
+        let job = self.roll_undone(job);
         let d = self.run.embed_dim();
         let protos = unit_prototypes(&job.centroids, d);
         let mut candidate = job.linear.clone();
@@ -129,6 +133,21 @@ impl Trainer {
             step_seconds,
             seconds: t0.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The job with its stored frames turned back by its roll, so that the views (flips
+    /// among them) are made of frames as the live path sees them.
+    fn roll_undone(&self, mut job: Job) -> Job {
+        if job.roll_degrees != 0.0 {
+            let spec = self.pre.spec();
+            let (h, w) = (spec.height as usize, spec.width as usize);
+            let radians = -job.roll_degrees.to_radians();
+            for f in job.train.iter_mut().chain(job.held_out.iter_mut()) {
+                rotate_planes_u8(f, h, w, radians, Border::Edge);
+            }
+            job.roll_degrees = 0.0;
+        }
+        job
     }
 
     /// Two views of a random batch of the training frames, embedded and re-centred.

@@ -47,7 +47,7 @@ pub fn cluster_event(event: &Event) -> Option<Message> {
             distance,
             novel,
         }),
-        Event::Recluster { .. } | Event::Adapt { .. } => None,
+        Event::Recluster { .. } | Event::Adapt { .. } | Event::Roll { .. } => None,
     }
 }
 
