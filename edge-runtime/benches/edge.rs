@@ -99,18 +99,19 @@ fn main() {
     }
 
     println!(
-        "\n| per-frame pipeline latency (int8, tract, 1 thread, batch 1, 4,000 frames) | p50 ms | p99 ms | max ms | rounds kept | adapter step ms |\n|---|---|---|---|---|---|"
+        "\n| per-frame pipeline latency (int8, tract, 1 thread, batch 1, 4,000 frames) | p50 ms | p99 ms | max ms | rounds kept | adapter step ms | roll search s |\n|---|---|---|---|---|---|---|"
     );
     let mut adaptation = Vec::new();
     for mode in ["off", "stats", "stats+train", "stats+train (inline)"] {
         let r = pipeline_latency(&model, mode);
         println!(
-            "| {mode} | {:.3} | {:.3} | {:.3} | {} | {:.3} |",
+            "| {mode} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.2} |",
             r["p50_ms"].as_f64().unwrap(),
             r["p99_ms"].as_f64().unwrap(),
             r["max_ms"].as_f64().unwrap(),
             r["rounds"].as_str().unwrap_or_default(),
             r["step_ms"].as_f64().unwrap_or(f64::NAN),
+            r["roll_search_s"].as_f64().unwrap_or(f64::NAN),
         );
         adaptation.push(r);
     }
@@ -173,6 +174,7 @@ fn pipeline_latency(model: &Path, mode: &str) -> Value {
         });
         let adapt = AdaptConfig {
             train,
+            roll_in_background: !mode.contains("inline"),
             ..Default::default()
         };
         pipe.enable_adaptation(&bundle, &TractRuntime, &options, adapt)
@@ -181,14 +183,16 @@ fn pipeline_latency(model: &Path, mode: &str) -> Value {
     let mut times = Vec::with_capacity(set.len());
     let mut steps = Vec::new();
     let mut kept = 0;
-    let mut on_event = |e: &Event| {
-        if let Event::Adapt {
+    let mut roll_s = None;
+    let mut on_event = |e: &Event| match e {
+        Event::Adapt {
             step_ms, kept: k, ..
-        } = e
-        {
+        } => {
             steps.push(*step_ms);
             kept += *k as u32;
         }
+        Event::Roll { seconds, .. } => roll_s = Some(*seconds),
+        _ => {}
     };
     for i in 0..set.len() {
         let frame = Frame {
@@ -204,9 +208,10 @@ fn pipeline_latency(model: &Path, mode: &str) -> Value {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         events.iter().for_each(&mut on_event);
     }
-    if let Some(e) = pipe.finish_adaptation().unwrap() {
-        on_event(&e);
-    }
+    pipe.finish_adaptation()
+        .unwrap()
+        .iter()
+        .for_each(&mut on_event);
     times.sort_by(f64::total_cmp);
     let step_ms = (!steps.is_empty()).then(|| steps.iter().sum::<f64>() / steps.len() as f64);
     json!({
@@ -217,6 +222,7 @@ fn pipeline_latency(model: &Path, mode: &str) -> Value {
         "max_ms": times[times.len() - 1],
         "rounds": format!("{kept}/{}", steps.len()),
         "step_ms": step_ms,
+        "roll_search_s": roll_s,
     })
 }
 

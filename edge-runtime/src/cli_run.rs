@@ -272,7 +272,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     }
     // Graceful end (input done, SIGINT or SIGTERM): everything stored is on disk.
-    if let Some(event) = pipe.finish_adaptation()? {
+    for event in pipe.finish_adaptation()? {
         writeln!(sink.out, "{}", serde_json::to_string(&event)?)?;
     }
     pipe.snapshot()?;

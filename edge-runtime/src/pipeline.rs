@@ -185,6 +185,18 @@ impl Pipeline {
             let trainer = Trainer::new(run, self.pre.clone(), train.clone());
             adaptation.worker = Some(Worker::new(trainer, train.background)?);
         }
+        let background = adaptation.config.roll.is_some() && adaptation.config.roll_in_background;
+        let roll_run = match background {
+            true => Some(runtime.prepare(
+                model,
+                &PrepareOptions {
+                    threads: 1,
+                    ..options.clone()
+                },
+            )?),
+            false => None,
+        };
+        adaptation.prepare_roll_search(roll_run);
         self.adaptation = Some(adaptation);
         Ok(())
     }
@@ -202,14 +214,20 @@ impl Pipeline {
         }
     }
 
-    /// Waits for an adaptation round under way and applies it (for a clean stop and tests).
-    pub fn finish_adaptation(&mut self) -> Result<Option<Event>, EdgeError> {
+    /// Waits for an adaptation round and a roll search under way and applies them (for a
+    /// clean stop and tests); returns their events.
+    pub fn finish_adaptation(&mut self) -> Result<Vec<Event>, EdgeError> {
+        let mut events = Vec::new();
         let outcome = self
             .adaptation
             .as_mut()
             .and_then(|a| a.worker.as_mut())
             .and_then(Worker::wait);
-        outcome.map(|o| self.apply_outcome(o?)).transpose()
+        if let Some(o) = outcome {
+            events.push(self.apply_outcome(o?)?);
+        }
+        self.roll_tick(&mut events, true)?;
+        Ok(events)
     }
 
     pub fn batch(&self) -> usize {
@@ -293,7 +311,7 @@ impl Pipeline {
             }
             self.bank.reserve_cluster_ids(self.online.next_id())?;
             self.adaptation_tick(chunk.len() as u64, &mut events)?;
-            self.roll_tick(&mut events)?;
+            self.roll_tick(&mut events, false)?;
             self.since_recluster += chunk.len() as u64;
             if self.config.recluster_every > 0
                 && self.since_recluster >= self.config.recluster_every
@@ -334,23 +352,24 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs the roll search when its frames are in (inline: it runs once).
-    fn roll_tick(&mut self, events: &mut Vec<Event>) -> Result<(), EdgeError> {
-        let Some(a) = self.adaptation.as_mut().filter(|a| a.roll_due()) else {
+    /// Starts the roll search when its frames are in, and reports a finished one (`wait`:
+    /// waits for one under way).
+    fn roll_tick(&mut self, events: &mut Vec<Event>, wait: bool) -> Result<(), EdgeError> {
+        let Some(a) = self.adaptation.as_mut() else {
             return Ok(());
         };
-        let t0 = Instant::now();
-        let frames = a.roll_sample_len();
-        let e = a.search_roll(self.run.as_ref(), self.pre.spec())?;
-        events.push(Event::Roll {
-            degrees: e.degrees,
-            distance_best: e.distance_best,
-            distance_unturned: e.distance_unturned,
-            distance_opposite: e.distance_opposite,
-            angles: e.tried.len(),
-            frames,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+        if let Some(found) = a.roll_tick(self.run.as_ref(), self.pre.spec(), wait)? {
+            let e = found.estimate;
+            events.push(Event::Roll {
+                degrees: e.degrees,
+                distance_best: e.distance_best,
+                distance_unturned: e.distance_unturned,
+                distance_opposite: e.distance_opposite,
+                angles: e.tried.len(),
+                frames: found.frames,
+                seconds: found.seconds,
+            });
+        }
         Ok(())
     }
 

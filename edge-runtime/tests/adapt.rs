@@ -273,7 +273,9 @@ fn a_tilted_camera_is_found_turned_back_saved_and_reset() {
     let turned = shifted_frames(Shift::Rotation, 260);
     let dir = tempfile::tempdir().unwrap();
     let mut pipe = pipeline(dir.path(), Some(AdaptConfig::default())).unwrap();
-    let events = pipe.process(&turned, None).unwrap();
+    // The search runs on its own thread: its answer comes with a later frame, or at the end.
+    let mut events = pipe.process(&turned, None).unwrap();
+    events.extend(pipe.finish_adaptation().unwrap());
     let found = rolls(&events);
     assert_eq!(found.len(), 1, "one search");
     assert!((found[0] - 20.0).abs() <= 2.5, "found {}", found[0]);
@@ -286,15 +288,23 @@ fn a_tilted_camera_is_found_turned_back_saved_and_reset() {
     drop(pipe);
 
     let mut resumed = pipeline(dir.path(), Some(AdaptConfig::default())).unwrap();
-    let events = resumed.process(&turned[..20], None).unwrap();
+    let mut events = resumed.process(&turned[..20], None).unwrap();
+    events.extend(resumed.finish_adaptation().unwrap());
     assert!(rolls(&events).is_empty(), "searched again after a resume");
     resumed.reset_adaptation().unwrap();
     assert!(resumed.adaptation().unwrap().record().roll.is_none());
 
     let upright = frames_of(None, 260);
     let other = tempfile::tempdir().unwrap();
-    let mut pipe = pipeline(other.path(), Some(AdaptConfig::default())).unwrap();
-    assert_eq!(rolls(&pipe.process(&upright, None).unwrap()), vec![0.0]);
+    let inline = AdaptConfig {
+        roll_in_background: false,
+        ..Default::default()
+    };
+    let mut pipe = pipeline(other.path(), Some(inline)).unwrap();
+    // Inline, the search answers with the frame that ends the warm-up.
+    let events = pipe.process(&upright, None).unwrap();
+    assert_eq!(rolls(&events), vec![0.0]);
+    assert!(pipe.finish_adaptation().unwrap().is_empty());
 }
 
 /// An adapter file from a build with another record layout is refused as another format,

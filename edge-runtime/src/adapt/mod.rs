@@ -22,23 +22,26 @@
 //! ([`worker`]); `TrainConfig::background = false` runs them inline (deterministic, for tests
 //! and the shift benchmark).
 
+mod roll;
 pub mod store;
 pub mod trainer;
 mod worker;
 
 use std::path::{Path, PathBuf};
 
-use models::adapt::roll::{search_roll, undo_roll, RollEstimate, RollParams};
+use models::adapt::roll::{undo_roll, RollParams};
 use models::adapt::swapped::SwappedParams;
 use models::adapt::views::ViewParams;
 use models::adapt::{EmbeddingStats, InputStats, LinearAdapter, Recentring, RecentringKind};
 
 pub use models::adapt::AdapterExport;
+pub(crate) use roll::RollFound;
+use roll::{RollInputs, RollSearch};
 pub use store::AdapterRecord;
 pub use trainer::{Job, Outcome, Trainer};
 pub use worker::Worker;
 
-use crate::backend::{embed_pixels_mapped, Runnable};
+use crate::backend::Runnable;
 use crate::bundle::ModelBundle;
 use crate::error::AdapterProblem;
 use crate::EdgeError;
@@ -58,6 +61,9 @@ pub struct AdaptConfig {
     pub train: Option<TrainConfig>,
     /// Search the camera's roll on the warm-up's frames and turn every frame back by it.
     pub roll: Option<RollParams>,
+    /// The roll search on a low-priority thread with its own model (`false`: inline, for
+    /// tests and the shift benchmark).
+    pub roll_in_background: bool,
 }
 
 impl Default for AdaptConfig {
@@ -69,6 +75,7 @@ impl Default for AdaptConfig {
             warmup: 200,
             train: None,
             roll: Some(RollParams::default()),
+            roll_in_background: true,
         }
     }
 }
@@ -151,8 +158,8 @@ pub struct Adaptation {
     pub(crate) worker: Option<Worker>,
     pub(crate) since_round: u64,
     pub(crate) rounds: u64,
-    /// Frames (the model's input pixels) kept for the roll search until it runs.
-    roll_sample: Vec<Vec<u8>>,
+    /// The roll search, while the record has no roll (`config.roll`).
+    roll_search: Option<RollSearch>,
     /// The frames' height and width.
     frame_hw: (usize, usize),
 }
@@ -204,7 +211,7 @@ impl Adaptation {
             worker: None,
             since_round: 0,
             rounds: 0,
-            roll_sample: Vec::new(),
+            roll_search: None,
             frame_hw: (spec.height as usize, spec.width as usize),
         })
     }
@@ -236,63 +243,62 @@ impl Adaptation {
         self.record.frames += (rows.len() / d.max(1)) as u64;
     }
 
+    /// Gives the roll search a model of its own, so that it runs on a low-priority thread
+    /// (without one it runs inline).
+    pub(crate) fn prepare_roll_search(&mut self, run: Option<Box<dyn Runnable>>) {
+        self.roll_search = self.config.roll.map(|params| {
+            let wanted = self.config.warmup.max(ROLL_MIN_FRAMES) as usize;
+            RollSearch::new(params, wanted, run)
+        });
+    }
+
     /// Keeps frames for the roll search while it is still to run.
     pub(crate) fn sample_for_roll(&mut self, frames: &[&[u8]]) {
-        if self.config.roll.is_none() || self.record.roll.is_some() {
-            return;
+        if self.record.roll.is_none() {
+            if let Some(search) = &mut self.roll_search {
+                search.collect(frames);
+            }
         }
-        let want = self.roll_sample_size();
-        let room = want.saturating_sub(self.roll_sample.len());
-        self.roll_sample
-            .extend(frames.iter().take(room).map(|f| f.to_vec()));
     }
 
-    pub(crate) fn roll_sample_len(&self) -> usize {
-        self.roll_sample.len()
-    }
-
-    fn roll_sample_size(&self) -> usize {
-        self.config.warmup.max(ROLL_MIN_FRAMES) as usize
-    }
-
-    /// Whether the roll search has its frames and has not run.
-    pub(crate) fn roll_due(&self) -> bool {
-        self.config.roll.is_some()
-            && self.record.roll.is_none()
-            && self.roll_sample.len() >= self.roll_sample_size()
-    }
-
-    /// Searches the roll on the kept frames with `run` (each angle's frames go through the
-    /// input's statistics as they stand), keeps the answer in the record and saves it. A roll
-    /// found restarts the embedding's statistics, which described the unturned frames.
-    pub(crate) fn search_roll(
+    /// Picks up a finished roll search (`wait`: waits for one under way), or starts one when
+    /// its frames are in. What it found is kept in the record and saved; a roll found
+    /// restarts the embedding's statistics, which described the unturned frames.
+    pub(crate) fn roll_tick(
         &mut self,
-        run: &dyn Runnable,
+        pipeline_run: &dyn Runnable,
         spec: &models::preprocess::PreprocessSpec,
-    ) -> Result<RollEstimate, EdgeError> {
-        let (Some(params), Some(stats)) = (self.config.roll, self.train_stats.as_ref()) else {
-            return Err(EdgeError::NoEmbeddingStats {
-                path: self.bank_dir.clone(),
-            });
+        wait: bool,
+    ) -> Result<Option<RollFound>, EdgeError> {
+        let Some(search) = &mut self.roll_search else {
+            return Ok(None);
         };
-        let (h, w) = self.frame_hw;
-        let input = self.record.input.clone();
-        let frames: Vec<&[u8]> = self.roll_sample.iter().map(Vec::as_slice).collect();
-        let estimate = search_roll(&params, stats, |degrees| {
-            embed_pixels_mapped(run, spec, &frames, &mut |x| {
-                undo_roll(x, h, w, degrees);
-                if let Some(s) = &input {
-                    s.adapt(x);
-                }
-            })
-        })?;
-        if estimate.degrees != 0.0 {
-            self.record.recentring = fresh_recentring(&self.config, Some(stats));
+        let found = match search.poll(wait) {
+            Some(found) => Some(found?),
+            None if self.record.roll.is_none() && search.is_due() => {
+                let Some(train) = self.train_stats.clone() else {
+                    return Err(EdgeError::NoEmbeddingStats {
+                        path: self.bank_dir.clone(),
+                    });
+                };
+                let inputs = RollInputs {
+                    spec: spec.clone(),
+                    input: self.record.input.clone(),
+                    train,
+                };
+                search.start(pipeline_run, inputs)?
+            }
+            None => None,
+        };
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        if found.estimate.degrees != 0.0 {
+            self.record.recentring = fresh_recentring(&self.config, self.train_stats.as_ref());
         }
-        self.record.roll = Some(estimate.clone());
-        self.roll_sample = Vec::new();
+        self.record.roll = Some(found.estimate.clone());
         self.save()?;
-        Ok(estimate)
+        Ok(Some(found))
     }
 
     /// Keeps an accepted layer and saves the adapter.
@@ -323,7 +329,9 @@ impl Adaptation {
             channels,
         );
         self.since_round = 0;
-        self.roll_sample.clear();
+        if let Some(search) = &mut self.roll_search {
+            search.reset();
+        }
         store::reset(&self.bank_dir)
     }
 }

@@ -132,7 +132,7 @@ impl Drop for Worker {
 }
 
 /// Nice 19 for the calling thread (Linux applies `setpriority(PRIO_PROCESS, 0)` per thread).
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority only reads its integer arguments.
     unsafe {

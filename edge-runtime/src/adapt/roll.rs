@@ -1,0 +1,168 @@
+//! The one-off search of the camera's roll (the maths is `models::adapt::roll`): frames kept
+//! from the warm-up, then searched either inline with the pipeline's model or on a thread at
+//! the lowest priority with a model of its own, so that the frame path never waits for it.
+
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use models::adapt::roll::{search_roll, undo_roll, RollEstimate, RollParams};
+use models::adapt::{EmbeddingStats, InputStats};
+use models::preprocess::PreprocessSpec;
+
+use super::worker::lower_priority;
+use crate::backend::{embed_pixels_mapped, Runnable};
+use crate::EdgeError;
+
+/// A finished search: what it found, over how many frames, in how long.
+#[derive(Debug)]
+pub(crate) struct RollFound {
+    pub estimate: RollEstimate,
+    pub frames: usize,
+    pub seconds: f64,
+}
+
+/// What a search needs besides the frames.
+#[derive(Debug, Clone)]
+pub(crate) struct RollInputs {
+    pub spec: PreprocessSpec,
+    /// The input's statistics as they stand (frozen for the search).
+    pub input: Option<InputStats>,
+    pub train: EmbeddingStats,
+}
+
+type Running = JoinHandle<(Box<dyn Runnable>, Result<RollEstimate, EdgeError>)>;
+
+pub(crate) struct RollSearch {
+    params: RollParams,
+    wanted: usize,
+    frames: Vec<Vec<u8>>,
+    /// The search's own model (`None`: it runs inline on the pipeline's).
+    run: Option<Box<dyn Runnable>>,
+    running: Option<(Running, Instant, usize)>,
+}
+
+impl std::fmt::Debug for RollSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RollSearch")
+            .field("params", &self.params)
+            .field("frames", &self.frames.len())
+            .field("background", &self.run.is_some())
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+impl RollSearch {
+    /// A search over `wanted` frames; in the background when given a model of its own.
+    pub fn new(params: RollParams, wanted: usize, run: Option<Box<dyn Runnable>>) -> Self {
+        Self {
+            params,
+            wanted,
+            frames: Vec::new(),
+            run,
+            running: None,
+        }
+    }
+
+    /// Keeps frames until it has enough (none while a search runs).
+    pub fn collect(&mut self, frames: &[&[u8]]) {
+        if self.running.is_some() {
+            return;
+        }
+        let room = self.wanted.saturating_sub(self.frames.len());
+        self.frames
+            .extend(frames.iter().take(room).map(|f| f.to_vec()));
+    }
+
+    /// Whether it has its frames and is not running.
+    pub fn is_due(&self) -> bool {
+        self.running.is_none() && self.frames.len() >= self.wanted
+    }
+
+    /// Starts the search: inline on `pipeline_run` (returns what it found), or on a
+    /// low-priority thread (returns `None`; `poll` picks the answer up).
+    pub fn start(
+        &mut self,
+        pipeline_run: &dyn Runnable,
+        inputs: RollInputs,
+    ) -> Result<Option<RollFound>, EdgeError> {
+        let frames = std::mem::take(&mut self.frames);
+        let t0 = Instant::now();
+        let n = frames.len();
+        let Some(run) = self.run.take() else {
+            let estimate = search(pipeline_run, &frames, &inputs, &self.params)?;
+            return Ok(Some(RollFound {
+                estimate,
+                frames: n,
+                seconds: t0.elapsed().as_secs_f64(),
+            }));
+        };
+        let params = self.params;
+        let handle = std::thread::Builder::new()
+            .name("roll".into())
+            .spawn(move || {
+                lower_priority();
+                let found = search(run.as_ref(), &frames, &inputs, &params);
+                (run, found)
+            })
+            .map_err(|e| EdgeError::Io {
+                path: "roll search thread".into(),
+                source: e,
+            })?;
+        self.running = Some((handle, t0, n));
+        Ok(None)
+    }
+
+    /// The background search's answer once it is done (`wait`: waits for it).
+    pub fn poll(&mut self, wait: bool) -> Option<Result<RollFound, EdgeError>> {
+        let done = self
+            .running
+            .as_ref()
+            .is_some_and(|(h, _, _)| wait || h.is_finished());
+        if !done {
+            return None;
+        }
+        let (handle, t0, frames) = self.running.take()?;
+        let found = match handle.join() {
+            Ok((run, found)) => {
+                self.run = Some(run);
+                found
+            }
+            Err(_) => Err(EdgeError::Io {
+                path: "roll search thread".into(),
+                source: std::io::Error::other("the roll search thread panicked"),
+            }),
+        };
+        Some(found.map(|estimate| RollFound {
+            estimate,
+            frames,
+            seconds: t0.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// Drops the kept frames and any search under way (its answer is discarded).
+    pub fn reset(&mut self) {
+        let _ = self.poll(true);
+        self.frames.clear();
+    }
+}
+
+/// The search over `frames` (the model's input pixels) with `run`: each angle's frames are
+/// preprocessed, turned back, mapped by the input's statistics, and embedded.
+fn search(
+    run: &dyn Runnable,
+    frames: &[Vec<u8>],
+    inputs: &RollInputs,
+    params: &RollParams,
+) -> Result<RollEstimate, EdgeError> {
+    let (h, w) = (inputs.spec.height as usize, inputs.spec.width as usize);
+    let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    search_roll(params, &inputs.train, |degrees| {
+        embed_pixels_mapped(run, &inputs.spec, &frames, &mut |x| {
+            undo_roll(x, h, w, degrees);
+            if let Some(s) = &inputs.input {
+                s.adapt(x);
+            }
+        })
+    })
+}
