@@ -10,7 +10,7 @@
 //! `cargo bench -p edge-runtime --bench shift`. `SHIFT_FRAMES` caps the stream (10,000 by
 //! default); `SHIFT_MODES` picks modes (comma-separated: stats, whiten, stats+train,
 //! whiten+train, train; `+roll` in any of them adds the camera-roll search); `SHIFT_ONLY`
-//! picks shifts by name.
+//! picks shifts by name; `SHIFT_ORDER_SEED` streams the frames in another (seeded) order.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -105,6 +105,8 @@ fn mode_config(mode: &str) -> Option<AdaptConfig> {
         input,
         train,
         roll: roll.then(RollParams::default),
+        // Inline, so that the stream's figures repeat.
+        roll_in_background: false,
         ..Default::default()
     })
 }
@@ -209,6 +211,14 @@ fn main() {
     let set = load_fashion_mnist(&fashion_mnist_dir(), Split::Test)
         .expect("Fashion-MNIST (apt-get install dataset-fashion-mnist)")
         .take(n);
+    // Another order of the same frames: how much of a figure is the stream's order.
+    let set = match std::env::var("SHIFT_ORDER_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(seed) => set.select(&models::rng::Rng::new(seed).sample_indices(set.len(), set.len())),
+        None => set,
+    };
     let mut cases: Vec<(&'static str, u8, ImageSet)> = vec![("none", 0, set.clone())];
     for shift in Shift::ALL {
         if only
