@@ -457,6 +457,8 @@ fn the_cli_trains_shows_exports_and_resets_the_adapter() {
     let log = std::fs::read_to_string(&events).unwrap();
     assert_eq!(log.matches("\"event\":\"frame\"").count(), 700);
     assert!(log.matches("\"event\":\"adapt\"").count() >= 1, "{log}");
+    // The roll was searched once (an upright camera: nothing turned).
+    assert_eq!(log.matches("\"event\":\"roll\"").count(), 1, "{log}");
 
     // The graceful end saved the adapter: its statistics at least, and any kept layer.
     let show = cli(&["adapt", "show", "--bank", b]);
@@ -464,6 +466,31 @@ fn the_cli_trains_shows_exports_and_resets_the_adapter() {
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(v["frames"], 700, "{v}");
     assert_eq!(v["statistics"], "Diagonal", "{v}");
+    assert_eq!(v["roll_degrees"], 0.0, "{v}");
+    // --no-adapt-roll: no search, nothing recorded.
+    let plain = dir.path().join("plain");
+    let plain_events = dir.path().join("plain.jsonl");
+    ok(cli(&[
+        "run",
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        "fashion-mnist",
+        "--limit",
+        "300",
+        "--bank",
+        plain.to_str().unwrap(),
+        "--events",
+        plain_events.to_str().unwrap(),
+        "--adapt",
+        "stats",
+        "--no-adapt-roll",
+    ]));
+    let plain_log = std::fs::read_to_string(&plain_events).unwrap();
+    assert!(!plain_log.contains("\"event\":\"roll\""), "{plain_log}");
+    let shown = ok(cli(&["adapt", "show", "--bank", plain.to_str().unwrap()]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(shown["roll_degrees"].is_null(), "{shown}");
     assert!(v["memory_bytes"].as_u64().unwrap() < 1 << 20, "{v}");
 
     let export = dir.path().join("adapter.json");
