@@ -19,9 +19,11 @@ use candle_nn::{linear, Module, Optimizer, VarBuilder, VarMap};
 use host_train::augment::AugmentConfig;
 use host_train::dataset::{Normalization, TrainSet};
 use host_train::encoders::{Encoder, SmallCnn, SmallCnnConfig, SmallCnnNorm};
+use host_train::graph::instance_norm;
 use host_train::methods::figure_pairs::{nt_xent, pair_batch, projection_head};
 use host_train::methods::npid::l2_normalize;
 use host_train::methods::swav::{sinkhorn, swapped_prediction_loss};
+use host_train::ops::instance_norm_relu;
 use host_train::optim::{SgdMomentum, SgdParams};
 use models::data::{render_scenes, ImageSet, SceneParams};
 use serde_json::{json, Value};
@@ -211,6 +213,28 @@ fn ours_figure_pairs() -> BenchResult<(f64, f64, f64)> {
     ))
 }
 
+/// InstanceNorm + ReLU forward and backward on (256, 32, 16, 16), the first block of
+/// small-cnn-in on a batch of 128 pairs: (fused op, candle ops) passes per second.
+fn instance_norm_layer() -> BenchResult<(f64, f64)> {
+    let dev = Device::Cpu;
+    let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (256, 32, 16, 16), &dev)?)?;
+    let gamma = candle_core::Var::from_tensor(&Tensor::ones(32, DType::F32, &dev)?)?;
+    let beta = candle_core::Var::from_tensor(&Tensor::zeros(32, DType::F32, &dev)?)?;
+    let (x, g, b) = (x.as_tensor(), gamma.as_tensor(), beta.as_tensor());
+    let fused = best_rate(|| {
+        instance_norm_relu(x, g, b, 1e-5)?.sum_all()?.backward()?;
+        Ok(())
+    })?;
+    let ops = best_rate(|| {
+        instance_norm(x, g, b, 1e-5)?
+            .relu()?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    Ok((fused, ops))
+}
+
 fn pytorch(threads: usize, root: &Path) -> BenchResult<Value> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = root.join("host-train/benches/reference/train_pytorch.py");
@@ -297,10 +321,16 @@ fn main() -> BenchResult<()> {
         "| share of the step spent rendering | {:.1}% |",
         100.0 * render_share
     );
+    let (in_fused, in_ops) = pool.install(instance_norm_layer)?;
+    println!(
+        "| InstanceNorm + ReLU, forward and backward, (256, 32, 16, 16) | fused {in_fused:.0}/s, candle ops {in_ops:.0}/s: {:.1}x |",
+        in_fused / in_ops
+    );
     let report = json!({
         "figure_pairs_rendered_per_s": pairs_per_s,
         "figure_pairs_trained_per_s": pair_steps_per_s,
         "figure_pairs_render_share": render_share,
+        "instance_norm_fused_per_s": in_fused, "instance_norm_candle_ops_per_s": in_ops,
         "ours_img_per_s": ours, "pytorch_img_per_s": theirs, "threads": threads, "batch": BATCH,
         "strong_views_per_s": views_per_s, "swav_img_per_s": swav_img_per_s,
         "swav_view_share": view_share,

@@ -27,8 +27,11 @@ impl InRelu {
         })
     }
 
-    /// (b, c, h, w) -> the same shape.
+    /// (b, c, h, w) -> the same shape: one fused op on the CPU, candle ops elsewhere.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            return crate::ops::instance_norm_relu(x, &self.weight, &self.bias, EPS);
+        }
         instance_norm(x, &self.weight, &self.bias, EPS)?.relu()
     }
 
