@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::ops::{conv2d, max_pool2d, max_pool_2x2, Conv2dGeometry};
+use crate::ops::{conv2d, instance_norm, max_pool2d, max_pool_2x2, Conv2dGeometry};
 
 /// A layer of the exported graph. Convs and linears are the quantised layers.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,23 +193,6 @@ fn run_layers(
         };
     }
     Ok(x)
-}
-
-/// InstanceNorm of `x` (b, c, h, w): each image's channels less their spatial mean, over
-/// their spatial std (`+ eps` under the root), then `scale * x + bias` per channel. The
-/// training layer (`encoders::InRelu`) and the export reference both run this.
-pub fn instance_norm(x: &Tensor, scale: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(3)?.mean_keepdim(2)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(3)?.mean_keepdim(2)?;
-    let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
-    let gain = (var + eps)?
-        .sqrt()?
-        .recip()?
-        .broadcast_mul(&per_channel(scale)?)?;
-    centred
-        .broadcast_mul(&gain)?
-        .broadcast_add(&per_channel(bias)?)
 }
 
 fn bias(b: &[f32], dev: &Device) -> Result<Tensor> {

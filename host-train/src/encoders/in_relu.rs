@@ -9,7 +9,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::graph::{instance_norm, InstanceNorm};
+use crate::graph::InstanceNorm;
+use crate::ops::{instance_norm, instance_norm_relu};
 
 const EPS: f64 = 1e-5;
 
@@ -30,7 +31,7 @@ impl InRelu {
     /// (b, c, h, w) -> the same shape: one fused op on the CPU, candle ops elsewhere.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-            return crate::ops::instance_norm_relu(x, &self.weight, &self.bias, EPS);
+            return instance_norm_relu(x, &self.weight, &self.bias, EPS);
         }
         instance_norm(x, &self.weight, &self.bias, EPS)?.relu()
     }

@@ -7,14 +7,31 @@
 //! ```
 //!
 //! with dz the gradient where the ReLU was open, and dgamma, dbeta summed over each
-//! channel's planes. As candle ops (`graph::instance_norm`) the same layer takes a dozen
-//! broadcast passes forward and more backward.
+//! channel's planes. As candle ops ([`instance_norm`], which other devices and the export's
+//! reference run) the same layer takes a dozen broadcast passes forward and more backward.
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::batch_norm_relu::{lane_sums, nchw, packed_gradients};
 use super::contiguous_f32;
+
+/// InstanceNorm of `x` (b, c, h, w): each image's channels less their spatial mean, over
+/// their spatial std (`+ eps` under the root), then `scale * x + bias` per channel. The
+/// training layer off the CPU (`encoders::InRelu`) and the export reference (`graph`) run this.
+pub fn instance_norm(x: &Tensor, scale: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(3)?.mean_keepdim(2)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(3)?.mean_keepdim(2)?;
+    let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
+    let gain = (var + eps)?
+        .sqrt()?
+        .recip()?
+        .broadcast_mul(&per_channel(scale)?)?;
+    centred
+        .broadcast_mul(&gain)?
+        .broadcast_add(&per_channel(bias)?)
+}
 
 /// relu(gamma * (x - mean_p) / sqrt(var_p + eps) + beta), each (image, channel) plane p
 /// normalised by its own statistics, for NCHW f32 CPU tensors.
@@ -173,7 +190,6 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::graph::instance_norm;
     use crate::ops::max_abs_diff;
 
     #[test]

@@ -25,7 +25,7 @@ pub use batch_norm_relu_pool::batch_norm_relu_pool_train;
 pub use conv2d::conv2d;
 pub use conv_geometry::Conv2dGeometry;
 pub use cross_entropy::cross_entropy;
-pub use instance_norm_relu::instance_norm_relu;
+pub use instance_norm_relu::{instance_norm, instance_norm_relu};
 pub use max_pool::max_pool_2x2;
 pub use max_pool_window::max_pool2d;
 pub use precomputed_loss::precomputed_loss;
