@@ -418,7 +418,7 @@ impl Pipeline {
             held_out,
             recentring: a.record().recentring.clone(),
             input: a.record().input.clone(),
-            roll_degrees: a.record().roll.as_ref().map_or(0.0, |r| r.degrees),
+            roll_degrees: a.roll_degrees(),
             linear: a.record().linear.clone(),
             centroids: self
                 .online

@@ -287,6 +287,20 @@ fn a_tilted_camera_is_found_turned_back_saved_and_reset() {
     assert_eq!(saved.export().roll_degrees, found[0]);
     drop(pipe);
 
+    // A run with the search off keeps the record's roll but turns nothing.
+    let off = pipeline(
+        dir.path(),
+        Some(AdaptConfig {
+            roll: None,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let a = off.adaptation().unwrap();
+    assert_eq!(a.record().roll.as_ref().map(|r| r.degrees), Some(found[0]));
+    assert_eq!(a.roll_degrees(), 0.0);
+    drop(off);
+
     let mut resumed = pipeline(dir.path(), Some(AdaptConfig::default())).unwrap();
     let mut events = resumed.process(&turned[..20], None).unwrap();
     events.extend(resumed.finish_adaptation().unwrap());

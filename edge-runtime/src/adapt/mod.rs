@@ -223,8 +223,9 @@ impl Adaptation {
     /// Turns one preprocessed frame back by the roll found, then observes and re-normalises
     /// it in place (when `config.input`).
     pub fn map_input(&mut self, frame: &mut [f32]) {
-        if let Some(r) = &self.record.roll {
-            undo_roll(frame, self.frame_hw.0, self.frame_hw.1, r.degrees);
+        let degrees = self.roll_degrees();
+        if degrees != 0.0 {
+            undo_roll(frame, self.frame_hw.0, self.frame_hw.1, degrees);
         }
         if let Some(s) = &mut self.record.input {
             s.observe_and_adapt(frame);
@@ -241,6 +242,15 @@ impl Adaptation {
             self.record.linear.apply_rows(rows);
         }
         self.record.frames += (rows.len() / d.max(1)) as u64;
+    }
+
+    /// The roll every frame is turned back by: the one found, while the search is on (a
+    /// record keeps its roll when a run turns the search off, and that run turns nothing).
+    pub fn roll_degrees(&self) -> f32 {
+        match (&self.config.roll, &self.record.roll) {
+            (Some(_), Some(found)) => found.degrees,
+            _ => 0.0,
+        }
     }
 
     /// Gives the roll search a model of its own, so that it runs on a low-priority thread
