@@ -116,6 +116,23 @@ pub(super) fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)
     (s0.iter().sum(), s1.iter().sum())
 }
 
+/// relu(x * scale + shift) of one plane, into `out`.
+#[inline]
+pub(super) fn scale_shift_relu(out: &mut [f32], x: &[f32], (scale, shift): (f32, f32)) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v * scale + shift).max(0.0);
+    }
+}
+
+/// The gradient `gy` where relu(x * scale + shift) was open, else 0, into `out`: the mask is
+/// recomputed from x with the forward pass's very arithmetic.
+#[inline]
+pub(super) fn relu_open_grad(out: &mut [f32], x: &[f32], gy: &[f32], (scale, shift): (f32, f32)) {
+    for ((o, &xv), &g) in out.iter_mut().zip(x).zip(gy) {
+        *o = if xv * scale + shift > 0.0 { g } else { 0.0 };
+    }
+}
+
 /// Per-channel sum and sum of squares over the batch, in f64.
 fn channel_moments(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
@@ -314,10 +331,7 @@ impl CustomOp3 for BnReluForward {
         let hw = dims.2;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw).enumerate().for_each(|(p, yp)| {
-            let (scale, shift) = norm.scale_shift(p % dims.1);
-            for (o, &v) in yp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                *o = (v * scale + shift).max(0.0);
-            }
+            scale_shift_relu(yp, &x[p * hw..(p + 1) * hw], norm.scale_shift(p % dims.1));
         });
         *lock(&self.stats)? = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -359,13 +373,10 @@ impl CustomOp2 for BnReluBackward {
         if gy.len() != x.len() || norm.channels() != c {
             bail!("batch_norm_relu backward: shapes do not match the forward pass");
         }
-        // dz = gy where the ReLU was open: where the normalised value was positive, which
-        // is recomputed from x with the forward pass's very arithmetic.
-        Ok(norm.backward(x, hw, |p, dzp, (scale, shift)| {
+        // dz = gy where the ReLU was open: where the normalised value was positive.
+        Ok(norm.backward(x, hw, |p, dzp, scale_shift| {
             let r = p * hw..(p + 1) * hw;
-            for ((o, &xv), &g) in dzp.iter_mut().zip(&x[r.clone()]).zip(&gy[r]) {
-                *o = if xv * scale + shift > 0.0 { g } else { 0.0 };
-            }
+            relu_open_grad(dzp, &x[r.clone()], &gy[r], scale_shift);
         }))
     }
 }

@@ -13,7 +13,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batch_norm_relu::{lane_sums, nchw, packed_gradients};
+use super::batch_norm_relu::{lane_sums, nchw, packed_gradients, relu_open_grad, scale_shift_relu};
 use super::contiguous_f32;
 
 /// InstanceNorm of `x` (b, c, h, w): each image's channels less their spatial mean, over
@@ -100,9 +100,7 @@ impl CustomOp3 for InReluForward {
             let (mean, inv_std) = stats[p];
             let scale = gamma[p % c] * inv_std;
             let shift = beta[p % c] - mean * scale;
-            for (o, &v) in yp.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                *o = (v * scale + shift).max(0.0);
-            }
+            scale_shift_relu(yp, &x[p * hw..(p + 1) * hw], (scale, shift));
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -160,12 +158,10 @@ impl CustomOp2 for InReluBackward {
             .map(|(p, dxp)| {
                 let (mean, inv_std) = stats[p];
                 let (g, b) = (self.gamma[p % c], self.beta[p % c]);
-                let (scale, shift) = (g * inv_std, b - mean * g * inv_std);
+                let scale = g * inv_std;
+                let shift = b - mean * scale;
                 let r = p * hw..(p + 1) * hw;
-                // dz = gy where the ReLU was open (recomputed with the forward arithmetic).
-                for ((o, &xv), &gv) in dxp.iter_mut().zip(&x[r.clone()]).zip(&gy[r.clone()]) {
-                    *o = if xv * scale + shift > 0.0 { gv } else { 0.0 };
-                }
+                relu_open_grad(dxp, &x[r.clone()], &gy[r.clone()], (scale, shift));
                 let (sum_dz, sum_dz_xc) =
                     lane_sums(dxp, &x[r.clone()], |dz, xv| (dz, dz * (xv - mean)));
                 let sum_dz_xhat = sum_dz_xc * inv_std;
