@@ -1,8 +1,8 @@
 //! `edge-runtime report` on a bank made by a short run: every cluster is on the page, every
 //! picture it names exists and is a real PNG, thumbnails link to their source files, entries
-//! stored without a thumbnail get a placeholder, and (when `REPORT_BROWSER` names a
-//! chromium, as `./scripts/test` sets it) a headless browser loads the page with no broken
-//! image and takes a screenshot.
+//! stored without a thumbnail get a placeholder, the adapter beside the bank is described,
+//! and (when `REPORT_BROWSER` names a chromium, as `./scripts/test` sets it) a headless
+//! browser loads the page with no broken image and takes a screenshot.
 
 mod common;
 
@@ -73,7 +73,7 @@ fn the_report_shows_every_cluster_with_pictures_that_exist_and_link_to_their_sou
     write_images(&input, 120, "a");
     write_images(&late, 6, "b");
     let bank = dir.path().join("bank");
-    run(&input, &bank, &[]);
+    run(&input, &bank, &["--adapt", "stats"]);
     // A second run stores its frames without thumbnails.
     run(&late, &bank, &["--thumb-size", "0"]);
     let out_dir = dir.path().join("report");
@@ -127,6 +127,11 @@ fn the_report_shows_every_cluster_with_pictures_that_exist_and_link_to_their_sou
     // A threshold this low marks some frames novel; they are listed with their figures.
     assert!(html.contains("id=\"novel\""));
     assert!(html.contains("<th>novelty</th>"), "no novel frames listed");
+    // The first run adapted: its adapter is on the page (120 frames: still in the warm-up, so
+    // the roll is not searched yet).
+    assert!(html.contains("id=\"adaptation\""), "no adaptation section");
+    assert!(html.contains("not searched yet"), "no roll line");
+    assert!(html.contains("120 frames seen"), "no input statistics");
 
     let Some(browser) = std::env::var_os("REPORT_BROWSER") else {
         eprintln!("REPORT_BROWSER is not set: skipping the headless-browser check");

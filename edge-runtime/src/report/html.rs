@@ -43,10 +43,12 @@ window.addEventListener('load', function () {
 ";
 
 /// The whole page. `has_thumb(seq)` says whether the thumbnail file of entry `seq` exists.
+/// `adaptation` is the adaptation section's HTML.
 pub fn page(
     summary: &BankSummary,
     identity: Option<&BankIdentity>,
     bank: &MemoryBank,
+    adaptation: &str,
     has_thumb: impl Fn(u64) -> bool,
 ) -> String {
     let mut out = String::new();
@@ -74,7 +76,9 @@ pub fn page(
     for c in &summary.clusters {
         let _ = write!(out, "<a href=\"#c{0}\">{0}</a>", c.id);
     }
-    out.push_str("<a href=\"#novel\">novel frames</a></nav>\n");
+    out.push_str(
+        "<a href=\"#novel\">novel frames</a><a href=\"#adaptation\">adaptation</a></nav>\n",
+    );
     let _ = writeln!(
         out,
         "<h2>Cluster sizes over time</h2>\n<img src=\"{SIZES_FILE}\" alt=\"cluster sizes over \
@@ -85,6 +89,7 @@ pub fn page(
         cluster_section(&mut out, c, bank, &has_thumb);
     }
     novel_section(&mut out, summary, bank, &has_thumb);
+    out.push_str(adaptation);
     let _ = write!(out, "<script>{CHECK_IMAGES}</script>\n</body>\n</html>\n");
     out
 }
@@ -228,7 +233,7 @@ pub fn utc(ms: u64) -> String {
     )
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {

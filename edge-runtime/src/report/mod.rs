@@ -5,8 +5,10 @@
 //! - [`summary`]: the clusters (size, medoid, members), the novel frames and the sizes over
 //!   time, computed from the bank's entries.
 //! - [`sizes_chart`]: the cluster sizes over time as a PNG.
+//! - [`adaptation`]: what the board's adapter holds beside the bank.
 //! - [`html`]: the page itself.
 
+mod adaptation;
 mod html;
 pub mod sizes_chart;
 pub mod summary;
@@ -81,7 +83,14 @@ pub fn write_report(
         }
     }
     sizes_chart::write(&summary, cfg.chart_clusters, &out.join(SIZES_FILE))?;
-    let page = html::page(&summary, identity, bank, |seq| written.contains(&seq));
+    let adapter = crate::adapt::store::read(bank.dir());
+    let page = html::page(
+        &summary,
+        identity,
+        bank,
+        &adaptation::section(&adapter),
+        |seq| written.contains(&seq),
+    );
     let index = out.join(INDEX_FILE);
     std::fs::write(&index, page).map_err(|e| io(&index, e))?;
     Ok(ReportWritten {
