@@ -303,6 +303,34 @@ fn quick_start_on_a_generated_scene_folder() {
         serde_json::from_slice(&std::fs::read(best.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["centroids"]["k"], 3);
     assert_eq!(manifest["centroids"]["dim"], 8);
+    // A board's adapter that found its camera tilted: the layer folds, the turn cannot, and
+    // the export says so.
+    let mut adapter = models::adapt::AdapterExport::compose(
+        3,
+        "board",
+        1,
+        500,
+        &models::adapt::LinearAdapter::identity(8),
+        None,
+        None,
+    );
+    adapter.roll_degrees = 20.0;
+    let adapter_file = dir.path().join("adapter.json");
+    std::fs::write(&adapter_file, serde_json::to_vec(&adapter).unwrap()).unwrap();
+    let out = run_ok(
+        host_train()
+            .args(["export", "--calibration-images", "8", "--fold-adapter"])
+            .arg(&adapter_file)
+            .arg("--checkpoint")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("folded")),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("folding the adapter") && stdout.contains("back by 20.0 degrees"),
+        "{stdout}"
+    );
 }
 
 /// Runs `args` and returns its stderr, asserting that it failed without a panic.
