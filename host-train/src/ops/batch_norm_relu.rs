@@ -69,8 +69,21 @@ pub(super) fn nchw(l: &Layout) -> Result<(usize, usize, usize)> {
 /// more than one value per channel to take statistics of.
 pub(super) fn checked_params<'a>(
     op: &str,
-    (s2, l2, s3, l3): (&'a CpuStorage, &Layout, &'a CpuStorage, &Layout),
+    params: (&'a CpuStorage, &Layout, &'a CpuStorage, &Layout),
     (b, c, hw): (usize, usize, usize),
+) -> Result<(&'a [f32], &'a [f32])> {
+    let checked = per_channel_params(op, params, c)?;
+    if b * hw < 2 {
+        bail!("{op}: batch statistics need more than one value per channel");
+    }
+    Ok(checked)
+}
+
+/// gamma and beta, checked: one each of `c` channels.
+pub(super) fn per_channel_params<'a>(
+    op: &str,
+    (s2, l2, s3, l3): (&'a CpuStorage, &Layout, &'a CpuStorage, &Layout),
+    c: usize,
 ) -> Result<(&'a [f32], &'a [f32])> {
     let gamma = contiguous_f32(s2, l2, "weight")?;
     let beta = contiguous_f32(s3, l3, "bias")?;
@@ -80,9 +93,6 @@ pub(super) fn checked_params<'a>(
             gamma.len(),
             beta.len()
         );
-    }
-    if b * hw < 2 {
-        bail!("{op}: batch statistics need more than one value per channel");
     }
     Ok((gamma, beta))
 }

@@ -13,7 +13,9 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batch_norm_relu::{lane_sums, nchw, packed_gradients, relu_open_grad, scale_shift_relu};
+use super::batch_norm_relu::{
+    lane_sums, nchw, packed_gradients, per_channel_params, relu_open_grad, scale_shift_relu,
+};
 use super::contiguous_f32;
 
 /// InstanceNorm of `x` (b, c, h, w): each image's channels less their spatial mean, over
@@ -57,22 +59,6 @@ fn plane_stats(x: &[f32], hw: usize, eps: f64) -> Vec<(f32, f32)> {
         .collect()
 }
 
-fn checked_params<'a>(
-    (s2, l2, s3, l3): (&'a CpuStorage, &Layout, &'a CpuStorage, &Layout),
-    c: usize,
-) -> Result<(&'a [f32], &'a [f32])> {
-    let gamma = contiguous_f32(s2, l2, "weight")?;
-    let beta = contiguous_f32(s3, l3, "bias")?;
-    if gamma.len() != c || beta.len() != c {
-        bail!(
-            "instance_norm_relu: {c} channels but {} weights and {} biases",
-            gamma.len(),
-            beta.len()
-        );
-    }
-    Ok((gamma, beta))
-}
-
 struct InReluForward {
     eps: f64,
 }
@@ -93,7 +79,7 @@ impl CustomOp3 for InReluForward {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "input")?;
         let (_, c, hw) = nchw(l1)?;
-        let (gamma, beta) = checked_params((s2, l2, s3, l3), c)?;
+        let (gamma, beta) = per_channel_params("instance_norm_relu", (s2, l2, s3, l3), c)?;
         let stats = plane_stats(x, hw, self.eps);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw).enumerate().for_each(|(p, yp)| {
