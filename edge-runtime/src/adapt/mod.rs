@@ -36,7 +36,7 @@ use models::adapt::{EmbeddingStats, InputStats, LinearAdapter, Recentring, Recen
 
 pub use models::adapt::AdapterExport;
 pub(crate) use roll::RollFound;
-use roll::{RollInputs, RollSearch};
+use roll::RollSearch;
 pub use store::AdapterRecord;
 pub use trainer::{Job, Outcome, Trainer};
 pub use worker::Worker;
@@ -256,10 +256,13 @@ impl Adaptation {
     /// Gives the roll search a model of its own, so that it runs on a low-priority thread
     /// (without one it runs inline).
     pub(crate) fn prepare_roll_search(&mut self, run: Option<Box<dyn Runnable>>) {
-        self.roll_search = self.config.roll.map(|params| {
-            let wanted = self.config.warmup.max(ROLL_MIN_FRAMES) as usize;
-            RollSearch::new(params, wanted, run)
-        });
+        // `open` read the training statistics whenever the search is on.
+        let wanted = self.config.warmup.max(ROLL_MIN_FRAMES) as usize;
+        self.roll_search = self
+            .config
+            .roll
+            .zip(self.train_stats.clone())
+            .map(|(params, train)| RollSearch::new(params, train, wanted, run));
     }
 
     /// Keeps frames for the roll search while it is still to run.
@@ -286,17 +289,7 @@ impl Adaptation {
         let found = match search.poll(wait) {
             Some(found) => Some(found?),
             None if self.record.roll.is_none() && search.is_due() => {
-                let Some(train) = self.train_stats.clone() else {
-                    return Err(EdgeError::NoEmbeddingStats {
-                        path: self.bank_dir.clone(),
-                    });
-                };
-                let inputs = RollInputs {
-                    spec: spec.clone(),
-                    input: self.record.input.clone(),
-                    train,
-                };
-                search.start(pipeline_run, inputs)?
+                search.start(pipeline_run, spec, self.record.input.clone())?
             }
             None => None,
         };

@@ -23,17 +23,19 @@ pub(crate) struct RollFound {
 
 /// What a search needs besides the frames.
 #[derive(Debug, Clone)]
-pub(crate) struct RollInputs {
-    pub spec: PreprocessSpec,
+struct RollInputs {
+    spec: PreprocessSpec,
     /// The input's statistics as they stand (frozen for the search).
-    pub input: Option<InputStats>,
-    pub train: EmbeddingStats,
+    input: Option<InputStats>,
+    train: EmbeddingStats,
 }
 
 type Running = JoinHandle<(Box<dyn Runnable>, Result<RollEstimate, EdgeError>)>;
 
 pub(crate) struct RollSearch {
     params: RollParams,
+    /// The training embeddings' statistics the search matches.
+    train: EmbeddingStats,
     wanted: usize,
     frames: Vec<Vec<u8>>,
     /// The search's own model (`None`: it runs inline on the pipeline's).
@@ -53,10 +55,17 @@ impl std::fmt::Debug for RollSearch {
 }
 
 impl RollSearch {
-    /// A search over `wanted` frames; in the background when given a model of its own.
-    pub fn new(params: RollParams, wanted: usize, run: Option<Box<dyn Runnable>>) -> Self {
+    /// A search over `wanted` frames towards `train`; in the background when given a model of
+    /// its own.
+    pub fn new(
+        params: RollParams,
+        train: EmbeddingStats,
+        wanted: usize,
+        run: Option<Box<dyn Runnable>>,
+    ) -> Self {
         Self {
             params,
+            train,
             wanted,
             frames: Vec::new(),
             run,
@@ -79,13 +88,20 @@ impl RollSearch {
         self.running.is_none() && self.frames.len() >= self.wanted
     }
 
-    /// Starts the search: inline on `pipeline_run` (returns what it found), or on a
+    /// Starts the search, each frame preprocessed by `spec` and mapped by the input's
+    /// statistics `input`: inline on `pipeline_run` (returns what it found), or on a
     /// low-priority thread (returns `None`; `poll` picks the answer up).
     pub fn start(
         &mut self,
         pipeline_run: &dyn Runnable,
-        inputs: RollInputs,
+        spec: &PreprocessSpec,
+        input: Option<InputStats>,
     ) -> Result<Option<RollFound>, EdgeError> {
+        let inputs = RollInputs {
+            spec: spec.clone(),
+            input,
+            train: self.train.clone(),
+        };
         let frames = std::mem::take(&mut self.frames);
         let t0 = Instant::now();
         let n = frames.len();
