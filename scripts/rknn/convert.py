@@ -92,7 +92,10 @@ def main():
         manifest = json.load(f)
 
     work = tempfile.mkdtemp()
-    calib = np.load(a.calib)[: a.calibration_images]
+    calib = np.load(a.calib)
+    # Evenly spaced, so that a folder read class after class calibrates on every class.
+    pick = np.linspace(0, len(calib) - 1, min(a.calibration_images, len(calib))).astype(int)
+    calib = calib[pick]
     a.calibration_images = len(calib)
     calib_file = os.path.join(work, "dataset.txt")
     with open(calib_file, "w") as f:
