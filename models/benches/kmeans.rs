@@ -65,7 +65,15 @@ fn best_of<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     best.expect("at least one repeat")
 }
 
-type BenchResult = Result<(), Box<dyn Error + Send + Sync>>;
+type BoxError = Box<dyn Error + Send + Sync>;
+type BenchResult = Result<(), BoxError>;
+
+/// Our k-means on one case: the best time, the model and its final objective.
+struct OurRun {
+    secs: f64,
+    model: KMeans,
+    objective: f64,
+}
 
 fn main() -> BenchResult {
     let threads: usize = std::env::var("THREADS")
@@ -172,7 +180,7 @@ fn make_cases(
     data: &[(&'static str, &[f32], usize)],
     ks: &[usize],
     work: &Path,
-) -> Result<Vec<Case>, Box<dyn Error + Send + Sync>> {
+) -> Result<Vec<Case>, BoxError> {
     let mut cases = Vec::new();
     for &(name, x, d) in data {
         let n = x.len() / d;
@@ -231,8 +239,8 @@ fn write_jobs(cases: &[Case], threads: usize, work: &Path) -> BenchResult {
     Ok(())
 }
 
-/// Our k-means on every case: (best seconds, model, final objective).
-fn time_ours(cases: &[Case]) -> Result<Vec<(f64, KMeans, f64)>, Box<dyn Error + Send + Sync>> {
+/// Our k-means on every case.
+fn time_ours(cases: &[Case]) -> Result<Vec<OurRun>, BoxError> {
     let mut ours = Vec::new();
     for c in cases {
         let params = KMeansParams::new(c.k)
@@ -246,18 +254,17 @@ fn time_ours(cases: &[Case]) -> Result<Vec<(f64, KMeans, f64)>, Box<dyn Error + 
         });
         let (model, iters, _) = result?;
         eprintln!("ours  {:>12}: {secs:.3} s", c.name);
-        ours.push((secs, model, iters.last().map_or(f64::NAN, |s| s.objective)));
+        ours.push(OurRun {
+            secs,
+            model,
+            objective: iters.last().map_or(f64::NAN, |s| s.objective),
+        });
     }
     Ok(ours)
 }
 
 /// Runs the faiss reference on the written jobs and reads its results.
-fn run_faiss(
-    python: &str,
-    root: &Path,
-    work: &Path,
-    threads: usize,
-) -> Result<Value, Box<dyn Error + Send + Sync>> {
+fn run_faiss(python: &str, root: &Path, work: &Path, threads: usize) -> Result<Value, BoxError> {
     let script = root.join("models/benches/reference/faiss_kmeans.py");
     let status = Command::new(python)
         .arg(&script)
@@ -283,13 +290,13 @@ fn run_faiss(
 /// the full set scored against the labels.
 fn compare_case(
     c: &Case,
-    (secs, model, obj): &(f64, KMeans, f64),
+    ours: &OurRun,
     faiss: &Value,
     full: MatRef<'_>,
     labels: &[u32],
     work: &Path,
     threads: usize,
-) -> Result<Value, Box<dyn Error + Send + Sync>> {
+) -> Result<Value, BoxError> {
     let f = faiss["cases"]
         .as_array()
         .and_then(|a| a.iter().find(|r| r["name"] == c.name.as_str()))
@@ -300,6 +307,11 @@ fn compare_case(
         .and_then(|a| a.last())
         .and_then(Value::as_f64)
         .ok_or("faiss objective")?;
+    let OurRun {
+        secs,
+        ref model,
+        objective: obj,
+    } = *ours;
     let diff = (obj - faiss_obj) / faiss_obj;
     let mut row = json!({
         "data": c.data, "k": c.k, "d": c.d, "n_train": c.train.len() / c.d, "iters": ITERS,
