@@ -82,8 +82,13 @@ pub enum EdgeError {
         got: [usize; 3],
         want: [usize; 3],
     },
-    #[error("{path}: {reason}")]
-    Pixels { path: PathBuf, reason: String },
+    /// A bank's stored thumbnail could not be brought back to the model's input.
+    #[error("{path}: {source}")]
+    Thumbnail {
+        path: PathBuf,
+        #[source]
+        source: crate::preprocess::ThumbnailError,
+    },
     #[error("{device}: {source}")]
     Camera {
         device: String,
@@ -148,8 +153,23 @@ pub enum EdgeError {
          (`edge-runtime adapt stats --model DIR --data SOURCE` writes them)"
     )]
     NoEmbeddingStats { path: PathBuf },
-    #[error("{path}: not valid embedding statistics: {reason}")]
-    EmbeddingStats { path: PathBuf, reason: String },
+    #[error("{path}: not valid embedding statistics: {source}")]
+    EmbeddingStats {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path}: embedding statistics of {dim}-d with {means} means and {covariance} \
+         covariance values; the model's embedding is {model_dim}-d"
+    )]
+    EmbeddingStatsShape {
+        path: PathBuf,
+        dim: u32,
+        means: usize,
+        covariance: usize,
+        model_dim: usize,
+    },
     #[error("input has {actual} values, expected {expected} ({what})")]
     InputShape {
         what: String,

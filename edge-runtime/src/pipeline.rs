@@ -403,9 +403,9 @@ impl Pipeline {
                 .map(|t| {
                     self.pre
                         .thumbnail_input(t)
-                        .map_err(|reason| EdgeError::Pixels {
+                        .map_err(|source| EdgeError::Thumbnail {
                             path: self.bank.dir().to_path_buf(),
-                            reason: format!("a stored thumbnail: {reason}"),
+                            source,
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()

@@ -12,6 +12,16 @@ use models::preprocess::PreprocessSpec;
 use crate::bank::Thumbnail;
 use crate::EdgeError;
 
+/// Why a stored thumbnail could not be brought back to the model's input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ThumbnailError {
+    #[error("a stored thumbnail's pixels do not fill its shape")]
+    Shape,
+    #[error("a stored thumbnail: {0}")]
+    Pixels(#[from] models::data::DecodeError),
+}
+
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
     spec: PreprocessSpec,
@@ -40,7 +50,7 @@ impl Preprocessor {
 
     /// A bank thumbnail as the model's input pixels (planar u8 at the manifest's size and
     /// colour): as stored when it already has that shape, else resized like an image file.
-    pub fn thumbnail_input(&self, thumb: &Thumbnail) -> Result<Vec<u8>, String> {
+    pub fn thumbnail_input(&self, thumb: &Thumbnail) -> Result<Vec<u8>, ThumbnailError> {
         let spec = &self.spec;
         let shape = (spec.channels(), spec.height as usize, spec.width as usize);
         let stored = (
@@ -51,13 +61,11 @@ impl Preprocessor {
         if stored == shape && thumb.pixels.len() == spec.image_len() {
             return Ok(thumb.pixels.clone());
         }
-        let img = thumb
-            .to_image()
-            .ok_or_else(|| "a stored thumbnail's pixels do not fill its shape".to_string())?;
-        image_pixels(
+        let img = thumb.to_image().ok_or(ThumbnailError::Shape)?;
+        Ok(image_pixels(
             image::DynamicImage::ImageRgb8(img),
             &self.image_options(false),
-        )
+        )?)
     }
 
     /// Reads a folder of JPEG/PNG images at the manifest's size, colour and resize mode.

@@ -120,10 +120,12 @@ fn thumbnails_as_inputs(
     }
     let mut pixels = Vec::with_capacity(thumbs.len() * spec.image_len());
     for t in thumbs {
-        let p = pre.thumbnail_input(t).map_err(|reason| EdgeError::Pixels {
-            path: dir.to_path_buf(),
-            reason: format!("a stored thumbnail: {reason}"),
-        })?;
+        let p = pre
+            .thumbnail_input(t)
+            .map_err(|source| EdgeError::Thumbnail {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         pixels.extend(p);
     }
     Ok(ImageSet {

@@ -5,7 +5,7 @@
 //! both carry the same [`EncoderManifest`].
 
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -111,7 +111,7 @@ pub struct Centroids {
 #[non_exhaustive]
 pub enum ManifestError {
     #[error("manifest cannot be decoded: {0}")]
-    Decode(String),
+    Decode(postcard::Error),
     #[error("manifest version {found} is not supported (this build reads {MANIFEST_VERSION})")]
     Version { found: u32 },
     #[error("manifest is inconsistent: {0}")]
@@ -154,8 +154,7 @@ impl EncoderManifest {
     }
 
     pub fn from_postcard(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let m: Self =
-            postcard::from_bytes(bytes).map_err(|e| ManifestError::Decode(e.to_string()))?;
+        let m: Self = postcard::from_bytes(bytes).map_err(ManifestError::Decode)?;
         m.validate()?;
         Ok(m)
     }

@@ -129,19 +129,17 @@ pub fn read_embedding_stats(model_dir: &Path, dim: usize) -> Result<EmbeddingSta
         Err(e) => return Err(EdgeError::Io { path, source: e }),
     };
     let stats: EmbeddingStats =
-        serde_json::from_slice(&bytes).map_err(|e| EdgeError::EmbeddingStats {
+        serde_json::from_slice(&bytes).map_err(|source| EdgeError::EmbeddingStats {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
     if !stats.is_consistent() || stats.dim as usize != dim {
-        return Err(EdgeError::EmbeddingStats {
+        return Err(EdgeError::EmbeddingStatsShape {
             path,
-            reason: format!(
-                "{}-d with {} means and {} covariance values; the model's embedding is {dim}-d",
-                stats.dim,
-                stats.mean.len(),
-                stats.covariance.len()
-            ),
+            dim: stats.dim,
+            means: stats.mean.len(),
+            covariance: stats.covariance.len(),
+            model_dim: dim,
         });
     }
     Ok(stats)

@@ -31,8 +31,12 @@ pub enum CameraError {
         source: frame::FrameError,
     },
     /// Resizing or converting a decoded frame (`models::data::image_pixels`) failed.
-    #[error("frame {sequence}: {reason}")]
-    Pixels { sequence: u32, reason: String },
+    #[error("frame {sequence}: {source}")]
+    Pixels {
+        sequence: u32,
+        #[source]
+        source: models::data::DecodeError,
+    },
 }
 
 /// The prefix that names a V4L2 device as input.

@@ -122,7 +122,7 @@ impl V4l2Camera {
         let img = decode_frame(&self.layout, &buf[..used])
             .map_err(|source| err(CameraError::Frame { sequence, source }))?;
         let pixels = image_pixels(img, &self.opts)
-            .map_err(|reason| err(CameraError::Pixels { sequence, reason }))?;
+            .map_err(|source| err(CameraError::Pixels { sequence, source }))?;
         Ok((pixels, sequence))
     }
 }

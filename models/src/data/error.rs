@@ -31,8 +31,13 @@ pub enum DataError {
         labels: PathBuf,
         n_labels: usize,
     },
-    #[error("{path}: cannot decode image: {reason}")]
-    Decode { path: PathBuf, reason: String },
+    #[cfg(feature = "image")]
+    #[error("{path}: cannot decode image: {source}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: DecodeError,
+    },
     #[error("{path}: no JPEG or PNG images found (searched recursively)")]
     NoImages { path: PathBuf },
     #[error("{path}: every image failed to load ({skipped} skipped)")]
@@ -54,4 +59,17 @@ impl DataError {
             source,
         }
     }
+}
+
+/// Why one image could not be turned into pixels.
+#[cfg(feature = "image")]
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("image has no pixels")]
+    Empty,
 }

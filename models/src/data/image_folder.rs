@@ -10,7 +10,7 @@ use image::imageops::{self, FilterType};
 use image::{DynamicImage, ImageReader};
 use rayon::prelude::*;
 
-use super::{DataError, ImageSet, SkippedFile};
+use super::{DataError, DecodeError, ImageSet, SkippedFile};
 pub use crate::preprocess::{ColorMode, ResizeMode};
 
 /// How to read a folder.
@@ -60,27 +60,22 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
 
 /// One image file, brought to the options' size and colour: planar u8 pixels.
 pub fn read_image(path: &Path, opts: &ImageFolderOptions) -> Result<Vec<u8>, DataError> {
-    load_one(path, opts).map_err(|reason| DataError::Decode {
+    load_one(path, opts).map_err(|source| DataError::Decode {
         path: path.into(),
-        reason,
+        source,
     })
 }
 
-fn load_one(path: &Path, opts: &ImageFolderOptions) -> Result<Vec<u8>, String> {
-    let img = ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?;
+fn load_one(path: &Path, opts: &ImageFolderOptions) -> Result<Vec<u8>, DecodeError> {
+    let img = ImageReader::open(path)?.with_guessed_format()?.decode()?;
     image_pixels(img, opts)
 }
 
 /// A decoded image (a file, or a camera frame) brought to the options' size and colour:
 /// planar u8 pixels, exactly as the folder reader gives them.
-pub fn image_pixels(img: DynamicImage, opts: &ImageFolderOptions) -> Result<Vec<u8>, String> {
+pub fn image_pixels(img: DynamicImage, opts: &ImageFolderOptions) -> Result<Vec<u8>, DecodeError> {
     if img.width() == 0 || img.height() == 0 {
-        return Err("image has no pixels".into());
+        return Err(DecodeError::Empty);
     }
     let img = fit(img, opts);
     Ok(match opts.color {
@@ -161,7 +156,7 @@ pub fn read_image_folder(root: &Path, opts: &ImageFolderOptions) -> Result<Image
         return Err(DataError::NoImages { path: root.into() });
     }
 
-    let decoded: Vec<Result<Vec<u8>, String>> =
+    let decoded: Vec<Result<Vec<u8>, DecodeError>> =
         files.par_iter().map(|p| load_one(p, opts)).collect();
     let mut kept = Vec::with_capacity(files.len());
     let mut skipped = Vec::new();
@@ -172,8 +167,11 @@ pub fn read_image_folder(root: &Path, opts: &ImageFolderOptions) -> Result<Image
                 pixels.extend_from_slice(&px);
                 kept.push(path);
             }
-            Err(reason) if opts.skip_bad => skipped.push(SkippedFile { path, reason }),
-            Err(reason) => return Err(DataError::Decode { path, reason }),
+            Err(e) if opts.skip_bad => skipped.push(SkippedFile {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(source) => return Err(DataError::Decode { path, source }),
         }
     }
     if kept.is_empty() {
@@ -295,10 +293,23 @@ mod tests {
             .save(dir.path().join("good.png"))
             .unwrap();
         std::fs::write(dir.path().join("broken.jpg"), b"\xff\xd8\xff garbage").unwrap();
-        let msg = read_image_folder(dir.path(), &opts(4, 4, ColorMode::Gray))
-            .unwrap_err()
-            .to_string();
+        let err = read_image_folder(dir.path(), &opts(4, 4, ColorMode::Gray)).unwrap_err();
+        let msg = err.to_string();
         assert!(msg.contains("broken.jpg"), "{msg}");
+        // The cause stays typed: the image crate's decoding error, reachable as a source.
+        assert!(
+            matches!(
+                &err,
+                DataError::Decode {
+                    source: DecodeError::Image(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let empty = image_pixels(DynamicImage::new_luma8(0, 0), &opts(4, 4, ColorMode::Gray));
+        assert!(matches!(empty, Err(DecodeError::Empty)));
         let o = ImageFolderOptions {
             skip_bad: true,
             ..opts(4, 4, ColorMode::Gray)

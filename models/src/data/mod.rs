@@ -17,6 +17,8 @@ mod shifts;
 mod source;
 
 pub use error::DataError;
+#[cfg(feature = "image")]
+pub use error::DecodeError;
 pub use fashion_mnist::{
     fashion_mnist_dir, load_fashion_mnist, looks_like_fashion_mnist, Split, FASHION_MNIST_CLASSES,
     FASHION_MNIST_DEFAULT_DIR,
