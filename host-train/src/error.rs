@@ -26,14 +26,60 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// A run directory or checkpoint that is not what it should be (no typed cause).
     #[error("{path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: line {line}: {source}")]
+    JsonLine {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Weights or tensors that could not be read or written.
+    #[error("{path}: {source}")]
+    Tensors {
+        path: PathBuf,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("{path}: {source}")]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: image::ImageError,
+    },
+    #[error("{path}: not an adapter written by `edge-runtime adapt export`: {source}")]
+    Adapter {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("a generated figure: {0}")]
+    Figure(#[source] models::data::DecodeError),
+    #[error("exported manifest: {0}")]
+    Manifest(#[from] models::manifest::ManifestError),
+    /// The edge runtime, run by the export's parity check (boxed: its errors are large).
+    #[error(transparent)]
+    Edge(Box<edge_runtime::EdgeError>),
     #[error("invalid configuration: {0}")]
     Config(String),
     /// Training stopped before its checkpoint was overwritten, so the run can resume from
     /// the last good epoch.
     #[error("epoch {epoch}: the loss became {loss}; training diverged (try a lower --lr); the checkpoint of the previous epoch is kept")]
     Diverged { epoch: usize, loss: f64 },
+}
+
+impl From<edge_runtime::EdgeError> for TrainError {
+    fn from(e: edge_runtime::EdgeError) -> Self {
+        Self::Edge(Box::new(e))
+    }
 }
 
 impl TrainError {

@@ -76,9 +76,9 @@ pub fn write_gallery(
             }
         }
     }
-    canvas.save(path).map_err(|e| TrainError::Checkpoint {
+    canvas.save(path).map_err(|source| TrainError::Image {
         path: path.into(),
-        reason: e.to_string(),
+        source,
     })
 }
 

@@ -114,9 +114,9 @@ pub fn write_metrics_plot(rows: &[MetricsRow], path: &Path) -> Result<(), TrainE
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     }
-    img.save(path).map_err(|e| TrainError::Checkpoint {
+    img.save(path).map_err(|source| TrainError::Image {
         path: path.into(),
-        reason: e.to_string(),
+        source,
     })
 }
 

@@ -588,8 +588,11 @@ pub fn load_encoder(
         return Ok((cfg, encoder));
     }
     let whitening: EmbeddingWhitening = run.read_json(WHITENING_FILE)?;
-    let encoder = WhitenedEncoder::new(encoder, whitening, device)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", run.path(WHITENING_FILE).display())))?;
+    let encoder =
+        WhitenedEncoder::new(encoder, whitening, device).map_err(|source| TrainError::Tensors {
+            path: run.path(WHITENING_FILE),
+            source,
+        })?;
     Ok((cfg, Box::new(encoder)))
 }
 

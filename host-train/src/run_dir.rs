@@ -87,18 +87,17 @@ impl RunDir {
 
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), TrainError> {
         let p = self.path(name);
-        let bytes =
-            serde_json::to_vec_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| TrainError::Json {
+            path: p.clone(),
+            source,
+        })?;
         write_atomic(&p, &bytes)
     }
 
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, TrainError> {
         let p = self.path(name);
         let bytes = std::fs::read(&p).map_err(|e| TrainError::io(&p, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
-            path: p,
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&bytes).map_err(|source| TrainError::Json { path: p, source })
     }
 
     pub fn append_metrics<T: Serialize>(&self, row: &T) -> Result<(), TrainError> {
@@ -108,7 +107,10 @@ impl RunDir {
             .append(true)
             .open(&p)
             .map_err(|e| TrainError::io(&p, e))?;
-        let mut line = serde_json::to_vec(row).map_err(|e| TrainError::Config(e.to_string()))?;
+        let mut line = serde_json::to_vec(row).map_err(|source| TrainError::Json {
+            path: p.clone(),
+            source,
+        })?;
         line.push(b'\n');
         f.write_all(&line).map_err(|e| TrainError::io(&p, e))
     }
@@ -125,9 +127,10 @@ impl RunDir {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| TrainError::Checkpoint {
+                serde_json::from_str(l).map_err(|source| TrainError::JsonLine {
                     path: p.clone(),
-                    reason: format!("line {}: {e}", i + 1),
+                    line: i + 1,
+                    source,
                 })
             })
             .collect()
@@ -141,7 +144,12 @@ impl RunDir {
         names: &[String],
         extra: &[(&str, Tensor)],
     ) -> Result<(), TrainError> {
-        publish(&self.path("model.safetensors"), |tmp| model.save(tmp))?;
+        publish(&self.path("model.safetensors"), |tmp| {
+            model.save(tmp).map_err(|source| TrainError::Tensors {
+                path: tmp.into(),
+                source,
+            })
+        })?;
         let mut state: HashMap<String, Tensor> = HashMap::new();
         for (name, buf) in names.iter().zip(opt.buffers()) {
             if let Some(b) = buf {
@@ -152,7 +160,10 @@ impl RunDir {
             state.insert((*k).to_string(), t.clone());
         }
         publish(&self.path("state.safetensors"), |tmp| {
-            candle_core::safetensors::save(&state, tmp)
+            candle_core::safetensors::save(&state, tmp).map_err(|source| TrainError::Tensors {
+                path: tmp.into(),
+                source,
+            })
         })
     }
 
@@ -160,36 +171,32 @@ impl RunDir {
     /// all be present with the same shapes.
     pub fn load_model(&self, model: &mut VarMap) -> Result<(), TrainError> {
         let p = self.path("model.safetensors");
-        model.load(&p).map_err(|e| TrainError::Checkpoint {
-            path: p,
-            reason: e.to_string(),
-        })
+        model
+            .load(&p)
+            .map_err(|source| TrainError::Tensors { path: p, source })
     }
 
     pub fn load_state(&self, device: &Device) -> Result<HashMap<String, Tensor>, TrainError> {
         let p = self.path("state.safetensors");
-        candle_core::safetensors::load(&p, device).map_err(|e| TrainError::Checkpoint {
-            path: p,
-            reason: e.to_string(),
-        })
+        candle_core::safetensors::load(&p, device)
+            .map_err(|source| TrainError::Tensors { path: p, source })
     }
 }
 
 pub(crate) fn write_atomic(p: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    publish(p, |tmp| std::fs::write(tmp, bytes))
+    publish(p, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|e| TrainError::io(tmp, e))
+    })
 }
 
 /// Writes `path` through a temporary file and a rename, so a crash never leaves it half
 /// written.
-fn publish<E: std::fmt::Display>(
+fn publish(
     path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), E>,
+    write: impl FnOnce(&Path) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {
     let tmp = path.with_extension("tmp");
-    write(&tmp).map_err(|e| TrainError::Checkpoint {
-        path: tmp.clone(),
-        reason: e.to_string(),
-    })?;
+    write(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 

@@ -12,10 +12,11 @@ use crate::graph::{FoldedGraph, Layer};
 /// Reads and checks an adapter written by `edge-runtime adapt export`.
 pub fn read_adapter(path: &Path) -> Result<AdapterExport, TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    let a: AdapterExport = serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        reason: format!("not an adapter written by `edge-runtime adapt export`: {e}"),
-    })?;
+    let a: AdapterExport =
+        serde_json::from_slice(&bytes).map_err(|source| TrainError::Adapter {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if !a.is_consistent() || a.matrix.iter().chain(&a.offset).any(|v| !v.is_finite()) {
         return Err(TrainError::Checkpoint {
             path: path.to_path_buf(),

@@ -177,9 +177,7 @@ pub fn export(
         ],
         centroids,
     };
-    manifest
-        .validate()
-        .map_err(|e| TrainError::Config(format!("exported manifest: {e}")))?;
+    manifest.validate()?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     write_atomic(&out.join(FP32_FILE), &fp32)?;
     write_atomic(&out.join(INT8_FILE), &int8)?;

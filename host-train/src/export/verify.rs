@@ -165,15 +165,14 @@ pub fn verify(
     test: &TrainSet,
     cfg: &VerifyConfig,
 ) -> Result<ParityReport, TrainError> {
-    let edge = |e: edge_runtime::EdgeError| TrainError::Config(e.to_string());
-    let fp32 = ModelBundle::load(dir, Precision::Fp32).map_err(edge)?;
-    let int8 = ModelBundle::load(dir, Precision::Int8).map_err(edge)?;
+    let fp32 = ModelBundle::load(dir, Precision::Fp32)?;
+    let int8 = ModelBundle::load(dir, Precision::Int8)?;
     let options = PrepareOptions {
         batch: cfg.batch,
         threads: 1,
     };
-    let run32 = TractRuntime.prepare(&fp32, &options).map_err(edge)?;
-    let run8 = TractRuntime.prepare(&int8, &options).map_err(edge)?;
+    let run32 = TractRuntime.prepare(&fp32, &options)?;
+    let run8 = TractRuntime.prepare(&int8, &options)?;
     let dim = run32.embed_dim();
 
     let test = subset(test, cfg.test_images);
@@ -257,10 +256,7 @@ pub fn embed(run: &dyn Runnable, set: &TrainSet, batch: usize) -> Result<Vec<f32
     for chunk in idx.chunks(batch.min(run.batch()).max(1)) {
         let x = set.batch(chunk, &AugmentConfig::none(), 0, &Device::Cpu)?;
         let data = x.flatten_all()?.to_vec1::<f32>()?;
-        out.extend(
-            run.run(&data, chunk.len())
-                .map_err(|e| TrainError::Config(e.to_string()))?,
-        );
+        out.extend(run.run(&data, chunk.len())?);
     }
     Ok(out)
 }

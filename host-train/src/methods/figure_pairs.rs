@@ -152,8 +152,7 @@ fn to_channels(rgb: Vec<u8>, c: usize, size: usize) -> Result<Vec<u8>, TrainErro
         color: ColorMode::Gray,
         ..Default::default()
     };
-    image_pixels(image::DynamicImage::ImageRgb8(img), &gray)
-        .map_err(|e| TrainError::Config(format!("a generated figure: {e}")))
+    image_pixels(image::DynamicImage::ImageRgb8(img), &gray).map_err(TrainError::Figure)
 }
 
 /// Everything one epoch needs besides the encoder.
