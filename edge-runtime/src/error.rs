@@ -87,7 +87,7 @@ pub enum EdgeError {
     Thumbnail {
         path: PathBuf,
         #[source]
-        source: crate::preprocess::ThumbnailError,
+        source: ThumbnailError,
     },
     #[error("{device}: {source}")]
     Camera {
@@ -176,4 +176,14 @@ pub enum EdgeError {
         expected: usize,
         actual: usize,
     },
+}
+
+/// Why a stored thumbnail could not be brought back to the model's input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ThumbnailError {
+    #[error("a stored thumbnail's pixels do not fill its shape")]
+    Shape,
+    #[error("a stored thumbnail: {0}")]
+    Pixels(#[from] models::data::DecodeError),
 }

@@ -10,17 +10,8 @@ use models::data::{
 use models::preprocess::PreprocessSpec;
 
 use crate::bank::Thumbnail;
+pub use crate::error::ThumbnailError;
 use crate::EdgeError;
-
-/// Why a stored thumbnail could not be brought back to the model's input.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ThumbnailError {
-    #[error("a stored thumbnail's pixels do not fill its shape")]
-    Shape,
-    #[error("a stored thumbnail: {0}")]
-    Pixels(#[from] models::data::DecodeError),
-}
 
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
