@@ -77,6 +77,34 @@ pub enum MiningSpace {
     /// that a few high-variance directions do not decide who is near whom. On Fashion-MNIST
     /// it raised neighbour purity a little and lowered the head's NMI (docs/RESULTS.md).
     Whitened,
+    /// Half of each image's neighbours from the embedding as it is, half from its input
+    /// pixels PCA-whitened to [`PIXEL_WHITEN_DIM`] directions: two measures of likeness that
+    /// err on different images. Only for data whose pixels already find neighbours of the
+    /// same kind (centred items on a plain ground); where background and colour dominate the
+    /// pixels, their neighbours are noise.
+    RawAndPixels,
+}
+
+/// Directions kept when pixels are whitened to mine neighbours.
+pub const PIXEL_WHITEN_DIM: usize = 128;
+
+/// The training images' pixels, one row per image, when `mine_on` mines on them.
+#[derive(Debug)]
+pub struct MiningPixels(Option<(Vec<f32>, usize)>);
+
+impl MiningPixels {
+    pub fn of(train: &TrainSet, cfg: &ClusterHeadConfig) -> Self {
+        let (c, h, w) = train.image_dims();
+        Self((cfg.mine_on == MiningSpace::RawAndPixels).then(|| (train.images.to_f32(), c * h * w)))
+    }
+
+    pub fn rows(&self) -> Result<Option<MatRef<'_>>, TrainError> {
+        Ok(self
+            .0
+            .as_ref()
+            .map(|(p, width)| MatRef::new(p, *width))
+            .transpose()?)
+    }
 }
 
 impl Default for ClusterHeadConfig {
@@ -220,8 +248,9 @@ impl ClusterHead {
     }
 }
 
-/// Embeds `train` once clean and `views` times through `augment`, then trains the head.
-/// Also hands back the clean embeddings.
+/// Embeds `train` once clean and `views` times through `augment`, then trains the head
+/// (with the training images' pixels when `cfg.mine_on` needs them). Also hands back the
+/// clean embeddings.
 pub fn fit_cluster_head(
     encoder: &dyn Encoder,
     train: &TrainSet,
@@ -242,7 +271,8 @@ pub fn fit_cluster_head(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let head = train_cluster_head(&clean, &views, encoder.embed_dim(), cfg)?;
+    let pixels = MiningPixels::of(train, cfg);
+    let head = train_cluster_head(&clean, &views, encoder.embed_dim(), pixels.rows()?, cfg)?;
     Ok((head, clean))
 }
 
@@ -261,11 +291,13 @@ impl ClusterHead {
 }
 
 /// Trains heads on `views`: `views.len()` augmented embeddings of each of n images (each
-/// `n * dim`), with neighbours mined on `clean` (the un-augmented embeddings, `n * dim`).
+/// `n * dim`), with neighbours mined on `clean` (the un-augmented embeddings, `n * dim`) and,
+/// for [`MiningSpace::RawAndPixels`], on `pixels` (one row per image).
 pub fn train_cluster_head(
     clean: &[f32],
     views: &[Vec<f32>],
     dim: usize,
+    pixels: Option<MatRef<'_>>,
     cfg: &ClusterHeadConfig,
 ) -> Result<ClusterHead, TrainError> {
     let n = clean.len() / dim;
@@ -275,7 +307,7 @@ pub fn train_cluster_head(
             "cluster head: every view needs one embedding per image".into(),
         ));
     }
-    let neighbours = mine_neighbours(clean, dim, cfg)?;
+    let neighbours = mine_neighbours(clean, dim, pixels, cfg)?;
     let views: Vec<Vec<f32>> = views
         .iter()
         .map(|v| {
@@ -307,28 +339,64 @@ pub fn train_cluster_head(
 }
 
 /// The `cfg.neighbours` nearest images of each row of `clean` (rows of `dim`), in the space
-/// `cfg.mine_on` says, nearest first.
+/// `cfg.mine_on` says, nearest first; `pixels` (one row per image) only for
+/// [`MiningSpace::RawAndPixels`].
 pub fn mine_neighbours(
     clean: &[f32],
     dim: usize,
+    pixels: Option<MatRef<'_>>,
     cfg: &ClusterHeadConfig,
 ) -> Result<Vec<u32>, TrainError> {
     let n = clean.len() / dim.max(1);
+    let raw = MatRef::new(clean, dim)?;
     match cfg.mine_on {
-        MiningSpace::Whitened if n > 2 => {
-            let out = dim.min(WHITEN_DIM).min(n - 1);
-            let pca = PcaParams::new(out).fit(MatRef::new(clean, dim)?)?;
-            let white = pca.transform(MatRef::new(clean, dim)?)?;
-            Ok(nearest_neighbours(
-                MatRef::new(&white, pca.d_out())?,
-                cfg.neighbours,
-            )?)
+        MiningSpace::Raw => Ok(nearest_neighbours(raw, cfg.neighbours)?),
+        MiningSpace::Whitened => whitened_neighbours(raw, WHITEN_DIM, cfg.neighbours),
+        MiningSpace::RawAndPixels => {
+            let pixels = pixels.filter(|p| p.rows() == n).ok_or_else(|| {
+                TrainError::Config(
+                    "cluster head: --mine-on raw-and-pixels needs one row of pixels per image"
+                        .into(),
+                )
+            })?;
+            let k = cfg.neighbours.min(n - 1);
+            let from_raw = k.div_ceil(2);
+            let a = nearest_neighbours(raw, from_raw)?;
+            let b = whitened_neighbours(pixels, PIXEL_WHITEN_DIM, k - from_raw)?;
+            Ok(interleave_rows(&a, from_raw, &b, k - from_raw))
         }
-        _ => Ok(nearest_neighbours(
-            MatRef::new(clean, dim)?,
-            cfg.neighbours,
-        )?),
     }
+}
+
+/// The `k` nearest rows of `data` by cosine after PCA-whitening it to at most `width`
+/// directions (fitted on `data`). An empty list for `k = 0`.
+fn whitened_neighbours(data: MatRef<'_>, width: usize, k: usize) -> Result<Vec<u32>, TrainError> {
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let n = data.rows();
+    if n < 3 {
+        // Too few rows to fit a PCA.
+        return Ok(nearest_neighbours(data, k)?);
+    }
+    let pca = PcaParams::new(width.min(data.cols()).min(n - 1)).fit(data)?;
+    let white = pca.transform(data)?;
+    Ok(nearest_neighbours(MatRef::new(&white, pca.d_out())?, k)?)
+}
+
+/// Row i of the result: row i of `a` (`ka` wide), then row i of `b` (`kb` wide).
+fn interleave_rows(a: &[u32], ka: usize, b: &[u32], kb: usize) -> Vec<u32> {
+    let n = if ka > 0 {
+        a.len() / ka
+    } else {
+        b.len() / kb.max(1)
+    };
+    let mut out = Vec::with_capacity(n * (ka + kb));
+    for i in 0..n {
+        out.extend_from_slice(&a[i * ka..(i + 1) * ka]);
+        out.extend_from_slice(&b[i * kb..(i + 1) * kb]);
+    }
+    out
 }
 
 fn train_one_head(
@@ -583,6 +651,41 @@ mod tests {
     }
 
     #[test]
+    fn raw_and_pixel_neighbours_take_half_from_each_space() {
+        // The embedding groups images by parity, the pixels by halves: with two neighbours
+        // each, the first must share the parity and the second the half.
+        let n = 8;
+        let clean: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let angle = if i % 2 == 0 { 0.0 } else { 1.5 } + 0.01 * i as f32;
+                [angle.cos(), angle.sin()]
+            })
+            .collect();
+        let pixels: Vec<f32> = (0..n)
+            .map(|i| if i < n / 2 { 1.0 } else { -1.0 } + 0.01 * i as f32)
+            .collect();
+        let cfg = ClusterHeadConfig {
+            clusters: 2,
+            neighbours: 2,
+            mine_on: MiningSpace::RawAndPixels,
+            ..Default::default()
+        };
+        let pixel_rows = MatRef::new(&pixels, 1).unwrap();
+        let nb = mine_neighbours(&clean, 2, Some(pixel_rows), &cfg).unwrap();
+        assert_eq!(nb.len(), n * 2);
+        for i in 0..n {
+            let (a, b) = (nb[2 * i] as usize, nb[2 * i + 1] as usize);
+            assert_eq!(a % 2, i % 2, "image {i}: embedding neighbour {a}");
+            assert_eq!(b < n / 2, i < n / 2, "image {i}: pixel neighbour {b}");
+            assert!(a != i && b != i);
+        }
+        let err = mine_neighbours(&clean, 2, None, &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--mine-on raw-and-pixels"), "{err}");
+    }
+
+    #[test]
     fn the_head_finds_groups_and_its_centroids_reproduce_them() {
         let mut rng = Rng::new(9);
         let (clean, labels) = groups(300, &mut rng);
@@ -604,7 +707,7 @@ mod tests {
             batch_size: 64,
             ..Default::default()
         };
-        let head = train_cluster_head(&clean, &views, 4, &cfg).unwrap();
+        let head = train_cluster_head(&clean, &views, 4, None, &cfg).unwrap();
         let found = head.assign(&clean);
 
         let nmi = models::metrics::normalized_mutual_info(&labels, &found).unwrap();
@@ -616,7 +719,7 @@ mod tests {
             clusters: 200,
             ..cfg.clone()
         };
-        assert!(train_cluster_head(&clean, &views, 4, &bad).is_err());
+        assert!(train_cluster_head(&clean, &views, 4, None, &bad).is_err());
 
         // Self-labelling trains on confident images only and keeps the groups.
         let mut labelled = head.clone();

@@ -6,7 +6,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use host_train::cluster_head::{
-    fit_cluster_head, mine_neighbours, ClusterHead, ClusterHeadConfig, MiningSpace, HEAD_FILE,
+    fit_cluster_head, mine_neighbours, ClusterHead, ClusterHeadConfig, MiningPixels, MiningSpace,
+    HEAD_FILE,
 };
 use host_train::dataset::{load_images, TrainSet};
 use host_train::encoders::{EmbeddingWhitening, Encoder, WhitenedEncoder};
@@ -40,8 +41,8 @@ pub struct ClusterHeadArgs {
     /// Weight of the entropy term that keeps every cluster in use.
     #[arg(long, default_value_t = ClusterHeadConfig::default().entropy_weight)]
     entropy_weight: f64,
-    /// Where neighbours are mined: on the embedding as it is, or PCA-whitened (fitted on it,
-    /// no labels).
+    /// Where neighbours are mined: on the embedding as it is, PCA-whitened (fitted on it, no
+    /// labels), or half on the embedding and half on the images' PCA-whitened pixels.
     #[arg(long, value_enum, default_value = "raw")]
     mine_on: MineArg,
     /// SCAN's self-labelling after the head: steps of cross-entropy on augmented views
@@ -65,6 +66,7 @@ pub struct ClusterHeadArgs {
 enum MineArg {
     Raw,
     Whitened,
+    RawAndPixels,
 }
 
 pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
@@ -87,6 +89,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         mine_on: match args.mine_on {
             MineArg::Whitened => MiningSpace::Whitened,
             MineArg::Raw => MiningSpace::Raw,
+            MineArg::RawAndPixels => MiningSpace::RawAndPixels,
         },
         ..Default::default()
     };
@@ -114,7 +117,8 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
     );
     if let Some(labels) = train.images.labels.as_deref() {
         let dim = head.dim;
-        let nb = mine_neighbours(&clean, dim, &hcfg)?;
+        let pixels = MiningPixels::of(&train, &hcfg);
+        let nb = mine_neighbours(&clean, dim, pixels.rows()?, &hcfg)?;
         let k = hcfg.neighbours.min(labels.len() - 1);
         let same = nb
             .iter()
