@@ -363,7 +363,7 @@ pub fn mine_neighbours(
             let from_raw = k.div_ceil(2);
             let a = nearest_neighbours(raw, from_raw)?;
             let b = whitened_neighbours(pixels, PIXEL_WHITEN_DIM, k - from_raw)?;
-            Ok(interleave_rows(&a, from_raw, &b, k - from_raw))
+            Ok(interleave_rows(n, &a, from_raw, &b, k - from_raw))
         }
     }
 }
@@ -384,13 +384,8 @@ fn whitened_neighbours(data: MatRef<'_>, width: usize, k: usize) -> Result<Vec<u
     Ok(nearest_neighbours(MatRef::new(&white, pca.d_out())?, k)?)
 }
 
-/// Row i of the result: row i of `a` (`ka` wide), then row i of `b` (`kb` wide).
-fn interleave_rows(a: &[u32], ka: usize, b: &[u32], kb: usize) -> Vec<u32> {
-    let n = if ka > 0 {
-        a.len() / ka
-    } else {
-        b.len() / kb.max(1)
-    };
+/// Row i of the result (of `n`): row i of `a` (`ka` wide), then row i of `b` (`kb` wide).
+fn interleave_rows(n: usize, a: &[u32], ka: usize, b: &[u32], kb: usize) -> Vec<u32> {
     let mut out = Vec::with_capacity(n * (ka + kb));
     for i in 0..n {
         out.extend_from_slice(&a[i * ka..(i + 1) * ka]);
