@@ -359,7 +359,7 @@ pub fn mine_neighbours(
                         .into(),
                 )
             })?;
-            let k = cfg.neighbours.min(n - 1);
+            let k = cfg.neighbours.min(n.saturating_sub(1));
             let from_raw = k.div_ceil(2);
             let a = nearest_neighbours(raw, from_raw)?;
             let b = whitened_neighbours(pixels, PIXEL_WHITEN_DIM, k - from_raw)?;
