@@ -88,25 +88,6 @@ pub enum MiningSpace {
 /// Directions kept when pixels are whitened to mine neighbours.
 pub const PIXEL_WHITEN_DIM: usize = 128;
 
-/// The training images' pixels, one row per image, when `mine_on` mines on them.
-#[derive(Debug)]
-pub struct MiningPixels(Option<(Vec<f32>, usize)>);
-
-impl MiningPixels {
-    pub fn of(train: &TrainSet, cfg: &ClusterHeadConfig) -> Self {
-        let (c, h, w) = train.image_dims();
-        Self((cfg.mine_on == MiningSpace::RawAndPixels).then(|| (train.images.to_f32(), c * h * w)))
-    }
-
-    pub fn rows(&self) -> Result<Option<MatRef<'_>>, TrainError> {
-        Ok(self
-            .0
-            .as_ref()
-            .map(|(p, width)| MatRef::new(p, *width))
-            .transpose()?)
-    }
-}
-
 impl Default for ClusterHeadConfig {
     fn default() -> Self {
         Self {
@@ -248,9 +229,9 @@ impl ClusterHead {
     }
 }
 
-/// Embeds `train` once clean and `views` times through `augment`, then trains the head
-/// (with the training images' pixels when `cfg.mine_on` needs them). Also hands back the
-/// clean embeddings.
+/// Embeds `train` once clean and `views` times through `augment`, mines the neighbours
+/// (with the training images' pixels when `cfg.mine_on` needs them), then trains the head.
+/// Also hands back the clean embeddings and the neighbours (`cfg.neighbours` per image).
 pub fn fit_cluster_head(
     encoder: &dyn Encoder,
     train: &TrainSet,
@@ -258,7 +239,8 @@ pub fn fit_cluster_head(
     views: usize,
     cfg: &ClusterHeadConfig,
     device: &Device,
-) -> Result<(ClusterHead, Vec<f32>), TrainError> {
+) -> Result<(ClusterHead, Vec<f32>, Vec<u32>), TrainError> {
+    cfg.check(train.len())?;
     let clean = extract(encoder, train, 512, device, "embeddings")?;
     let views = (0..views.max(1))
         .map(|v| {
@@ -271,9 +253,16 @@ pub fn fit_cluster_head(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let pixels = MiningPixels::of(train, cfg);
-    let head = train_cluster_head(&clean, &views, encoder.embed_dim(), pixels.rows()?, cfg)?;
-    Ok((head, clean))
+    let dim = encoder.embed_dim();
+    let pixels = (cfg.mine_on == MiningSpace::RawAndPixels).then(|| train.images.to_f32());
+    let (c, h, w) = train.image_dims();
+    let pixels = pixels
+        .as_deref()
+        .map(|p| MatRef::new(p, c * h * w))
+        .transpose()?;
+    let neighbours = mine_neighbours(&clean, dim, pixels, cfg)?;
+    let head = train_cluster_head(&clean, &views, dim, &neighbours, cfg)?;
+    Ok((head, clean, neighbours))
 }
 
 impl ClusterHead {
@@ -291,13 +280,13 @@ impl ClusterHead {
 }
 
 /// Trains heads on `views`: `views.len()` augmented embeddings of each of n images (each
-/// `n * dim`), with neighbours mined on `clean` (the un-augmented embeddings, `n * dim`) and,
-/// for [`MiningSpace::RawAndPixels`], on `pixels` (one row per image).
+/// `n * dim`), pairing each image with the `neighbours` that [`mine_neighbours`] found for
+/// `clean` (the un-augmented embeddings, `n * dim`).
 pub fn train_cluster_head(
     clean: &[f32],
     views: &[Vec<f32>],
     dim: usize,
-    pixels: Option<MatRef<'_>>,
+    neighbours: &[u32],
     cfg: &ClusterHeadConfig,
 ) -> Result<ClusterHead, TrainError> {
     let n = clean.len() / dim;
@@ -307,7 +296,11 @@ pub fn train_cluster_head(
             "cluster head: every view needs one embedding per image".into(),
         ));
     }
-    let neighbours = mine_neighbours(clean, dim, pixels, cfg)?;
+    if neighbours.is_empty() || !neighbours.len().is_multiple_of(n) {
+        return Err(TrainError::Config(
+            "cluster head: every image needs the same number of neighbours".into(),
+        ));
+    }
     let views: Vec<Vec<f32>> = views
         .iter()
         .map(|v| {
@@ -318,7 +311,7 @@ pub fn train_cluster_head(
         .collect();
     let mut best: Option<ClusterHead> = None;
     for h in 0..cfg.heads {
-        let head = train_one_head(&views, &neighbours, dim, cfg, cfg.seed ^ (h as u64 + 1))?;
+        let head = train_one_head(&views, neighbours, dim, cfg, cfg.seed ^ (h as u64 + 1))?;
         tracing::info!(
             head = h,
             loss = head.loss,
@@ -702,7 +695,8 @@ mod tests {
             batch_size: 64,
             ..Default::default()
         };
-        let head = train_cluster_head(&clean, &views, 4, None, &cfg).unwrap();
+        let neighbours = mine_neighbours(&clean, 4, None, &cfg).unwrap();
+        let head = train_cluster_head(&clean, &views, 4, &neighbours, &cfg).unwrap();
         let found = head.assign(&clean);
 
         let nmi = models::metrics::normalized_mutual_info(&labels, &found).unwrap();
@@ -714,7 +708,7 @@ mod tests {
             clusters: 200,
             ..cfg.clone()
         };
-        assert!(train_cluster_head(&clean, &views, 4, None, &bad).is_err());
+        assert!(train_cluster_head(&clean, &views, 4, &neighbours, &bad).is_err());
 
         // Self-labelling trains on confident images only and keeps the groups.
         let mut labelled = head.clone();

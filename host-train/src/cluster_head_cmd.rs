@@ -6,8 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use host_train::cluster_head::{
-    fit_cluster_head, mine_neighbours, ClusterHead, ClusterHeadConfig, MiningPixels, MiningSpace,
-    HEAD_FILE,
+    fit_cluster_head, ClusterHead, ClusterHeadConfig, MiningSpace, HEAD_FILE,
 };
 use host_train::dataset::{load_images, TrainSet};
 use host_train::encoders::{EmbeddingWhitening, Encoder, WhitenedEncoder};
@@ -94,7 +93,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
-    let (head, clean) = fit_cluster_head(
+    let (head, clean, nb) = fit_cluster_head(
         encoder.as_ref(),
         &train,
         &cfg.augment,
@@ -116,10 +115,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         run.path(HEAD_FILE).display()
     );
     if let Some(labels) = train.images.labels.as_deref() {
-        let dim = head.dim;
-        let pixels = MiningPixels::of(&train, &hcfg);
-        let nb = mine_neighbours(&clean, dim, pixels.rows()?, &hcfg)?;
-        let k = hcfg.neighbours.min(labels.len() - 1);
+        let k = nb.len() / labels.len();
         let same = nb
             .iter()
             .enumerate()

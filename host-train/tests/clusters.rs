@@ -128,7 +128,7 @@ fn swav_trains_on_rgb_scenes_and_its_head_reaches_the_manifest() {
         batch_size: 48,
         ..Default::default()
     };
-    let (head, clean) = fit_cluster_head(
+    let (head, clean, _) = fit_cluster_head(
         encoder.as_ref(),
         &train,
         &cfg.augment,
