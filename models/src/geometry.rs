@@ -1,5 +1,6 @@
-//! Geometric maps of image planes, shared by the shift benchmark (a tilted camera) and the
-//! device's roll correction (`adapt::roll`), so that both turn images the same way.
+//! Geometric maps and filters of image planes, shared by the shift benchmark (a tilted or
+//! defocused camera) and the device's input corrections (`adapt::roll`, `adapt::smoothing`),
+//! so that both turn and blur images the same way.
 
 /// What a turned plane takes where its source point falls outside the image.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,10 +74,88 @@ pub fn rotate_planes_u8(image: &mut [u8], h: usize, w: usize, radians: f32, bord
     }
 }
 
+/// Every plane of a planar image (`h x w` planes) blurred in place by a separable Gaussian
+/// of `sigma` pixels (taps to 3 sigma), edges repeated. `sigma <= 0` leaves it as it is.
+pub fn gaussian_blur_planes(image: &mut [f32], h: usize, w: usize, sigma: f32) {
+    if sigma <= 0.0 || h * w == 0 {
+        return;
+    }
+    let r = libm::ceilf(3.0 * sigma) as isize;
+    let kernel: alloc::vec::Vec<f32> = (-r..=r)
+        .map(|t| libm::expf(-((t * t) as f32) / (2.0 * sigma * sigma)))
+        .collect();
+    let norm: f32 = kernel.iter().sum();
+    let at = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+    let mut tmp = alloc::vec![0f32; h * w];
+    for plane in image.chunks_exact_mut(h * w) {
+        for y in 0..h {
+            for x in 0..w {
+                let row = &plane[y * w..(y + 1) * w];
+                let v: f32 = (-r..=r)
+                    .zip(&kernel)
+                    .map(|(d, k)| k * row[at(x as isize + d, w)])
+                    .sum();
+                tmp[y * w + x] = v / norm;
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let v: f32 = (-r..=r)
+                    .zip(&kernel)
+                    .map(|(d, k)| k * tmp[at(y as isize + d, h) * w + x])
+                    .sum();
+                plane[y * w + x] = v / norm;
+            }
+        }
+    }
+}
+
+/// Every plane of a planar u8 image blurred by a Gaussian of `sigma` pixels, in place
+/// (rounded back to u8).
+pub fn gaussian_blur_planes_u8(image: &mut [u8], h: usize, w: usize, sigma: f32) {
+    if sigma <= 0.0 {
+        return;
+    }
+    let mut planes: alloc::vec::Vec<f32> = image.iter().map(|&v| v as f32).collect();
+    gaussian_blur_planes(&mut planes, h, w, sigma);
+    for (p, v) in image.iter_mut().zip(planes) {
+        *p = libm::roundf(v).clamp(0.0, 255.0) as u8;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec::Vec;
+
+    #[test]
+    fn the_blur_keeps_flat_planes_and_spreads_a_point_evenly() {
+        let mut flat = alloc::vec![0.5f32; 2 * 49];
+        gaussian_blur_planes(&mut flat, 7, 7, 1.0);
+        assert!(flat.iter().all(|v| (v - 0.5).abs() < 1e-6));
+        // A point in the middle of an 11 x 11 plane: its mass stays, spread symmetrically,
+        // and a wider sigma lowers the peak.
+        let point = |sigma: f32| {
+            let mut p = alloc::vec![0f32; 121];
+            p[60] = 1.0;
+            gaussian_blur_planes(&mut p, 11, 11, sigma);
+            p
+        };
+        let (narrow, wide) = (point(0.6), point(1.2));
+        for p in [&narrow, &wide] {
+            assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert!((p[59] - p[61]).abs() < 1e-7 && (p[49] - p[71]).abs() < 1e-7);
+            assert!((p[59] - p[49]).abs() < 1e-7);
+        }
+        assert!(wide[60] < narrow[60] && narrow[60] < 1.0);
+        let untouched = {
+            let mut p = alloc::vec![0f32; 121];
+            p[60] = 1.0;
+            gaussian_blur_planes(&mut p, 11, 11, 0.0);
+            p
+        };
+        assert_eq!(untouched[60], 1.0);
+    }
 
     /// A bright bar along the first row of a 9 x 9 plane.
     fn bar() -> Vec<f32> {

@@ -37,6 +37,10 @@ pub struct AdapterExport {
     /// cannot fold it into the encoder: it says the mount is tilted.
     #[serde(default)]
     pub roll_degrees: f32,
+    /// The Gaussian width (pixels) the device smooths its frames by before the encoder (0
+    /// when none). Like the roll, it describes the camera, not the embedding.
+    #[serde(default)]
+    pub smoothing_sigma: f32,
 }
 
 impl AdapterExport {
@@ -85,6 +89,7 @@ impl AdapterExport {
             input_mean: input.map_or(Vec::new(), |s| s.moments().0),
             input_std: input.map_or(Vec::new(), |s| s.moments().1),
             roll_degrees: 0.0,
+            smoothing_sigma: 0.0,
         }
     }
 

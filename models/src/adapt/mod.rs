@@ -13,12 +13,14 @@
 //!   with views from [`views`].
 //!
 //! Before all of these, [`roll`] can undo a tilted mount: it estimates the camera's roll once,
-//! from the training embeddings' statistics, and turns each frame back.
+//! from the training embeddings' statistics, and turns each frame back. [`smoothing`] picks,
+//! the same way, a Gaussian low-pass against fine-grained artefacts (noise, JPEG blocks).
 
 mod export;
 mod input;
 mod linear;
 pub mod roll;
+pub mod smoothing;
 mod stats;
 pub mod swapped;
 pub mod views;

@@ -127,8 +127,8 @@ pub fn search_roll<E>(
     })
 }
 
-/// The angle with the lowest distance (the first one on a tie).
-fn best_of(tried: &[(f32, f64)]) -> f32 {
+/// The angle (or width) with the lowest distance (the first one on a tie).
+pub(super) fn best_of(tried: &[(f32, f64)]) -> f32 {
     tried
         .iter()
         .fold((0.0f32, f64::INFINITY), |(ba, bd), &(a, d)| {
@@ -142,12 +142,12 @@ fn best_of(tried: &[(f32, f64)]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use alloc::vec;
 
     /// 2-d training statistics: mean 0, unit variance.
-    fn unit_stats() -> EmbeddingStats {
+    pub(in crate::adapt) fn unit_stats() -> EmbeddingStats {
         EmbeddingStats {
             images: 100,
             dim: 2,
@@ -157,7 +157,7 @@ mod tests {
     }
 
     /// Rows with mean `m` and standard deviation `s` in both dimensions.
-    fn rows(m: f32, s: f32) -> Vec<f32> {
+    pub(in crate::adapt) fn rows(m: f32, s: f32) -> Vec<f32> {
         [-1.0f32, 1.0, -1.0, 1.0]
             .iter()
             .flat_map(|&z| [m + s * z, m - s * z])

@@ -7,7 +7,7 @@ use std::io::Cursor;
 use image::{codecs::jpeg::JpegEncoder, ExtendedColorType, ImageDecoder};
 
 use crate::data::ImageSet;
-use crate::geometry::{rotate_planes_u8, Border};
+use crate::geometry::{gaussian_blur_planes_u8, rotate_planes_u8, Border};
 use crate::rng::Rng;
 
 /// One kind of shift.
@@ -85,7 +85,7 @@ fn apply(plane: &mut [u8], h: usize, w: usize, shift: Shift, hard: bool, rng: &m
             let k = pick(0.5, 0.3);
             map(plane, |v| mean + k * (v - mean));
         }
-        Shift::Blur => blur(plane, h, w, pick(0.8, 1.4)),
+        Shift::Blur => gaussian_blur_planes_u8(plane, h, w, pick(0.8, 1.4)),
         Shift::Noise => {
             let sigma = 255.0 * pick(0.08, 0.16);
             map(plane, |v| v + sigma * rng.next_gaussian() as f32);
@@ -108,37 +108,6 @@ fn apply(plane: &mut [u8], h: usize, w: usize, shift: Shift, hard: bool, rng: &m
 fn map(plane: &mut [u8], mut f: impl FnMut(f32) -> f32) {
     for v in plane {
         *v = f(*v as f32).round().clamp(0.0, 255.0) as u8;
-    }
-}
-
-/// Separable Gaussian blur, edges clamped.
-fn blur(plane: &mut [u8], h: usize, w: usize, sigma: f32) {
-    let r = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> = (-r..=r)
-        .map(|t| (-(t * t) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let norm: f32 = kernel.iter().sum();
-    let src: Vec<f32> = plane.iter().map(|&v| v as f32).collect();
-    let mut tmp = vec![0f32; h * w];
-    let at = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
-    for y in 0..h {
-        for x in 0..w {
-            tmp[y * w + x] = (-r..=r)
-                .zip(&kernel)
-                .map(|(d, k)| k * src[y * w + at(x as isize + d, w)])
-                .sum::<f32>()
-                / norm;
-        }
-    }
-    for y in 0..h {
-        for x in 0..w {
-            let v: f32 = (-r..=r)
-                .zip(&kernel)
-                .map(|(d, k)| k * tmp[at(y as isize + d, h) * w + x])
-                .sum::<f32>()
-                / norm;
-            plane[y * w + x] = v.round().clamp(0.0, 255.0) as u8;
-        }
     }
 }
 
