@@ -86,6 +86,7 @@ pub fn adapt(cmd: &AdaptCommand) -> Result<()> {
                     serde_json::json!({ "frames": s.count, "mean": mean, "std": std })
                 }),
                 "roll_degrees": r.roll.as_ref().map(|e| e.degrees),
+                "smoothing_sigma": r.smoothing.as_ref().map(|e| e.sigma),
                 "memory_bytes": r.memory_bytes(),
                 "distance_from_identity": r.linear.distance_from_identity(),
             });
@@ -178,6 +179,7 @@ fn save_loop(bank: &Path, dim: usize) -> Result<()> {
             recentring: None,
             input: None,
             roll: None,
+            smoothing: None,
         };
         store::save(bank, &record)?;
         writeln!(out, "saved {n}")?;

@@ -19,6 +19,7 @@ use edge_runtime::preprocess::Preprocessor;
 use edge_runtime::rebind::rebind;
 use edge_runtime::EdgeError;
 use models::adapt::roll::RollParams;
+use models::adapt::smoothing::SmoothingParams;
 use models::adapt::RecentringKind;
 use models::cluster::{KMeansParams, OnlineKMeansParams};
 use models::data::{read_image, ImageFolderOptions, ImageSet};
@@ -116,7 +117,8 @@ pub struct AdaptArgs {
     /// (embedding-stats.json beside the manifest). Each frame is also re-normalised from the
     /// running per-channel statistics of the frames seen (unless --no-adapt-input), and
     /// turned back by the camera's roll found at the end of the warm-up (unless
-    /// --no-adapt-roll).
+    /// --no-adapt-roll) and smoothed by the Gaussian found with it (unless
+    /// --no-adapt-smoothing).
     #[arg(long, value_enum, default_value = "none")]
     adapt: AdaptArg,
     /// With --adapt stats or whiten: leave the frames as the manifest preprocesses them and
@@ -127,6 +129,10 @@ pub struct AdaptArgs {
     /// end of the warm-up, nor turn the frames back by it.
     #[arg(long)]
     no_adapt_roll: bool,
+    /// With --adapt stats or whiten: do not search a smoothing of the frames (against sensor
+    /// noise) at the end of the warm-up, nor smooth them.
+    #[arg(long)]
+    no_adapt_smoothing: bool,
     /// Also train the adapter layer on the device from the bank's thumbnails (kept only when
     /// a held-out part of the bank does not cluster worse; saved as BANK/adapter.bin).
     #[arg(long)]
@@ -163,6 +169,8 @@ impl AdaptArgs {
         Some(AdaptConfig {
             input: recentring.is_some() && !self.no_adapt_input,
             roll: (recentring.is_some() && !self.no_adapt_roll).then(RollParams::default),
+            smoothing: (recentring.is_some() && !self.no_adapt_smoothing)
+                .then(SmoothingParams::default),
             recentring,
             train: self.adapt_train.then(|| TrainConfig {
                 every: self.adapt_every,

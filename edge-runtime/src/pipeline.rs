@@ -100,6 +100,16 @@ pub enum Event {
         frames: usize,
         seconds: f64,
     },
+    /// The input smoothing was searched (once, after the warm-up, with the roll); `sigma` is
+    /// the Gaussian width every later frame is smoothed by (0: none).
+    Smoothing {
+        sigma: f32,
+        /// Statistics distance to the training embeddings at that width and unsmoothed.
+        distance_best: f64,
+        distance_unsmoothed: f64,
+        widths: usize,
+        frames: usize,
+    },
 }
 
 pub struct Pipeline {
@@ -185,8 +195,8 @@ impl Pipeline {
             let trainer = Trainer::new(run, self.pre.clone(), train.clone());
             adaptation.worker = Some(Worker::new(trainer, train.background)?);
         }
-        let background = adaptation.config.roll.is_some() && adaptation.config.roll_in_background;
-        let roll_run = match background {
+        let background = adaptation.config.searches_input() && adaptation.config.roll_in_background;
+        let search_run = match background {
             true => Some(runtime.prepare(
                 model,
                 &PrepareOptions {
@@ -196,7 +206,7 @@ impl Pipeline {
             )?),
             false => None,
         };
-        adaptation.prepare_roll_search(roll_run);
+        adaptation.prepare_input_search(search_run);
         self.adaptation = Some(adaptation);
         Ok(())
     }
@@ -214,7 +224,7 @@ impl Pipeline {
         }
     }
 
-    /// Waits for an adaptation round and a roll search under way and applies them (for a
+    /// Waits for an adaptation round and an input search under way and applies them (for a
     /// clean stop and tests); returns their events.
     pub fn finish_adaptation(&mut self) -> Result<Vec<Event>, EdgeError> {
         let mut events = Vec::new();
@@ -226,7 +236,7 @@ impl Pipeline {
         if let Some(o) = outcome {
             events.push(self.apply_outcome(o?)?);
         }
-        self.roll_tick(&mut events, true)?;
+        self.input_search_tick(&mut events, true)?;
         Ok(events)
     }
 
@@ -263,7 +273,7 @@ impl Pipeline {
             }
             let pixels: Vec<&[u8]> = chunk.iter().map(|f| f.pixels.as_slice()).collect();
             if let Some(a) = &mut self.adaptation {
-                a.sample_for_roll(&pixels);
+                a.sample_for_input_search(&pixels);
             }
             let adaptation = &mut self.adaptation;
             let mut emb =
@@ -311,7 +321,7 @@ impl Pipeline {
             }
             self.bank.reserve_cluster_ids(self.online.next_id())?;
             self.adaptation_tick(chunk.len() as u64, &mut events)?;
-            self.roll_tick(&mut events, false)?;
+            self.input_search_tick(&mut events, false)?;
             self.since_recluster += chunk.len() as u64;
             if self.config.recluster_every > 0
                 && self.since_recluster >= self.config.recluster_every
@@ -352,14 +362,16 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Starts the roll search when its frames are in, and reports a finished one (`wait`:
+    /// Starts the input search when its frames are in, and reports a finished one (`wait`:
     /// waits for one under way).
-    fn roll_tick(&mut self, events: &mut Vec<Event>, wait: bool) -> Result<(), EdgeError> {
+    fn input_search_tick(&mut self, events: &mut Vec<Event>, wait: bool) -> Result<(), EdgeError> {
         let Some(a) = self.adaptation.as_mut() else {
             return Ok(());
         };
-        if let Some(found) = a.roll_tick(self.run.as_ref(), self.pre.spec(), wait)? {
-            let e = found.estimate;
+        let Some(found) = a.input_search_tick(self.run.as_ref(), self.pre.spec(), wait)? else {
+            return Ok(());
+        };
+        if let Some(e) = found.roll {
             events.push(Event::Roll {
                 degrees: e.degrees,
                 distance_best: e.distance_best,
@@ -368,6 +380,15 @@ impl Pipeline {
                 angles: e.tried.len(),
                 frames: found.frames,
                 seconds: found.seconds,
+            });
+        }
+        if let Some(e) = found.smoothing {
+            events.push(Event::Smoothing {
+                sigma: e.sigma,
+                distance_best: e.distance_best,
+                distance_unsmoothed: e.distance_unsmoothed,
+                widths: e.tried.len(),
+                frames: found.frames,
             });
         }
         Ok(())
@@ -419,6 +440,7 @@ impl Pipeline {
             recentring: a.record().recentring.clone(),
             input: a.record().input.clone(),
             roll_degrees: a.roll_degrees(),
+            smoothing_sigma: a.smoothing_sigma(),
             linear: a.record().linear.clone(),
             centroids: self
                 .online

@@ -321,6 +321,50 @@ fn a_tilted_camera_is_found_turned_back_saved_and_reset() {
     assert!(pipe.finish_adaptation().unwrap().is_empty());
 }
 
+fn smoothings(events: &[Event]) -> Vec<f32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Smoothing { sigma, .. } => Some(*sigma),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A noisy camera: the search at the end of the warm-up (here without the roll) picks a
+/// smoothing, the record keeps it, the export names it and the frames after it cluster as
+/// smoothed frames; a clean camera is left sharp; a reset forgets it.
+#[test]
+fn a_noisy_camera_is_smoothed_and_a_clean_one_left_sharp() {
+    let inline = AdaptConfig {
+        roll: None,
+        roll_in_background: false,
+        ..Default::default()
+    };
+    let noisy = shifted_frames(Shift::Noise, 260);
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipe = pipeline(dir.path(), Some(inline.clone())).unwrap();
+    let events = pipe.process(&noisy, None).unwrap();
+    let found = smoothings(&events);
+    assert_eq!(found.len(), 1, "one search");
+    assert!(found[0] > 0.0, "no smoothing found on a noisy camera");
+    assert!(rolls(&events).is_empty(), "the roll was not to be searched");
+    assert_eq!(frame_clusters(&events).len(), noisy.len());
+    let a = pipe.adaptation().unwrap();
+    assert_eq!(a.smoothing_sigma(), found[0]);
+    let saved = store::read(dir.path()).unwrap().expect("a saved adapter");
+    assert_eq!(saved.smoothing.as_ref().map(|s| s.sigma), Some(found[0]));
+    assert_eq!(saved.export().smoothing_sigma, found[0]);
+    pipe.reset_adaptation().unwrap();
+    assert!(pipe.adaptation().unwrap().record().smoothing.is_none());
+
+    let clean = frames_of(None, 260);
+    let other = tempfile::tempdir().unwrap();
+    let mut pipe = pipeline(other.path(), Some(inline)).unwrap();
+    let events = pipe.process(&clean, None).unwrap();
+    assert_eq!(smoothings(&events), vec![0.0]);
+}
+
 /// An adapter file from a build with another record layout is refused as another format,
 /// not called damaged, and left in place.
 #[test]
@@ -364,6 +408,7 @@ fn an_adapter_of_another_model_is_refused_by_name() {
         recentring: None,
         input: None,
         roll: None,
+        smoothing: None,
     };
     store::save(dir.path(), &other).unwrap();
     let err = pipeline(dir.path(), Some(training(|_| ()))).unwrap_err();

@@ -108,6 +108,14 @@ pub fn export(args: &ExportArgs) -> Result<()> {
                 a.roll_degrees
             );
         }
+        if a.smoothing_sigma != 0.0 {
+            println!(
+                "note: the board smooths its frames by a Gaussian of {:.1} pixels (noise or \
+                 compression artefacts the training images lacked); that is not folded into \
+                 the model: keep the board's smoothing on",
+                a.smoothing_sigma
+            );
+        }
     }
     let ecfg = ExportConfig {
         calibration_images: args.calibration_images,

@@ -1,39 +1,53 @@
-//! The one-off search of the camera's roll (the maths is `models::adapt::roll`): frames kept
-//! from the warm-up, then searched either inline with the pipeline's model or on a thread at
-//! the lowest priority with a model of its own, so that the frame path never waits for it.
+//! The one-off search of the input's corrections: the camera's roll, then the smoothing of
+//! the frames turned back by it (the maths is `models::adapt::roll` and
+//! `models::adapt::smoothing`). Frames are kept from the warm-up, then searched either inline
+//! with the pipeline's model or on a thread at the lowest priority with a model of its own,
+//! so that the frame path never waits for it.
 
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use models::adapt::roll::{search_roll, undo_roll, RollEstimate, RollParams};
+use models::adapt::smoothing::{search_smoothing, SmoothingEstimate, SmoothingParams};
 use models::adapt::{EmbeddingStats, InputStats};
+use models::geometry::gaussian_blur_planes;
 use models::preprocess::PreprocessSpec;
 
 use super::worker::lower_priority;
 use crate::backend::{embed_pixels_mapped, Runnable};
 use crate::EdgeError;
 
-/// A finished search: what it found, over how many frames, in how long.
+/// A finished search: what it found (each part only when searched), over how many frames, in
+/// how long.
 #[derive(Debug)]
-pub(crate) struct RollFound {
-    pub estimate: RollEstimate,
+pub(crate) struct InputFound {
+    pub roll: Option<RollEstimate>,
+    pub smoothing: Option<SmoothingEstimate>,
     pub frames: usize,
     pub seconds: f64,
 }
 
+/// What is searched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SearchParams {
+    pub roll: Option<RollParams>,
+    pub smoothing: Option<SmoothingParams>,
+}
+
 /// What a search needs besides the frames.
 #[derive(Debug, Clone)]
-struct RollInputs {
+struct SearchInputs {
     spec: PreprocessSpec,
     /// The input's statistics as they stand (frozen for the search).
     input: Option<InputStats>,
     train: EmbeddingStats,
 }
 
-type Running = JoinHandle<(Box<dyn Runnable>, Result<RollEstimate, EdgeError>)>;
+type Found = (Option<RollEstimate>, Option<SmoothingEstimate>);
+type Running = JoinHandle<(Box<dyn Runnable>, Result<Found, EdgeError>)>;
 
-pub(crate) struct RollSearch {
-    params: RollParams,
+pub(crate) struct InputSearch {
+    params: SearchParams,
     /// The training embeddings' statistics the search matches.
     train: EmbeddingStats,
     wanted: usize,
@@ -43,9 +57,9 @@ pub(crate) struct RollSearch {
     running: Option<(Running, Instant, usize)>,
 }
 
-impl std::fmt::Debug for RollSearch {
+impl std::fmt::Debug for InputSearch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RollSearch")
+        f.debug_struct("InputSearch")
             .field("params", &self.params)
             .field("frames", &self.frames.len())
             .field("background", &self.run.is_some())
@@ -54,11 +68,11 @@ impl std::fmt::Debug for RollSearch {
     }
 }
 
-impl RollSearch {
+impl InputSearch {
     /// A search over `wanted` frames towards `train`; in the background when given a model of
     /// its own.
     pub fn new(
-        params: RollParams,
+        params: SearchParams,
         train: EmbeddingStats,
         wanted: usize,
         run: Option<Box<dyn Runnable>>,
@@ -96,8 +110,8 @@ impl RollSearch {
         pipeline_run: &dyn Runnable,
         spec: &PreprocessSpec,
         input: Option<InputStats>,
-    ) -> Result<Option<RollFound>, EdgeError> {
-        let inputs = RollInputs {
+    ) -> Result<Option<InputFound>, EdgeError> {
+        let inputs = SearchInputs {
             spec: spec.clone(),
             input,
             train: self.train.clone(),
@@ -106,23 +120,24 @@ impl RollSearch {
         let t0 = Instant::now();
         let n = frames.len();
         let Some(run) = self.run.take() else {
-            let estimate = search(pipeline_run, &frames, &inputs, &self.params)?;
-            return Ok(Some(RollFound {
-                estimate,
+            let (roll, smoothing) = search(pipeline_run, &frames, &inputs, &self.params)?;
+            return Ok(Some(InputFound {
+                roll,
+                smoothing,
                 frames: n,
                 seconds: t0.elapsed().as_secs_f64(),
             }));
         };
         let params = self.params;
         let handle = std::thread::Builder::new()
-            .name("roll".into())
+            .name("input-search".into())
             .spawn(move || {
                 lower_priority();
                 let found = search(run.as_ref(), &frames, &inputs, &params);
                 (run, found)
             })
             .map_err(|e| EdgeError::Io {
-                path: "roll search thread".into(),
+                path: "input search thread".into(),
                 source: e,
             })?;
         self.running = Some((handle, t0, n));
@@ -130,7 +145,7 @@ impl RollSearch {
     }
 
     /// The background search's answer once it is done (`wait`: waits for it).
-    pub fn poll(&mut self, wait: bool) -> Option<Result<RollFound, EdgeError>> {
+    pub fn poll(&mut self, wait: bool) -> Option<Result<InputFound, EdgeError>> {
         let done = self
             .running
             .as_ref()
@@ -145,12 +160,13 @@ impl RollSearch {
                 found
             }
             Err(_) => Err(EdgeError::Io {
-                path: "roll search thread".into(),
-                source: std::io::Error::other("the roll search thread panicked"),
+                path: "input search thread".into(),
+                source: std::io::Error::other("the input search thread panicked"),
             }),
         };
-        Some(found.map(|estimate| RollFound {
-            estimate,
+        Some(found.map(|(roll, smoothing)| InputFound {
+            roll,
+            smoothing,
             frames,
             seconds: t0.elapsed().as_secs_f64(),
         }))
@@ -163,22 +179,34 @@ impl RollSearch {
     }
 }
 
-/// The search over `frames` (the model's input pixels) with `run`: each angle's frames are
-/// preprocessed, turned back, mapped by the input's statistics, and embedded.
+/// The search over `frames` (the model's input pixels) with `run`: each candidate's frames
+/// are preprocessed, turned back, smoothed, mapped by the input's statistics, and embedded.
+/// The roll is searched first, unsmoothed; the smoothing then on the frames turned back by it.
 fn search(
     run: &dyn Runnable,
     frames: &[Vec<u8>],
-    inputs: &RollInputs,
-    params: &RollParams,
-) -> Result<RollEstimate, EdgeError> {
+    inputs: &SearchInputs,
+    params: &SearchParams,
+) -> Result<Found, EdgeError> {
     let (h, w) = (inputs.spec.height as usize, inputs.spec.width as usize);
     let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    search_roll(params, &inputs.train, |degrees| {
+    let embed = |degrees: f32, sigma: f32| {
         embed_pixels_mapped(run, &inputs.spec, &frames, &mut |x| {
             undo_roll(x, h, w, degrees);
+            gaussian_blur_planes(x, h, w, sigma);
             if let Some(s) = &inputs.input {
                 s.adapt(x);
             }
         })
-    })
+    };
+    let roll = params
+        .roll
+        .map(|p| search_roll(&p, &inputs.train, |degrees| embed(degrees, 0.0)))
+        .transpose()?;
+    let degrees = roll.as_ref().map_or(0.0, |r| r.degrees);
+    let smoothing = params
+        .smoothing
+        .map(|p| search_smoothing(&p, &inputs.train, |sigma| embed(degrees, sigma)))
+        .transpose()?;
+    Ok((roll, smoothing))
 }

@@ -2,8 +2,10 @@
 //! without candle (the maths is `models::adapt`).
 //!
 //! When the camera's roll is searched (`AdaptConfig::roll`), each preprocessed frame is first
-//! turned back by the roll found ([`models::adapt::roll`]): the search runs once, on the
-//! frames of the warm-up, and its answer is kept in the adapter record.
+//! turned back by the roll found ([`models::adapt::roll`]); when the smoothing is searched
+//! (`AdaptConfig::smoothing`), it is then low-passed by the Gaussian found
+//! ([`models::adapt::smoothing`]). The search runs once, on the frames of the warm-up, and
+//! its answer is kept in the adapter record.
 //!
 //! Each preprocessed frame is then re-normalised from the running statistics of the frames
 //! seen ([`InputStats`], AdaBN at the input; `AdaptConfig::input`). Each raw embedding then
@@ -22,7 +24,7 @@
 //! ([`worker`]); `TrainConfig::background = false` runs them inline (deterministic, for tests
 //! and the shift benchmark).
 
-mod roll;
+mod input_search;
 pub mod store;
 pub mod trainer;
 mod worker;
@@ -30,13 +32,15 @@ mod worker;
 use std::path::{Path, PathBuf};
 
 use models::adapt::roll::{undo_roll, RollParams};
+use models::adapt::smoothing::SmoothingParams;
 use models::adapt::swapped::SwappedParams;
 use models::adapt::views::ViewParams;
 use models::adapt::{EmbeddingStats, InputStats, LinearAdapter, Recentring, RecentringKind};
+use models::geometry::gaussian_blur_planes;
 
+pub(crate) use input_search::InputFound;
+use input_search::{InputSearch, SearchParams};
 pub use models::adapt::AdapterExport;
-pub(crate) use roll::RollFound;
-use roll::RollSearch;
 pub use store::AdapterRecord;
 pub use trainer::{Job, Outcome, Trainer};
 pub use worker::Worker;
@@ -61,8 +65,11 @@ pub struct AdaptConfig {
     pub train: Option<TrainConfig>,
     /// Search the camera's roll on the warm-up's frames and turn every frame back by it.
     pub roll: Option<RollParams>,
-    /// The roll search on a low-priority thread with its own model (`false`: inline, for
-    /// tests and the shift benchmark).
+    /// Search a Gaussian low-pass on the same frames (after the roll) and smooth every frame
+    /// by it.
+    pub smoothing: Option<SmoothingParams>,
+    /// The roll and smoothing search on a low-priority thread with its own model (`false`:
+    /// inline, for tests and the shift benchmark).
     pub roll_in_background: bool,
 }
 
@@ -75,13 +82,14 @@ impl Default for AdaptConfig {
             warmup: 200,
             train: None,
             roll: Some(RollParams::default()),
+            smoothing: Some(SmoothingParams::default()),
             roll_in_background: true,
         }
     }
 }
 
-/// Frames the roll search looks at, at least (it uses the warm-up's frames when more).
-const ROLL_MIN_FRAMES: u64 = 64;
+/// Frames the input search looks at, at least (it uses the warm-up's frames when more).
+const INPUT_SEARCH_MIN_FRAMES: u64 = 64;
 
 /// Bounded training of the layer: `steps` steps of `batch` frames every `every` frames.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,8 +164,8 @@ pub struct Adaptation {
     pub(crate) worker: Option<Worker>,
     pub(crate) since_round: u64,
     pub(crate) rounds: u64,
-    /// The roll search, while the record has no roll (`config.roll`).
-    roll_search: Option<RollSearch>,
+    /// The roll and smoothing search, until the record holds its answer.
+    input_search: Option<InputSearch>,
     /// The frames' height and width.
     frame_hw: (usize, usize),
 }
@@ -170,7 +178,7 @@ impl Adaptation {
         dim: usize,
         config: AdaptConfig,
     ) -> Result<Self, EdgeError> {
-        let train_stats = match config.recentring.is_some() || config.roll.is_some() {
+        let train_stats = match config.recentring.is_some() || config.searches_input() {
             true => Some(read_embedding_stats(
                 model.path.parent().unwrap_or(Path::new(".")),
                 dim,
@@ -209,7 +217,7 @@ impl Adaptation {
             worker: None,
             since_round: 0,
             rounds: 0,
-            roll_search: None,
+            input_search: None,
             frame_hw: (spec.height as usize, spec.width as usize),
         })
     }
@@ -218,13 +226,12 @@ impl Adaptation {
         &self.record
     }
 
-    /// Turns one preprocessed frame back by the roll found, then observes and re-normalises
-    /// it in place (when `config.input`).
+    /// Turns one preprocessed frame back by the roll found and smooths it by the smoothing
+    /// found, then observes and re-normalises it in place (when `config.input`).
     pub fn map_input(&mut self, frame: &mut [f32]) {
-        let degrees = self.roll_degrees();
-        if degrees != 0.0 {
-            undo_roll(frame, self.frame_hw.0, self.frame_hw.1, degrees);
-        }
+        let (h, w) = self.frame_hw;
+        undo_roll(frame, h, w, self.roll_degrees());
+        gaussian_blur_planes(frame, h, w, self.smoothing_sigma());
         if let Some(s) = &mut self.record.input {
             s.observe_and_adapt(frame);
         }
@@ -251,42 +258,60 @@ impl Adaptation {
         }
     }
 
-    /// Gives the roll search a model of its own, so that it runs on a low-priority thread
-    /// (without one it runs inline).
-    pub(crate) fn prepare_roll_search(&mut self, run: Option<Box<dyn Runnable>>) {
-        // `open` read the training statistics whenever the search is on.
-        let wanted = self.config.warmup.max(ROLL_MIN_FRAMES) as usize;
-        self.roll_search = self
-            .config
-            .roll
-            .zip(self.train_stats.clone())
-            .map(|(params, train)| RollSearch::new(params, train, wanted, run));
+    /// The Gaussian width every frame is smoothed by: the one found, while the search is on.
+    pub fn smoothing_sigma(&self) -> f32 {
+        match (&self.config.smoothing, &self.record.smoothing) {
+            (Some(_), Some(found)) => found.sigma,
+            _ => 0.0,
+        }
     }
 
-    /// Keeps frames for the roll search while it is still to run.
-    pub(crate) fn sample_for_roll(&mut self, frames: &[&[u8]]) {
-        if self.record.roll.is_none() {
-            if let Some(search) = &mut self.roll_search {
+    /// Whether the record holds the input search's answer (both parts are searched together).
+    fn input_searched(&self) -> bool {
+        self.record.roll.is_some() || self.record.smoothing.is_some()
+    }
+
+    /// Gives the input search a model of its own, so that it runs on a low-priority thread
+    /// (without one it runs inline).
+    pub(crate) fn prepare_input_search(&mut self, run: Option<Box<dyn Runnable>>) {
+        // `open` read the training statistics whenever the search is on.
+        let wanted = self.config.warmup.max(INPUT_SEARCH_MIN_FRAMES) as usize;
+        let params = SearchParams {
+            roll: self.config.roll,
+            smoothing: self.config.smoothing,
+        };
+        self.input_search = match (self.config.searches_input(), &self.train_stats) {
+            (true, Some(train)) => Some(InputSearch::new(params, train.clone(), wanted, run)),
+            _ => None,
+        };
+    }
+
+    /// Keeps frames for the input search while it is still to run.
+    pub(crate) fn sample_for_input_search(&mut self, frames: &[&[u8]]) {
+        if !self.input_searched() {
+            if let Some(search) = &mut self.input_search {
                 search.collect(frames);
             }
         }
     }
 
-    /// Picks up a finished roll search (`wait`: waits for one under way), or starts one when
-    /// its frames are in. What it found is kept in the record and saved; a roll found
-    /// restarts the embedding's statistics, which described the unturned frames.
-    pub(crate) fn roll_tick(
+    /// Picks up a finished input search (`wait`: waits for one under way), or starts one
+    /// when its frames are in. What it found is kept in the record and saved; a roll or a
+    /// smoothing found restarts the embedding's statistics, which described the frames as
+    /// they came.
+    pub(crate) fn input_search_tick(
         &mut self,
         pipeline_run: &dyn Runnable,
         spec: &models::preprocess::PreprocessSpec,
         wait: bool,
-    ) -> Result<Option<RollFound>, EdgeError> {
-        let Some(search) = &mut self.roll_search else {
+    ) -> Result<Option<InputFound>, EdgeError> {
+        let searched = self.input_searched();
+        let Some(search) = &mut self.input_search else {
             return Ok(None);
         };
         let found = match search.poll(wait) {
             Some(found) => Some(found?),
-            None if self.record.roll.is_none() && search.is_due() => {
+            None if !searched && search.is_due() => {
                 search.start(pipeline_run, spec, self.record.input.clone())?
             }
             None => None,
@@ -294,10 +319,13 @@ impl Adaptation {
         let Some(found) = found else {
             return Ok(None);
         };
-        if found.estimate.degrees != 0.0 {
+        let turned = found.roll.as_ref().is_some_and(|r| r.degrees != 0.0);
+        let smoothed = found.smoothing.as_ref().is_some_and(|s| s.sigma != 0.0);
+        if turned || smoothed {
             self.record.recentring = fresh_recentring(&self.config, self.train_stats.as_ref());
         }
-        self.record.roll = Some(found.estimate.clone());
+        self.record.roll = found.roll.clone();
+        self.record.smoothing = found.smoothing.clone();
         self.save()?;
         Ok(Some(found))
     }
@@ -330,10 +358,17 @@ impl Adaptation {
             channels,
         );
         self.since_round = 0;
-        if let Some(search) = &mut self.roll_search {
+        if let Some(search) = &mut self.input_search {
             search.reset();
         }
         store::reset(&self.bank_dir)
+    }
+}
+
+impl AdaptConfig {
+    /// Whether the input's corrections (roll, smoothing) are searched.
+    pub fn searches_input(&self) -> bool {
+        self.roll.is_some() || self.smoothing.is_some()
     }
 }
 
@@ -364,6 +399,7 @@ fn fresh_record(
             .input
             .then(|| InputStats::new(channels, config.window, config.warmup)),
         roll: None,
+        smoothing: None,
     }
 }
 

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use models::adapt::roll::RollEstimate;
+use models::adapt::smoothing::SmoothingEstimate;
 use models::adapt::{AdapterExport, InputStats, LinearAdapter, Recentring};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,7 @@ use crate::EdgeError;
 pub const ADAPTER_FILE: &str = "adapter.bin";
 
 /// Bumped when the record changes meaning; other versions are refused.
-pub const ADAPTER_FORMAT: u32 = 3;
+pub const ADAPTER_FORMAT: u32 = 4;
 
 /// What is persisted: the trained layer and the running statistics it was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +39,8 @@ pub struct AdapterRecord {
     pub input: Option<InputStats>,
     /// The camera roll the device found and undoes (`None` until searched).
     pub roll: Option<RollEstimate>,
+    /// The input smoothing the device found and applies (`None` until searched).
+    pub smoothing: Option<SmoothingEstimate>,
 }
 
 impl AdapterRecord {
@@ -160,6 +163,7 @@ impl AdapterRecord {
     pub fn export(&self) -> AdapterExport {
         AdapterExport {
             roll_degrees: self.roll.as_ref().map_or(0.0, |r| r.degrees),
+            smoothing_sigma: self.smoothing.as_ref().map_or(0.0, |s| s.sigma),
             ..AdapterExport::compose(
                 ADAPTER_FORMAT,
                 &self.model_sha256,

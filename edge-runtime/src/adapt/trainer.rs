@@ -7,7 +7,7 @@ use models::adapt::swapped::{self, unit_prototypes};
 use models::adapt::views::view;
 use models::adapt::{InputStats, LinearAdapter, Recentring};
 use models::cluster::KMeans;
-use models::geometry::{rotate_planes_u8, Border};
+use models::geometry::{gaussian_blur_planes_u8, rotate_planes_u8, Border};
 use models::linalg::l2_normalize_rows;
 use models::metrics::silhouette;
 use models::rng::Rng;
@@ -30,8 +30,10 @@ pub struct Job {
     pub recentring: Option<Recentring>,
     /// The input's statistics when the round started (frozen during it).
     pub input: Option<InputStats>,
-    /// The camera roll undone before everything else (degrees).
+    /// The camera roll undone before everything else (degrees), and the smoothing after it
+    /// (pixels).
     pub roll_degrees: f32,
+    pub smoothing_sigma: f32,
     pub linear: LinearAdapter,
     /// The online centroids (k x dim).
     pub centroids: Vec<f32>,
@@ -88,7 +90,7 @@ impl Trainer {
 
     pub fn round(&mut self, job: Job) -> Result<Outcome, EdgeError> {
         let t0 = Instant::now();
-        let job = self.roll_undone(job);
+        let job = self.input_corrected(job);
         let d = self.run.embed_dim();
         let protos = unit_prototypes(&job.centroids, d);
         let mut candidate = job.linear.clone();
@@ -135,18 +137,20 @@ impl Trainer {
         })
     }
 
-    /// The job with its stored frames turned back by its roll, so that the views (flips
-    /// among them) are made of frames as the live path sees them.
-    fn roll_undone(&self, mut job: Job) -> Job {
-        if job.roll_degrees != 0.0 {
-            let spec = self.pre.spec();
-            let (h, w) = (spec.height as usize, spec.width as usize);
-            let radians = -job.roll_degrees.to_radians();
-            for f in job.train.iter_mut().chain(job.held_out.iter_mut()) {
+    /// The job with its stored frames turned back by its roll and smoothed, so that the
+    /// views (flips among them) are made of frames as the live path sees them.
+    fn input_corrected(&self, mut job: Job) -> Job {
+        let spec = self.pre.spec();
+        let (h, w) = (spec.height as usize, spec.width as usize);
+        let radians = -job.roll_degrees.to_radians();
+        for f in job.train.iter_mut().chain(job.held_out.iter_mut()) {
+            if radians != 0.0 {
                 rotate_planes_u8(f, h, w, radians, Border::Edge);
             }
-            job.roll_degrees = 0.0;
+            gaussian_blur_planes_u8(f, h, w, job.smoothing_sigma);
         }
+        job.roll_degrees = 0.0;
+        job.smoothing_sigma = 0.0;
         job
     }
 

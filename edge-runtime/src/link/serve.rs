@@ -47,7 +47,10 @@ pub fn cluster_event(event: &Event) -> Option<Message> {
             distance,
             novel,
         }),
-        Event::Recluster { .. } | Event::Adapt { .. } | Event::Roll { .. } => None,
+        Event::Recluster { .. }
+        | Event::Adapt { .. }
+        | Event::Roll { .. }
+        | Event::Smoothing { .. } => None,
     }
 }
 

@@ -50,6 +50,16 @@ fn rows(r: &AdapterRecord) -> Vec<(&'static str, String)> {
         Some(e) if e.degrees == 0.0 => "searched: the camera is level (no turn kept)".into(),
         Some(e) => format!("every frame turned back by {:.1} degrees", e.degrees),
     };
+    let smoothing = match &r.smoothing {
+        None => "not searched yet (it runs once the warm-up's frames are in)".to_string(),
+        Some(e) if e.sigma == 0.0 => "searched: the frames are as sharp as the training \
+                                      images (none kept)"
+            .into(),
+        Some(e) => format!(
+            "every frame smoothed by a Gaussian of {:.1} pixels",
+            e.sigma
+        ),
+    };
     let input = match &r.input {
         None => "off".to_string(),
         Some(s) => {
@@ -76,6 +86,7 @@ fn rows(r: &AdapterRecord) -> Vec<(&'static str, String)> {
     vec![
         ("frames adapted", r.frames.to_string()),
         ("camera roll", roll),
+        ("input smoothing", smoothing),
         ("input statistics", input),
         ("embedding statistics", embedding),
         (
@@ -106,6 +117,7 @@ fn list(v: &[f32]) -> String {
 #[cfg(test)]
 mod tests {
     use models::adapt::roll::RollEstimate;
+    use models::adapt::smoothing::SmoothingEstimate;
     use models::adapt::LinearAdapter;
 
     use super::*;
@@ -127,6 +139,13 @@ mod tests {
                 distance_opposite: 0.9,
                 tried: Vec::new(),
             }),
+            // Searched with the roll: a turned record was also smoothed.
+            smoothing: roll.map(|degrees| SmoothingEstimate {
+                sigma: if degrees == 0.0 { 0.0 } else { 0.6 },
+                distance_best: 0.1,
+                distance_unsmoothed: 0.3,
+                tried: Vec::new(),
+            }),
         }
     }
 
@@ -134,12 +153,14 @@ mod tests {
     fn the_section_says_what_the_adapter_holds_or_why_there_is_none() {
         let turned = section(&Ok(Some(record(Some(20.0)))));
         assert!(turned.contains("turned back by 20.0 degrees"), "{turned}");
+        assert!(turned.contains("Gaussian of 0.6 pixels"), "{turned}");
         assert!(
             turned.contains("2 updates kept") && turned.contains("900"),
             "{turned}"
         );
         let level = section(&Ok(Some(record(Some(0.0)))));
         assert!(level.contains("level"), "{level}");
+        assert!(level.contains("as sharp as the training images"), "{level}");
         assert!(section(&Ok(Some(record(None)))).contains("not searched yet"));
         assert!(section(&Ok(None)).contains("No adapter"));
         let broken = section(&Err(EdgeError::NoEmbeddingStats {
