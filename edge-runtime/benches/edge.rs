@@ -99,7 +99,7 @@ fn main() {
     }
 
     println!(
-        "\n| per-frame pipeline latency (int8, tract, 1 thread, batch 1, 4,000 frames) | p50 ms | p99 ms | max ms | rounds kept | adapter step ms | roll search s |\n|---|---|---|---|---|---|---|"
+        "\n| per-frame pipeline latency (int8, tract, 1 thread, batch 1, 4,000 frames) | p50 ms | p99 ms | max ms | rounds kept | adapter step ms | roll + smoothing search s |\n|---|---|---|---|---|---|---|"
     );
     let mut adaptation = Vec::new();
     for mode in ["off", "stats", "stats+train", "stats+train (inline)"] {
@@ -111,7 +111,7 @@ fn main() {
             r["max_ms"].as_f64().unwrap(),
             r["rounds"].as_str().unwrap_or_default(),
             r["step_ms"].as_f64().unwrap_or(f64::NAN),
-            r["roll_search_s"].as_f64().unwrap_or(f64::NAN),
+            r["input_search_s"].as_f64().unwrap_or(f64::NAN),
         );
         adaptation.push(r);
     }
@@ -183,7 +183,7 @@ fn pipeline_latency(model: &Path, mode: &str) -> Value {
     let mut times = Vec::with_capacity(set.len());
     let mut steps = Vec::new();
     let mut kept = 0;
-    let mut roll_s = None;
+    let mut search_s = None;
     let mut on_event = |e: &Event| match e {
         Event::Adapt {
             step_ms, kept: k, ..
@@ -191,7 +191,7 @@ fn pipeline_latency(model: &Path, mode: &str) -> Value {
             steps.push(*step_ms);
             kept += *k as u32;
         }
-        Event::Roll { seconds, .. } => roll_s = Some(*seconds),
+        Event::Roll { seconds, .. } => search_s = Some(*seconds),
         _ => {}
     };
     for i in 0..set.len() {
@@ -222,7 +222,7 @@ fn pipeline_latency(model: &Path, mode: &str) -> Value {
         "max_ms": times[times.len() - 1],
         "rounds": format!("{kept}/{}", steps.len()),
         "step_ms": step_ms,
-        "roll_search_s": roll_s,
+        "input_search_s": search_s,
     })
 }
 

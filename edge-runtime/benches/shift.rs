@@ -9,7 +9,8 @@
 //!
 //! `cargo bench -p edge-runtime --bench shift`. `SHIFT_FRAMES` caps the stream (10,000 by
 //! default); `SHIFT_MODES` picks modes (comma-separated: stats, whiten, stats+train,
-//! whiten+train, train; `+roll` in any of them adds the camera-roll search); `SHIFT_ONLY`
+//! whiten+train, train; `+roll` in any of them adds the camera-roll search, `+smooth` the
+//! input-smoothing search); `SHIFT_ONLY`
 //! picks shifts by name; `SHIFT_ORDER_SEED` streams the frames in another (seeded) order.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use edge_runtime::bank::{BankConfig, CaptureMeta, MemoryBank};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
 use models::adapt::roll::RollParams;
+use models::adapt::smoothing::SmoothingParams;
 use models::adapt::RecentringKind;
 use models::data::{fashion_mnist_dir, load_fashion_mnist, shifted, ImageSet, Shift, Split};
 use models::manifest::Precision;
@@ -44,6 +46,8 @@ struct Row {
     rounds: u64,
     /// The camera roll the search found (degrees), in `+roll` modes.
     roll_degrees: Option<f32>,
+    /// The input smoothing the search found (pixels), in `+smooth` modes.
+    smoothing_sigma: Option<f32>,
     seconds: f64,
 }
 
@@ -53,9 +57,10 @@ fn model_dir() -> PathBuf {
 
 /// An adaptation mode by name; `None` for no adaptation.
 fn mode_config(mode: &str) -> Option<AdaptConfig> {
-    // `+roll` anywhere: the camera roll searched as well.
+    // `+roll` or `+smooth` anywhere: the camera roll or the input smoothing searched as well.
     let roll = mode.split('+').any(|t| t == "roll");
-    let mode = mode.replace("+roll", "");
+    let smoothing = mode.split('+').any(|t| t == "smooth");
+    let mode = mode.replace("+roll", "").replace("+smooth", "");
     let mode = mode.as_str();
     // `input` alone: the input's statistics only; `embedding-` before a mode: that mode
     // without them (the embedding adapted alone).
@@ -63,6 +68,7 @@ fn mode_config(mode: &str) -> Option<AdaptConfig> {
         return Some(AdaptConfig {
             recentring: None,
             roll: None,
+            smoothing: None,
             ..Default::default()
         });
     }
@@ -105,6 +111,7 @@ fn mode_config(mode: &str) -> Option<AdaptConfig> {
         input,
         train,
         roll: roll.then(RollParams::default),
+        smoothing: smoothing.then(SmoothingParams::default),
         // Inline, so that the stream's figures repeat.
         roll_in_background: false,
         ..Default::default()
@@ -117,6 +124,7 @@ struct Streamed {
     kept: u64,
     rounds: u64,
     roll: Option<f32>,
+    smoothing: Option<f32>,
 }
 
 /// The online clusters of `set` streamed through a fresh pipeline.
@@ -162,7 +170,7 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> S
             _ => None,
         })
         .collect();
-    let (mut kept, mut rounds, mut roll) = (0, 0, None);
+    let (mut kept, mut rounds, mut roll, mut smoothing) = (0, 0, None, None);
     for e in &events {
         match e {
             Event::Adapt { kept: k, .. } => {
@@ -170,6 +178,7 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> S
                 kept += *k as u64;
             }
             Event::Roll { degrees, .. } => roll = Some(*degrees),
+            Event::Smoothing { sigma, .. } => smoothing = Some(*sigma),
             _ => {}
         }
     }
@@ -180,6 +189,7 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> S
         kept,
         rounds,
         roll,
+        smoothing,
     }
 }
 
@@ -201,7 +211,8 @@ fn main() {
             "stats",
             "whiten",
             "stats+roll",
-            "stats+roll+train",
+            "stats+roll+smooth",
+            "stats+roll+smooth+train",
         ]
         .map(String::from)
         .to_vec()
@@ -255,6 +266,7 @@ fn main() {
             kept: s.kept,
             rounds: s.rounds,
             roll_degrees: s.roll,
+            smoothing_sigma: s.smoothing,
             seconds: t.elapsed().as_secs_f64(),
         };
         rows.push(row("off", &base, t));
@@ -265,7 +277,7 @@ fn main() {
         }
     }
     println!(
-        "{:<11} {:>3} {:<18} {:>7} {:>9} {:>9} {:>10} {:>7} {:>6} {:>8}",
+        "{:<11} {:>3} {:<24} {:>7} {:>9} {:>9} {:>10} {:>7} {:>6} {:>6} {:>8}",
         "shift",
         "sev",
         "adaptation",
@@ -275,11 +287,12 @@ fn main() {
         "recovered",
         "kept",
         "roll",
+        "smooth",
         "seconds"
     );
     for r in &rows {
         println!(
-            "{:<11} {:>3} {:<18} {:>7.4} {:>9.4} {:>9.4} {:>10.2} {:>3}/{:<3} {:>6} {:>8.1}",
+            "{:<11} {:>3} {:<24} {:>7.4} {:>9.4} {:>9.4} {:>10.2} {:>3}/{:<3} {:>6} {:>6} {:>8.1}",
             r.shift,
             r.severity,
             r.mode,
@@ -290,6 +303,8 @@ fn main() {
             r.kept,
             r.rounds,
             r.roll_degrees.map_or(String::new(), |d| format!("{d:.1}")),
+            r.smoothing_sigma
+                .map_or(String::new(), |d| format!("{d:.1}")),
             r.seconds
         );
     }
