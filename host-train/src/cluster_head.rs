@@ -53,6 +53,10 @@ pub struct ClusterHeadConfig {
     /// Where the neighbours are mined.
     #[serde(default)]
     pub mine_on: MiningSpace,
+    /// The share of each image's neighbours mined on the pixels, with
+    /// [`MiningSpace::RawAndPixels`].
+    #[serde(default = "pixel_share")]
+    pub pixel_share: f64,
     /// SCAN's self-labelling after the head: steps of cross-entropy on augmented views
     /// towards the head's own confident predictions (0: none).
     #[serde(default)]
@@ -66,6 +70,10 @@ fn self_label_threshold() -> f64 {
     0.99
 }
 
+fn pixel_share() -> f64 {
+    0.5
+}
+
 /// The space in which each image's nearest neighbours are found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -77,8 +85,8 @@ pub enum MiningSpace {
     /// that a few high-variance directions do not decide who is near whom. On Fashion-MNIST
     /// it raised neighbour purity a little and lowered the head's NMI (docs/RESULTS.md).
     Whitened,
-    /// Half of each image's neighbours from the embedding as it is, half from its input
-    /// pixels PCA-whitened to [`PIXEL_WHITEN_DIM`] directions: two measures of likeness that
+    /// Part of each image's neighbours from the embedding as it is (half by default), the
+    /// rest from its input pixels PCA-whitened to [`PIXEL_WHITEN_DIM`] directions: two measures of likeness that
     /// err on different images. Only for data whose pixels already find neighbours of the
     /// same kind (centred items on a plain ground); where background and colour dominate the
     /// pixels, their neighbours are noise.
@@ -101,6 +109,7 @@ impl Default for ClusterHeadConfig {
             weight_decay: 1e-4,
             seed: 0,
             mine_on: MiningSpace::default(),
+            pixel_share: pixel_share(),
             self_label_steps: 0,
             self_label_threshold: self_label_threshold(),
         }
@@ -129,6 +138,12 @@ impl ClusterHeadConfig {
         }
         if !(self.entropy_weight >= 0.0 && self.lr > 0.0) {
             return bad("the entropy weight must be at least 0 and the rate positive".into());
+        }
+        if !(self.pixel_share > 0.0 && self.pixel_share < 1.0) {
+            return bad(format!(
+                "--pixel-share must be between 0 and 1 (both excluded), got {}",
+                self.pixel_share
+            ));
         }
         if !(self.self_label_threshold > 0.0 && self.self_label_threshold < 1.0) {
             return bad(format!(
@@ -353,10 +368,11 @@ pub fn mine_neighbours(
                 )
             })?;
             let k = cfg.neighbours.min(n.saturating_sub(1));
-            let from_raw = k.div_ceil(2);
+            let from_pixels = ((k as f64 * cfg.pixel_share).floor() as usize).min(k);
+            let from_raw = k - from_pixels;
             let a = nearest_neighbours(raw, from_raw)?;
-            let b = whitened_neighbours(pixels, PIXEL_WHITEN_DIM, k - from_raw)?;
-            Ok(interleave_rows(n, &a, from_raw, &b, k - from_raw))
+            let b = whitened_neighbours(pixels, PIXEL_WHITEN_DIM, from_pixels)?;
+            Ok(interleave_rows(n, &a, from_raw, &b, from_pixels))
         }
     }
 }
@@ -639,7 +655,7 @@ mod tests {
     }
 
     #[test]
-    fn raw_and_pixel_neighbours_take_half_from_each_space() {
+    fn raw_and_pixel_neighbours_take_their_share_from_each_space() {
         // The embedding groups images by parity, the pixels by halves: with two neighbours
         // each, the first must share the parity and the second the half.
         let n = 8;
@@ -671,6 +687,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--mine-on raw-and-pixels"), "{err}");
+
+        // A quarter from the pixels: of four neighbours, three share the parity, the last the
+        // half.
+        let quarter = ClusterHeadConfig {
+            neighbours: 4,
+            pixel_share: 0.25,
+            ..cfg.clone()
+        };
+        let nb = mine_neighbours(&clean, 2, Some(pixel_rows), &quarter).unwrap();
+        for (i, row) in nb.chunks_exact(4).enumerate() {
+            assert!(
+                row[..3].iter().all(|&a| a as usize % 2 == i % 2),
+                "{i}: {row:?}"
+            );
+            assert_eq!((row[3] as usize) < n / 2, i < n / 2, "{i}: {row:?}");
+        }
+        for bad in [0.0, 1.0, f64::NAN] {
+            let cfg = ClusterHeadConfig {
+                pixel_share: bad,
+                ..quarter.clone()
+            };
+            let err = cfg.check(n).unwrap_err().to_string();
+            assert!(err.contains("--pixel-share"), "{err}");
+        }
     }
 
     #[test]

@@ -41,9 +41,13 @@ pub struct ClusterHeadArgs {
     #[arg(long, default_value_t = ClusterHeadConfig::default().entropy_weight)]
     entropy_weight: f64,
     /// Where neighbours are mined: on the embedding as it is, PCA-whitened (fitted on it, no
-    /// labels), or half on the embedding and half on the images' PCA-whitened pixels.
+    /// labels), or part on the embedding and part (`--pixel-share`) on the images' PCA-whitened
+    /// pixels.
     #[arg(long, value_enum, default_value = "raw")]
     mine_on: MineArg,
+    /// With `--mine-on raw-and-pixels`: the share of the neighbours mined on the pixels.
+    #[arg(long, default_value_t = ClusterHeadConfig::default().pixel_share)]
+    pixel_share: f64,
     /// SCAN's self-labelling after the head: steps of cross-entropy on augmented views
     /// towards the head's confident predictions (0: none).
     #[arg(long, default_value_t = ClusterHeadConfig::default().self_label_steps)]
@@ -90,6 +94,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
             MineArg::Raw => MiningSpace::Raw,
             MineArg::RawAndPixels => MiningSpace::RawAndPixels,
         },
+        pixel_share: args.pixel_share,
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
