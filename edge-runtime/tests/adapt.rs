@@ -255,14 +255,26 @@ fn the_input_statistics_follow_a_brightened_stream_and_are_saved() {
     assert!(plain.adaptation().unwrap().record().input.is_none());
 }
 
+/// What the input search answered, in `events`: the rolls (degrees) and the smoothings
+/// (pixels) found.
 fn rolls(events: &[Event]) -> Vec<f32> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Roll { degrees, .. } => Some(*degrees),
-            _ => None,
-        })
-        .collect()
+    search_answers(events).0
+}
+
+fn smoothings(events: &[Event]) -> Vec<f32> {
+    search_answers(events).1
+}
+
+fn search_answers(events: &[Event]) -> (Vec<f32>, Vec<f32>) {
+    let (mut rolls, mut smoothings) = (Vec::new(), Vec::new());
+    for e in events {
+        match e {
+            Event::Roll { degrees, .. } => rolls.push(*degrees),
+            Event::Smoothing { sigma, .. } => smoothings.push(*sigma),
+            _ => {}
+        }
+    }
+    (rolls, smoothings)
 }
 
 /// A camera turned by 20 degrees: the search at the end of the warm-up finds the angle, the
@@ -319,16 +331,6 @@ fn a_tilted_camera_is_found_turned_back_saved_and_reset() {
     let events = pipe.process(&upright, None).unwrap();
     assert_eq!(rolls(&events), vec![0.0]);
     assert!(pipe.finish_adaptation().unwrap().is_empty());
-}
-
-fn smoothings(events: &[Event]) -> Vec<f32> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Smoothing { sigma, .. } => Some(*sigma),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A noisy camera: the search at the end of the warm-up (here without the roll) picks a
