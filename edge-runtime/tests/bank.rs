@@ -206,3 +206,32 @@ fn eviction_policies_bound_the_bank() {
         bank.bytes()
     );
 }
+
+/// One holder per bank: a second open while the first is held is refused as locked, after a
+/// short wait; a holder that lets go during that wait hands the bank over.
+#[test]
+fn a_held_bank_is_refused_as_locked_and_a_released_one_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (held, _) = MemoryBank::open(dir.path(), config()).unwrap();
+    let err = MemoryBank::open(dir.path(), config())
+        .err()
+        .expect("a second holder");
+    assert!(
+        matches!(
+            err,
+            edge_runtime::EdgeError::Bank {
+                problem: edge_runtime::BankProblem::Locked,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Released 100 ms into the second open's wait: that open gets the bank.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(held);
+    });
+    let (bank, _) = MemoryBank::open(dir.path(), config()).expect("the released bank");
+    release.join().unwrap();
+    drop(bank);
+}

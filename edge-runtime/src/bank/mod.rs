@@ -145,6 +145,25 @@ pub struct MemoryBank {
     _lock: File,
 }
 
+/// How long `open` waits for a held lock before calling the bank locked.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes the lock on `file`, retrying until `wait` has passed. A lock is an flock: a child
+/// process forked by another thread holds a copy of a just-closed bank's descriptor until it
+/// execs, so a bank reopened at once can find its lock held for that moment.
+fn lock_within(file: &File, wait: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if file.try_lock().is_ok() {
+            return true;
+        }
+        if start.elapsed() >= wait {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 impl MemoryBank {
     /// Opens (or creates) the bank in `dir` and recovers its state.
     pub fn open(dir: &Path, config: BankConfig) -> Result<(Self, Recovery), EdgeError> {
@@ -158,7 +177,7 @@ impl MemoryBank {
         // One process per bank: a second one would cut the first one's records in flight.
         let lock_path = dir.join("bank.lock");
         let lock = File::create(&lock_path).map_err(|e| io(&lock_path, e))?;
-        if lock.try_lock().is_err() {
+        if !lock_within(&lock, LOCK_WAIT) {
             return Err(EdgeError::Bank {
                 path: dir.to_path_buf(),
                 problem: BankProblem::Locked,
