@@ -213,9 +213,9 @@ fn eviction_policies_bound_the_bank() {
 fn a_held_bank_is_refused_as_locked_and_a_released_one_opens() {
     let dir = tempfile::tempdir().unwrap();
     let (held, _) = MemoryBank::open(dir.path(), config()).unwrap();
-    let err = MemoryBank::open(dir.path(), config())
-        .err()
-        .expect("a second holder");
+    let Err(err) = MemoryBank::open(dir.path(), config()) else {
+        panic!("a second holder opened a held bank");
+    };
     assert!(
         matches!(
             err,
