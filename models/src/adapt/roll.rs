@@ -106,11 +106,11 @@ pub fn search_roll<E>(
     for i in -steps..=steps {
         distance_at(i as f32 * step, &mut tried)?;
     }
-    let coarse = best_of(&tried);
+    let (coarse, _) = best_of(&tried);
     for deg in [coarse - step / 2.0, coarse + step / 2.0] {
         distance_at(deg, &mut tried)?;
     }
-    let best = best_of(&tried);
+    let (best, _) = best_of(&tried);
     let distance_best = distance_at(best, &mut tried)?;
     let distance_unturned = distance_at(0.0, &mut tried)?;
     let distance_opposite = distance_at(-best, &mut tried)?;
@@ -127,8 +127,9 @@ pub fn search_roll<E>(
     })
 }
 
-/// The angle (or width) with the lowest distance (the first one on a tie).
-pub(super) fn best_of(tried: &[(f32, f64)]) -> f32 {
+/// The angle (or width) with the lowest distance, and that distance (the first one on a
+/// tie; `(0, inf)` when nothing was tried).
+pub(super) fn best_of(tried: &[(f32, f64)]) -> (f32, f64) {
     tried
         .iter()
         .fold((0.0f32, f64::INFINITY), |(ba, bd), &(a, d)| {
@@ -138,7 +139,6 @@ pub(super) fn best_of(tried: &[(f32, f64)]) -> f32 {
                 (ba, bd)
             }
         })
-        .0
 }
 
 #[cfg(test)]

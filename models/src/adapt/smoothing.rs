@@ -64,11 +64,7 @@ pub fn search_smoothing<E>(
         let sigma = i as f32 * step;
         tried.push((sigma, stats_distance(&embed_smoothed(sigma)?, dim, stats)));
     }
-    let best = best_of(&tried);
-    let distance_best = tried
-        .iter()
-        .find(|(s, _)| *s == best)
-        .map_or(f64::NAN, |t| t.1);
+    let (best, distance_best) = best_of(&tried);
     let distance_unsmoothed = tried[0].1;
     let kept = best > 0.0 && distance_best < (1.0 - params.min_gain) * distance_unsmoothed;
     Ok(SmoothingEstimate {
