@@ -103,6 +103,11 @@ pub struct PretrainArgs {
     /// (0.3) or figure-pairs' (0.2).
     #[arg(long)]
     temperature: Option<f64>,
+    /// DeepCluster: weight of a penalty that keeps each batch's embeddings isotropic (the
+    /// covariance near a multiple of the identity), so that cosine similarity on the
+    /// embedding weighs every direction alike (0: off, the paper's DeepCluster).
+    #[arg(long, default_value_t = 0.0)]
+    isotropy: f64,
     /// NPID with NCE and this many noise samples per batch (the paper's 4096) instead of the
     /// full softmax over the whole memory bank.
     #[arg(long, default_value_t = 0)]
@@ -202,6 +207,18 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
     let dev = device(&args.device)?;
     if let Some(h) = args.hue.filter(|h| !(0.0..=0.5).contains(h)) {
         bail!("--hue must be between 0 and 0.5 (a whole turn), got {h}");
+    }
+    if !(args.isotropy.is_finite() && args.isotropy >= 0.0) {
+        bail!(
+            "--isotropy must be a finite weight of 0 or more, got {}",
+            args.isotropy
+        );
+    }
+    if args.isotropy > 0.0 && args.method != Method::Deepcluster {
+        bail!(
+            "--isotropy is a DeepCluster option; --method {:?} does not use it",
+            args.method
+        );
     }
     let run = open_run(args)?;
     let cfg = if args.resume {
@@ -324,6 +341,7 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
             DeepClusterConfig {
                 k,
                 lr: args.lr.unwrap_or(d.lr),
+                isotropy: args.isotropy,
                 ..d
             }
         },
@@ -400,6 +418,10 @@ fn views(args: &PretrainArgs) -> AugmentConfig {
 /// One line saying what the run does.
 fn describe(cfg: &RunConfig, images: usize, out: &std::path::Path) -> String {
     let method = match cfg.method {
+        Method::Deepcluster if cfg.deepcluster.isotropy > 0.0 => format!(
+            "k = {}, isotropy weight {}",
+            cfg.deepcluster.k, cfg.deepcluster.isotropy
+        ),
         Method::Deepcluster => format!("k = {}", cfg.deepcluster.k),
         Method::Npid => format!("tau = {}", cfg.npid.temperature_for(images)),
         Method::La => format!(

@@ -150,6 +150,9 @@ fn pretrain_flags_reach_the_run_config() {
     assert_eq!(defaults["la"]["kmeans_runs"], 10);
     assert_eq!(defaults["la"]["background_k"], serde_json::Value::Null);
     assert_eq!(defaults["eval_every"], 1);
+    assert_eq!(defaults["deepcluster"]["isotropy"], 0.0);
+    let dc = config("dc", &["--isotropy", "0.3"]);
+    assert_eq!(dc["deepcluster"]["isotropy"], 0.3);
     let set = config(
         "set",
         &[
@@ -410,4 +413,24 @@ fn bad_values_of_the_new_flags_are_clear_errors() {
         &[&data],
     );
     assert!(err.contains("wild"), "{err}");
+    for (extra, says) in [
+        (
+            &["--isotropy=-1"][..],
+            "--isotropy must be a finite weight of 0 or more",
+        ),
+        (
+            &["--isotropy", "NaN"][..],
+            "--isotropy must be a finite weight of 0 or more",
+        ),
+        (
+            &["--isotropy", "0.3", "--method", "npid"][..],
+            "--isotropy is a DeepCluster option",
+        ),
+    ] {
+        let mut args = vec!["pretrain"];
+        args.extend_from_slice(extra);
+        args.extend(["--out", "unused", "--data"]);
+        let err = run_err(&args, &[&data]);
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
 }

@@ -14,6 +14,7 @@ use crate::augment::AugmentConfig;
 use crate::dataset::TrainSet;
 use crate::device_kmeans::CandleAssign;
 use crate::encoders::{Arch, Encoder};
+use crate::methods::isotropy::isotropy_loss;
 use crate::optim::{SgdMomentum, SgdParams};
 use crate::progress::Progress;
 use crate::seeded_init::seeded_var_builder;
@@ -32,6 +33,10 @@ pub struct DeepClusterConfig {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// Weight of the isotropy penalty on each batch's embeddings (`methods::isotropy`);
+    /// 0 trains DeepCluster as the paper does.
+    #[serde(default)]
+    pub isotropy: f64,
 }
 
 impl Default for DeepClusterConfig {
@@ -45,6 +50,7 @@ impl Default for DeepClusterConfig {
             lr: sgd.lr,
             momentum: sgd.momentum,
             weight_decay: sgd.weight_decay,
+            isotropy: 0.0,
         }
     }
 }
@@ -217,8 +223,11 @@ pub fn train_epoch(
         }
         let x = set.batch(idx, augment, seed ^ ((b as u64) << 20), device)?;
         let y = Tensor::from_iter(idx.iter().map(|&i| labels[i]), device)?;
-        let logits = head.forward(&encoder.embed(&x, true)?)?;
-        let l = crate::ops::cross_entropy(&logits, &y)?;
+        let emb = encoder.embed(&x, true)?;
+        let mut l = crate::ops::cross_entropy(&head.forward(&emb)?, &y)?;
+        if cfg.isotropy > 0.0 {
+            l = (l + (isotropy_loss(&emb)? * cfg.isotropy)?)?;
+        }
         let grads = l.backward()?;
         encoder_opt.step(&grads)?;
         head_opt.step(&grads)?;

@@ -5,6 +5,7 @@ pub mod bank_loss;
 pub mod deepcluster;
 pub mod feature_bank;
 pub mod figure_pairs;
+pub mod isotropy;
 pub mod local_aggregation;
 pub mod npid;
 pub mod swav;
