@@ -9,10 +9,10 @@
 //! term (Bardes et al. 2022) made scale-free: the covariance is divided by its mean
 //! variance, so the penalty shapes the spectrum and leaves the scale to the task's loss.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// `||C / (tr C / d) - I||_F^2 / d` for the (d x d) covariance `C` of the rows of `z`
-/// (b x d, b >= 2): 0 for an isotropic batch, and at most about d for one direction alone.
+/// (b x d, b >= 2): 0 for an isotropic batch, d - 1 for a batch along one direction.
 pub fn isotropy_loss(z: &Tensor) -> Result<Tensor> {
     let (b, d) = z.dims2()?;
     let centred = z.broadcast_sub(&z.mean_keepdim(0)?)?;
@@ -21,7 +21,7 @@ pub fn isotropy_loss(z: &Tensor) -> Result<Tensor> {
     let mean_var = (centred.sqr()?.sum_all()? / ((b as f64 - 1.0) * d as f64))?;
     // A floor keeps a collapsed batch (all rows equal) from dividing by zero.
     let scaled = cov.broadcast_div(&(mean_var + 1e-12)?)?;
-    let eye = Tensor::eye(d, DType::F32, z.device())?;
+    let eye = Tensor::eye(d, z.dtype(), z.device())?;
     (scaled - eye)?.sqr()?.sum_all()? / d as f64
 }
 
