@@ -86,7 +86,7 @@ pub fn adapt(cmd: &AdaptCommand) -> Result<()> {
                     serde_json::json!({ "frames": s.count, "mean": mean, "std": std })
                 }),
                 "roll_degrees": r.roll.as_ref().map(|e| e.degrees),
-                // Widths are tenths of a pixel: printed so, not as the f32's widening.
+                // To hundredths of a pixel, not as the f32's widening (0.6000000238).
                 "smoothing_sigma": r.smoothing.as_ref().map(|e| (e.sigma as f64 * 100.0).round() / 100.0),
                 "memory_bytes": r.memory_bytes(),
                 "distance_from_identity": r.linear.distance_from_identity(),

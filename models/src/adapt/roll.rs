@@ -110,8 +110,7 @@ pub fn search_roll<E>(
     for deg in [coarse - step / 2.0, coarse + step / 2.0] {
         distance_at(deg, &mut tried)?;
     }
-    let (best, _) = best_of(&tried);
-    let distance_best = distance_at(best, &mut tried)?;
+    let (best, distance_best) = best_of(&tried);
     let distance_unturned = distance_at(0.0, &mut tried)?;
     let distance_opposite = distance_at(-best, &mut tried)?;
     let keep = 1.0 - params.min_gain;
