@@ -10,7 +10,8 @@
 //! `cargo bench -p edge-runtime --bench shift`. `SHIFT_FRAMES` caps the stream (10,000 by
 //! default); `SHIFT_MODES` picks modes (comma-separated: stats, whiten, stats+train,
 //! whiten+train, train; `+roll` in any of them adds the camera-roll search, `+smooth` the
-//! input-smoothing search); `SHIFT_ONLY`
+//! input-smoothing search, `+deblock` the blockiness measurement; `DEBLOCK_MIN_RATIO`
+//! overrides its threshold); `SHIFT_ONLY`
 //! picks shifts by name; `SHIFT_ORDER_SEED` streams the frames in another (seeded) order.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use edge_runtime::backend::{PrepareOptions, TractRuntime};
 use edge_runtime::bank::{BankConfig, CaptureMeta, MemoryBank};
 use edge_runtime::bundle::ModelBundle;
 use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
+use models::adapt::deblock::DeblockParams;
 use models::adapt::roll::RollParams;
 use models::adapt::smoothing::SmoothingParams;
 use models::adapt::RecentringKind;
@@ -48,6 +50,9 @@ struct Row {
     roll_degrees: Option<f32>,
     /// The input smoothing the search found (pixels), in `+smooth` modes.
     smoothing_sigma: Option<f32>,
+    /// The blockiness measured and the grid deblocked (0: none), in `+deblock` modes.
+    blockiness: Option<f64>,
+    deblock_block: Option<u32>,
     seconds: f64,
 }
 
@@ -57,16 +62,22 @@ fn model_dir() -> PathBuf {
 
 /// An adaptation mode by name; `None` for no adaptation.
 fn mode_config(mode: &str) -> Option<AdaptConfig> {
-    // `+roll` or `+smooth` anywhere: the camera roll or the input smoothing searched as well.
+    // `+roll`, `+smooth` or `+deblock` anywhere: the camera roll, the input smoothing or the
+    // blockiness searched as well.
     let roll = mode.split('+').any(|t| t == "roll");
     let smoothing = mode.split('+').any(|t| t == "smooth");
-    let mode = mode.replace("+roll", "").replace("+smooth", "");
+    let deblock = mode.split('+').any(|t| t == "deblock");
+    let mode = mode
+        .replace("+roll", "")
+        .replace("+smooth", "")
+        .replace("+deblock", "");
     let mode = mode.as_str();
     // `input` alone: the input's statistics only; `embedding-` before a mode: that mode
     // without them (the embedding adapted alone).
     if mode == "input" {
         return Some(AdaptConfig {
             recentring: None,
+            deblock: None,
             roll: None,
             smoothing: None,
             ..Default::default()
@@ -112,6 +123,13 @@ fn mode_config(mode: &str) -> Option<AdaptConfig> {
         train,
         roll: roll.then(RollParams::default),
         smoothing: smoothing.then(SmoothingParams::default),
+        deblock: deblock.then(|| DeblockParams {
+            min_ratio: std::env::var("DEBLOCK_MIN_RATIO")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DeblockParams::default().min_ratio),
+            ..Default::default()
+        }),
         // Inline, so that the stream's figures repeat.
         roll_in_background: false,
         ..Default::default()
@@ -125,6 +143,7 @@ struct Streamed {
     rounds: u64,
     roll: Option<f32>,
     smoothing: Option<f32>,
+    deblock: Option<(f64, u32)>,
 }
 
 /// The online clusters of `set` streamed through a fresh pipeline.
@@ -170,7 +189,7 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> S
             _ => None,
         })
         .collect();
-    let (mut kept, mut rounds, mut roll, mut smoothing) = (0, 0, None, None);
+    let (mut kept, mut rounds, mut roll, mut smoothing, mut deblock) = (0, 0, None, None, None);
     for e in &events {
         match e {
             Event::Adapt { kept: k, .. } => {
@@ -179,6 +198,9 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> S
             }
             Event::Roll { degrees, .. } => roll = Some(*degrees),
             Event::Smoothing { sigma, .. } => smoothing = Some(*sigma),
+            Event::Deblock {
+                block, blockiness, ..
+            } => deblock = Some((*blockiness, *block)),
             _ => {}
         }
     }
@@ -190,6 +212,7 @@ fn stream(bundle: &ModelBundle, set: &ImageSet, adapt: Option<AdaptConfig>) -> S
         rounds,
         roll,
         smoothing,
+        deblock,
     }
 }
 
@@ -212,7 +235,8 @@ fn main() {
             "whiten",
             "stats+roll",
             "stats+roll+smooth",
-            "stats+roll+smooth+train",
+            "stats+deblock+roll+smooth",
+            "stats+deblock+roll+smooth+train",
         ]
         .map(String::from)
         .to_vec()
@@ -267,6 +291,8 @@ fn main() {
             rounds: s.rounds,
             roll_degrees: s.roll,
             smoothing_sigma: s.smoothing,
+            blockiness: s.deblock.map(|d| d.0),
+            deblock_block: s.deblock.map(|d| d.1),
             seconds: t.elapsed().as_secs_f64(),
         };
         rows.push(row("off", &base, t));
@@ -277,7 +303,7 @@ fn main() {
         }
     }
     println!(
-        "{:<11} {:>3} {:<24} {:>7} {:>9} {:>9} {:>10} {:>7} {:>6} {:>6} {:>8}",
+        "{:<11} {:>3} {:<24} {:>7} {:>9} {:>9} {:>10} {:>7} {:>6} {:>6} {:>10} {:>8}",
         "shift",
         "sev",
         "adaptation",
@@ -288,11 +314,12 @@ fn main() {
         "kept",
         "roll",
         "smooth",
+        "deblock",
         "seconds"
     );
     for r in &rows {
         println!(
-            "{:<11} {:>3} {:<24} {:>7.4} {:>9.4} {:>9.4} {:>10.2} {:>3}/{:<3} {:>6} {:>6} {:>8.1}",
+            "{:<11} {:>3} {:<24} {:>7.4} {:>9.4} {:>9.4} {:>10.2} {:>3}/{:<3} {:>6} {:>6} {:>10} {:>8.1}",
             r.shift,
             r.severity,
             r.mode,
@@ -305,6 +332,7 @@ fn main() {
             r.roll_degrees.map_or(String::new(), |d| format!("{d:.1}")),
             r.smoothing_sigma
                 .map_or(String::new(), |d| format!("{d:.1}")),
+            r.blockiness.zip(r.deblock_block).map_or(String::new(), |(b, k)| format!("{b:.2}/{k}")),
             r.seconds
         );
     }

@@ -88,6 +88,10 @@ pub fn adapt(cmd: &AdaptCommand) -> Result<()> {
                 "roll_degrees": r.roll.as_ref().map(|e| e.degrees),
                 // To hundredths of a pixel, not as the f32's widening (0.6000000238).
                 "smoothing_sigma": r.smoothing.as_ref().map(|e| (e.sigma as f64 * 100.0).round() / 100.0),
+                "deblock": r.deblock.as_ref().map(|e| serde_json::json!({
+                    "block": e.block,
+                    "blockiness": (e.ratio * 1000.0).round() / 1000.0,
+                })),
                 "memory_bytes": r.memory_bytes(),
                 "distance_from_identity": r.linear.distance_from_identity(),
             });
@@ -181,6 +185,7 @@ fn save_loop(bank: &Path, dim: usize) -> Result<()> {
             input: None,
             roll: None,
             smoothing: None,
+            deblock: None,
         };
         store::save(bank, &record)?;
         writeln!(out, "saved {n}")?;

@@ -18,6 +18,7 @@ use edge_runtime::pipeline::{Event, Frame, Pipeline, PipelineConfig};
 use edge_runtime::preprocess::Preprocessor;
 use edge_runtime::rebind::rebind;
 use edge_runtime::EdgeError;
+use models::adapt::deblock::DeblockParams;
 use models::adapt::roll::RollParams;
 use models::adapt::smoothing::SmoothingParams;
 use models::adapt::RecentringKind;
@@ -115,7 +116,8 @@ pub struct AdaptArgs {
     /// Statistics adaptation: re-centre each embedding dimension (`stats`) or re-whiten the
     /// whole embedding (`whiten`) from what the camera shows onto the training statistics
     /// (embedding-stats.json beside the manifest). Each frame is also re-normalised from the
-    /// running per-channel statistics of the frames seen (unless --no-adapt-input), and
+    /// running per-channel statistics of the frames seen (unless --no-adapt-input),
+    /// deblocked when the warm-up's frames measure block-coded (unless --no-adapt-deblock),
     /// turned back by the camera's roll found at the end of the warm-up (unless
     /// --no-adapt-roll) and smoothed by the Gaussian found with it (unless
     /// --no-adapt-smoothing).
@@ -133,6 +135,10 @@ pub struct AdaptArgs {
     /// noise) at the end of the warm-up, nor smooth them.
     #[arg(long)]
     no_adapt_smoothing: bool,
+    /// With --adapt stats or whiten: do not measure the frames' blockiness (JPEG's 8 x 8
+    /// grid) at the end of the warm-up, nor deblock them.
+    #[arg(long)]
+    no_adapt_deblock: bool,
     /// Also train the adapter layer on the device from the bank's thumbnails (kept only when
     /// a held-out part of the bank does not cluster worse; saved as BANK/adapter.bin).
     #[arg(long)]
@@ -171,6 +177,7 @@ impl AdaptArgs {
             roll: (recentring.is_some() && !self.no_adapt_roll).then(RollParams::default),
             smoothing: (recentring.is_some() && !self.no_adapt_smoothing)
                 .then(SmoothingParams::default),
+            deblock: (recentring.is_some() && !self.no_adapt_deblock).then(DeblockParams::default),
             recentring,
             train: self.adapt_train.then(|| TrainConfig {
                 every: self.adapt_every,

@@ -87,6 +87,15 @@ pub enum Event {
         /// Updates kept so far.
         updates: u64,
     },
+    /// The frames' blockiness was measured (once, after the warm-up, before the roll);
+    /// `block` is the grid every later frame is deblocked along (0: none).
+    Deblock {
+        block: u32,
+        /// Mean step across the grid's boundaries over the mean step beside them (about 1
+        /// for frames that were never block-coded).
+        blockiness: f64,
+        frames: usize,
+    },
     /// The camera roll was searched (once, after the warm-up); `degrees` is what every later
     /// frame is turned back by (0: none found).
     Roll {
@@ -371,6 +380,13 @@ impl Pipeline {
         let Some(found) = a.input_search_tick(self.run.as_ref(), self.pre.spec(), wait)? else {
             return Ok(());
         };
+        if let Some(e) = found.deblock {
+            events.push(Event::Deblock {
+                block: e.block,
+                blockiness: e.ratio,
+                frames: found.frames,
+            });
+        }
         if let Some(e) = found.roll {
             events.push(Event::Roll {
                 degrees: e.degrees,
@@ -439,6 +455,7 @@ impl Pipeline {
             held_out,
             recentring: a.record().recentring.clone(),
             input: a.record().input.clone(),
+            deblock_block: a.deblock_block() as u32,
             roll_degrees: a.roll_degrees(),
             smoothing_sigma: a.smoothing_sigma(),
             linear: a.record().linear.clone(),

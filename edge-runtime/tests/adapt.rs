@@ -367,6 +367,51 @@ fn a_noisy_camera_is_smoothed_and_a_clean_one_left_sharp() {
     assert_eq!(smoothings(&events), vec![0.0]);
 }
 
+/// The grids the blockiness measurement answered (0: none), in `events`.
+fn deblock_grids(events: &[Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Deblock { block, .. } => Some(*block),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A camera that JPEG-codes its frames: the measurement at the end of the warm-up finds the
+/// 8 x 8 grid, the record keeps it, the export names it and every frame is still clustered;
+/// a clean camera is left alone; a reset forgets it.
+#[test]
+fn a_block_coded_camera_is_deblocked_and_a_clean_one_left_alone() {
+    let inline = AdaptConfig {
+        roll: None,
+        smoothing: None,
+        roll_in_background: false,
+        ..Default::default()
+    };
+    let coded = shifted_frames(Shift::Jpeg, 260);
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipe = pipeline(dir.path(), Some(inline.clone())).unwrap();
+    let events = pipe.process(&coded, None).unwrap();
+    assert_eq!(deblock_grids(&events), vec![8]);
+    assert!(rolls(&events).is_empty() && smoothings(&events).is_empty());
+    assert_eq!(frame_clusters(&events).len(), coded.len());
+    assert_eq!(pipe.adaptation().unwrap().deblock_block(), 8);
+    let saved = store::read(dir.path()).unwrap().expect("a saved adapter");
+    let measured = saved.deblock.as_ref().expect("the measurement is saved");
+    assert!(measured.ratio >= 1.2, "blockiness {}", measured.ratio);
+    assert_eq!(saved.export().deblock_block, 8);
+    pipe.reset_adaptation().unwrap();
+    assert!(pipe.adaptation().unwrap().record().deblock.is_none());
+
+    let clean = frames_of(None, 260);
+    let other = tempfile::tempdir().unwrap();
+    let mut pipe = pipeline(other.path(), Some(inline)).unwrap();
+    let events = pipe.process(&clean, None).unwrap();
+    assert_eq!(deblock_grids(&events), vec![0]);
+    assert_eq!(pipe.adaptation().unwrap().deblock_block(), 0);
+}
+
 /// An adapter file from a build with another record layout is refused as another format,
 /// not called damaged, and left in place.
 #[test]
@@ -411,6 +456,7 @@ fn an_adapter_of_another_model_is_refused_by_name() {
         input: None,
         roll: None,
         smoothing: None,
+        deblock: None,
     };
     store::save(dir.path(), &other).unwrap();
     let err = pipeline(dir.path(), Some(training(|_| ()))).unwrap_err();

@@ -116,6 +116,14 @@ pub fn export(args: &ExportArgs) -> Result<()> {
                 a.smoothing_sigma
             );
         }
+        if a.deblock_block != 0 {
+            println!(
+                "note: the board deblocks its frames along a {0} x {0} grid (they arrive \
+                 block-coded, as JPEG codes them); that is not folded into the model: keep \
+                 the board's deblocking on, or send the frames uncompressed",
+                a.deblock_block
+            );
+        }
     }
     let ecfg = ExportConfig {
         calibration_images: args.calibration_images,

@@ -98,6 +98,14 @@ fn main() {
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
+    // One 28 x 28 frame deblocked along its 8 x 8 grid, as every frame of a block-coded
+    // camera is.
+    let frame: Vec<f32> = (0..28 * 28).map(|_| rng.next_gaussian() as f32).collect();
+    let deblock = time_ms(1000, || {
+        let mut f = frame.clone();
+        models::adapt::deblock::deblock_planes(&mut f, 28, 28, 8);
+        std::hint::black_box(&f);
+    });
     let cold = refreshes.remove(0);
     refreshes.sort_by(f64::total_cmp);
     let refresh = (
@@ -113,6 +121,10 @@ fn main() {
         ("adapter step (codes, gradient, update), ms", step),
         ("apply the layer to one frame, ms", apply),
         ("per-dimension statistics, one frame, ms", observe_diag),
+        (
+            "deblock one 28 x 28 frame, us",
+            (deblock.0 * 1e3, deblock.1 * 1e3, deblock.2 * 1e3),
+        ),
         (
             "whitening refresh every 250 frames: median / first / max, ms",
             refresh,
@@ -132,6 +144,7 @@ fn main() {
         "step_ms": {"median": step.0, "p99": step.1, "max": step.2},
         "apply_ms": {"median": apply.0, "p99": apply.1},
         "stats_ms": {"median": observe_diag.0, "p99": observe_diag.1},
+        "deblock_ms": {"median": deblock.0, "p99": deblock.1},
         "whitening_refresh_ms": {"median": refresh.0, "first": refresh.1, "max_after_first": refresh.2},
         "layer_bytes": adapter.bytes(),
         "bytes_with_whitening": memory,

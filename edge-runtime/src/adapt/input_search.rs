@@ -1,5 +1,6 @@
-//! The one-off search of the input's corrections: the camera's roll, then the smoothing of
-//! the frames turned back by it (the maths is `models::adapt::roll` and
+//! The one-off search of the input's corrections: the frames' blockiness first (and the
+//! deblocking it calls for), then the camera's roll, then the smoothing of the frames turned
+//! back by it (the maths is `models::adapt::deblock`, `models::adapt::roll` and
 //! `models::adapt::smoothing`). Frames are kept from the warm-up, then searched either inline
 //! with the pipeline's model or on a thread at the lowest priority with a model of its own,
 //! so that the frame path never waits for it.
@@ -7,6 +8,7 @@
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use models::adapt::deblock::{deblock_planes, DeblockEstimate, DeblockParams};
 use models::adapt::roll::{search_roll, undo_roll, RollEstimate, RollParams};
 use models::adapt::smoothing::{search_smoothing, SmoothingEstimate, SmoothingParams};
 use models::adapt::{EmbeddingStats, InputStats};
@@ -21,6 +23,7 @@ use crate::EdgeError;
 /// how long.
 #[derive(Debug)]
 pub(crate) struct InputFound {
+    pub deblock: Option<DeblockEstimate>,
     pub roll: Option<RollEstimate>,
     pub smoothing: Option<SmoothingEstimate>,
     pub frames: usize,
@@ -30,6 +33,7 @@ pub(crate) struct InputFound {
 /// What is searched.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct SearchParams {
+    pub deblock: Option<DeblockParams>,
     pub roll: Option<RollParams>,
     pub smoothing: Option<SmoothingParams>,
 }
@@ -43,7 +47,11 @@ struct SearchInputs {
     train: EmbeddingStats,
 }
 
-type Found = (Option<RollEstimate>, Option<SmoothingEstimate>);
+type Found = (
+    Option<DeblockEstimate>,
+    Option<RollEstimate>,
+    Option<SmoothingEstimate>,
+);
 type Running = JoinHandle<(Box<dyn Runnable>, Result<Found, EdgeError>)>;
 
 pub(crate) struct InputSearch {
@@ -120,8 +128,9 @@ impl InputSearch {
         let t0 = Instant::now();
         let n = frames.len();
         let Some(run) = self.run.take() else {
-            let (roll, smoothing) = search(pipeline_run, &frames, &inputs, &self.params)?;
+            let (deblock, roll, smoothing) = search(pipeline_run, &frames, &inputs, &self.params)?;
             return Ok(Some(InputFound {
+                deblock,
                 roll,
                 smoothing,
                 frames: n,
@@ -164,7 +173,8 @@ impl InputSearch {
                 source: std::io::Error::other("the input search thread panicked"),
             }),
         };
-        Some(found.map(|(roll, smoothing)| InputFound {
+        Some(found.map(|(deblock, roll, smoothing)| InputFound {
+            deblock,
             roll,
             smoothing,
             frames,
@@ -179,9 +189,10 @@ impl InputSearch {
     }
 }
 
-/// The search over `frames` (the model's input pixels) with `run`: each candidate's frames
-/// are preprocessed, turned back, smoothed, mapped by the input's statistics, and embedded.
-/// The roll is searched first, unsmoothed; the smoothing then on the frames turned back by it.
+/// The search over `frames` (the model's input pixels) with `run`. Their blockiness is
+/// measured first. Then each candidate's frames are preprocessed, deblocked (when found
+/// block-coded), turned back, smoothed, mapped by the input's statistics, and embedded. The
+/// roll is searched first, unsmoothed; the smoothing then on the frames turned back by it.
 fn search(
     run: &dyn Runnable,
     frames: &[Vec<u8>],
@@ -190,8 +201,13 @@ fn search(
 ) -> Result<Found, EdgeError> {
     let (h, w) = (inputs.spec.height as usize, inputs.spec.width as usize);
     let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let deblock = params
+        .deblock
+        .map(|p| DeblockEstimate::of_frames(&p, frames.iter().copied(), h, w));
+    let block = deblock.as_ref().map_or(0, |d| d.block as usize);
     let embed = |degrees: f32, sigma: f32| {
         embed_pixels_mapped(run, &inputs.spec, &frames, &mut |x| {
+            deblock_planes(x, h, w, block);
             undo_roll(x, h, w, degrees);
             gaussian_blur_planes(x, h, w, sigma);
             if let Some(s) = &inputs.input {
@@ -208,5 +224,5 @@ fn search(
         .smoothing
         .map(|p| search_smoothing(&p, &inputs.train, |sigma| embed(degrees, sigma)))
         .transpose()?;
-    Ok((roll, smoothing))
+    Ok((deblock, roll, smoothing))
 }

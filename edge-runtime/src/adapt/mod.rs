@@ -1,11 +1,13 @@
 //! On-device adaptation of the embedding to the scene the camera sees, without labels and
 //! without candle (the maths is `models::adapt`).
 //!
-//! When the camera's roll is searched (`AdaptConfig::roll`), each preprocessed frame is first
-//! turned back by the roll found ([`models::adapt::roll`]); when the smoothing is searched
+//! When the frames' blockiness is measured (`AdaptConfig::deblock`) and they carry a codec's
+//! block grid, each preprocessed frame is first deblocked along it
+//! ([`models::adapt::deblock`]). When the camera's roll is searched (`AdaptConfig::roll`),
+//! each frame is then turned back by the roll found ([`models::adapt::roll`]); when the smoothing is searched
 //! (`AdaptConfig::smoothing`), it is then low-passed by the Gaussian found
-//! ([`models::adapt::smoothing`]). The search runs once, on the frames of the warm-up, and
-//! its answer is kept in the adapter record.
+//! ([`models::adapt::smoothing`]). The measurement and the search run once, on the frames
+//! of the warm-up, and their answer is kept in the adapter record.
 //!
 //! Each preprocessed frame is then re-normalised from the running statistics of the frames
 //! seen ([`InputStats`], AdaBN at the input; `AdaptConfig::input`). Each raw embedding then
@@ -31,6 +33,7 @@ mod worker;
 
 use std::path::{Path, PathBuf};
 
+use models::adapt::deblock::{deblock_planes, DeblockParams};
 use models::adapt::roll::{undo_roll, RollParams};
 use models::adapt::smoothing::SmoothingParams;
 use models::adapt::swapped::SwappedParams;
@@ -63,12 +66,15 @@ pub struct AdaptConfig {
     pub warmup: u64,
     /// The trained layer, if any.
     pub train: Option<TrainConfig>,
+    /// Measure the blockiness of the warm-up's frames and, when they are block-coded, deblock
+    /// every frame.
+    pub deblock: Option<DeblockParams>,
     /// Search the camera's roll on the warm-up's frames and turn every frame back by it.
     pub roll: Option<RollParams>,
     /// Search a Gaussian low-pass on the same frames (after the roll) and smooth every frame
     /// by it.
     pub smoothing: Option<SmoothingParams>,
-    /// The roll and smoothing search on a low-priority thread with its own model (`false`:
+    /// The input search (blockiness, roll, smoothing) on a low-priority thread with its own model (`false`:
     /// inline, for tests and the shift benchmark).
     pub roll_in_background: bool,
 }
@@ -81,6 +87,7 @@ impl Default for AdaptConfig {
             window: 2000,
             warmup: 200,
             train: None,
+            deblock: Some(DeblockParams::default()),
             roll: Some(RollParams::default()),
             smoothing: Some(SmoothingParams::default()),
             roll_in_background: true,
@@ -226,10 +233,12 @@ impl Adaptation {
         &self.record
     }
 
-    /// Turns one preprocessed frame back by the roll found and smooths it by the smoothing
-    /// found, then observes and re-normalises it in place (when `config.input`).
+    /// Deblocks one preprocessed frame when its stream is block-coded, turns it back by the
+    /// roll found and smooths it by the smoothing found, then observes and re-normalises it
+    /// in place (when `config.input`).
     pub fn map_input(&mut self, frame: &mut [f32]) {
         let (h, w) = self.frame_hw;
+        deblock_planes(frame, h, w, self.deblock_block());
         undo_roll(frame, h, w, self.roll_degrees());
         gaussian_blur_planes(frame, h, w, self.smoothing_sigma());
         if let Some(s) = &mut self.record.input {
@@ -258,6 +267,15 @@ impl Adaptation {
         }
     }
 
+    /// The block grid every frame is deblocked along (0: none): the one found, while the
+    /// measurement is on.
+    pub fn deblock_block(&self) -> usize {
+        match (&self.config.deblock, &self.record.deblock) {
+            (Some(_), Some(found)) => found.block as usize,
+            _ => 0,
+        }
+    }
+
     /// The Gaussian width every frame is smoothed by: the one found, while the search is on.
     pub fn smoothing_sigma(&self) -> f32 {
         match (&self.config.smoothing, &self.record.smoothing) {
@@ -266,9 +284,11 @@ impl Adaptation {
         }
     }
 
-    /// Whether the record holds the input search's answer (both parts are searched together).
+    /// Whether the record holds the input search's answer (its parts are searched together).
     fn input_searched(&self) -> bool {
-        self.record.roll.is_some() || self.record.smoothing.is_some()
+        self.record.deblock.is_some()
+            || self.record.roll.is_some()
+            || self.record.smoothing.is_some()
     }
 
     /// Gives the input search a model of its own, so that it runs on a low-priority thread
@@ -277,6 +297,7 @@ impl Adaptation {
         // `open` read the training statistics whenever the search is on.
         let wanted = self.config.warmup.max(INPUT_SEARCH_MIN_FRAMES) as usize;
         let params = SearchParams {
+            deblock: self.config.deblock,
             roll: self.config.roll,
             smoothing: self.config.smoothing,
         };
@@ -296,8 +317,8 @@ impl Adaptation {
     }
 
     /// Picks up a finished input search (`wait`: waits for one under way), or starts one
-    /// when its frames are in. What it found is kept in the record and saved; a roll or a
-    /// smoothing found restarts the embedding's statistics, which described the frames as
+    /// when its frames are in. What it found is kept in the record and saved; a block grid,
+    /// a roll or a smoothing found restarts the embedding's statistics, which described the frames as
     /// they came.
     pub(crate) fn input_search_tick(
         &mut self,
@@ -321,11 +342,13 @@ impl Adaptation {
         };
         let turned = found.roll.as_ref().is_some_and(|r| r.degrees != 0.0);
         let smoothed = found.smoothing.as_ref().is_some_and(|s| s.sigma != 0.0);
-        if turned || smoothed {
+        let deblocked = found.deblock.as_ref().is_some_and(|d| d.block != 0);
+        if turned || smoothed || deblocked {
             self.record.recentring = fresh_recentring(&self.config, self.train_stats.as_ref());
         }
         self.record.roll = found.roll.clone();
         self.record.smoothing = found.smoothing.clone();
+        self.record.deblock = found.deblock.clone();
         self.save()?;
         Ok(Some(found))
     }
@@ -366,9 +389,9 @@ impl Adaptation {
 }
 
 impl AdaptConfig {
-    /// Whether the input's corrections (roll, smoothing) are searched.
+    /// Whether the input's corrections (deblocking, roll, smoothing) are searched.
     pub fn searches_input(&self) -> bool {
-        self.roll.is_some() || self.smoothing.is_some()
+        self.deblock.is_some() || self.roll.is_some() || self.smoothing.is_some()
     }
 }
 
@@ -400,6 +423,7 @@ fn fresh_record(
             .then(|| InputStats::new(channels, config.window, config.warmup)),
         roll: None,
         smoothing: None,
+        deblock: None,
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use models::adapt::deblock::DeblockEstimate;
 use models::adapt::roll::RollEstimate;
 use models::adapt::smoothing::SmoothingEstimate;
 use models::adapt::{AdapterExport, InputStats, LinearAdapter, Recentring};
@@ -21,7 +22,7 @@ use crate::EdgeError;
 pub const ADAPTER_FILE: &str = "adapter.bin";
 
 /// Bumped when the record changes meaning; other versions are refused.
-pub const ADAPTER_FORMAT: u32 = 4;
+pub const ADAPTER_FORMAT: u32 = 5;
 
 /// What is persisted: the trained layer and the running statistics it was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +42,9 @@ pub struct AdapterRecord {
     pub roll: Option<RollEstimate>,
     /// The input smoothing the device found and applies (`None` until searched).
     pub smoothing: Option<SmoothingEstimate>,
+    /// The frames' blockiness the device measured, and the grid it deblocks (`None` until
+    /// searched).
+    pub deblock: Option<DeblockEstimate>,
 }
 
 impl AdapterRecord {
@@ -164,6 +168,7 @@ impl AdapterRecord {
         AdapterExport {
             roll_degrees: self.roll.as_ref().map_or(0.0, |r| r.degrees),
             smoothing_sigma: self.smoothing.as_ref().map_or(0.0, |s| s.sigma),
+            deblock_block: self.deblock.as_ref().map_or(0, |d| d.block),
             ..AdapterExport::compose(
                 ADAPTER_FORMAT,
                 &self.model_sha256,

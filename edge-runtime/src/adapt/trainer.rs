@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use models::adapt::deblock::deblock_planes_u8;
 use models::adapt::swapped::{self, unit_prototypes};
 use models::adapt::views::view;
 use models::adapt::{InputStats, LinearAdapter, Recentring};
@@ -30,8 +31,9 @@ pub struct Job {
     pub recentring: Option<Recentring>,
     /// The input's statistics when the round started (frozen during it).
     pub input: Option<InputStats>,
-    /// The camera roll undone before everything else (degrees), and the smoothing after it
-    /// (pixels).
+    /// The block grid deblocked before everything else (pixels; 0: none), the camera roll
+    /// undone next (degrees), and the smoothing after it (pixels).
+    pub deblock_block: u32,
     pub roll_degrees: f32,
     pub smoothing_sigma: f32,
     pub linear: LinearAdapter,
@@ -137,18 +139,20 @@ impl Trainer {
         })
     }
 
-    /// The job with its stored frames turned back by its roll and smoothed, so that the
+    /// The job with its stored frames deblocked, turned back by its roll and smoothed, so that the
     /// views (flips among them) are made of frames as the live path sees them.
     fn input_corrected(&self, mut job: Job) -> Job {
         let spec = self.pre.spec();
         let (h, w) = (spec.height as usize, spec.width as usize);
         let radians = -job.roll_degrees.to_radians();
         for f in job.train.iter_mut().chain(job.held_out.iter_mut()) {
+            deblock_planes_u8(f, h, w, job.deblock_block as usize);
             if radians != 0.0 {
                 rotate_planes_u8(f, h, w, radians, Border::Edge);
             }
             gaussian_blur_planes_u8(f, h, w, job.smoothing_sigma);
         }
+        job.deblock_block = 0;
         job.roll_degrees = 0.0;
         job.smoothing_sigma = 0.0;
         job

@@ -49,6 +49,7 @@ pub fn cluster_event(event: &Event) -> Option<Message> {
         }),
         Event::Recluster { .. }
         | Event::Adapt { .. }
+        | Event::Deblock { .. }
         | Event::Roll { .. }
         | Event::Smoothing { .. } => None,
     }

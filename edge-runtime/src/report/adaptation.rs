@@ -60,6 +60,17 @@ fn rows(r: &AdapterRecord) -> Vec<(&'static str, String)> {
             e.sigma
         ),
     };
+    let deblock = match &r.deblock {
+        None => "not measured yet (it runs once the warm-up's frames are in)".to_string(),
+        Some(e) if e.block == 0 => format!(
+            "measured: no codec block grid in the frames (blockiness {:.2}; none kept)",
+            e.ratio
+        ),
+        Some(e) => format!(
+            "every frame deblocked along its {0} x {0} grid (blockiness {1:.2})",
+            e.block, e.ratio
+        ),
+    };
     let input = match &r.input {
         None => "off".to_string(),
         Some(s) => {
@@ -85,6 +96,7 @@ fn rows(r: &AdapterRecord) -> Vec<(&'static str, String)> {
     };
     vec![
         ("frames adapted", r.frames.to_string()),
+        ("deblocking", deblock),
         ("camera roll", roll),
         ("input smoothing", smoothing),
         ("input statistics", input),
@@ -116,6 +128,7 @@ fn list(v: &[f32]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use models::adapt::deblock::DeblockEstimate;
     use models::adapt::roll::RollEstimate;
     use models::adapt::smoothing::SmoothingEstimate;
     use models::adapt::LinearAdapter;
@@ -146,6 +159,10 @@ mod tests {
                 distance_unsmoothed: 0.3,
                 tried: Vec::new(),
             }),
+            deblock: roll.map(|degrees| DeblockEstimate {
+                ratio: if degrees == 0.0 { 1.02 } else { 2.4 },
+                block: if degrees == 0.0 { 0 } else { 8 },
+            }),
         }
     }
 
@@ -155,12 +172,17 @@ mod tests {
         assert!(turned.contains("turned back by 20.0 degrees"), "{turned}");
         assert!(turned.contains("Gaussian of 0.6 pixels"), "{turned}");
         assert!(
+            turned.contains("deblocked along its 8 x 8 grid (blockiness 2.40)"),
+            "{turned}"
+        );
+        assert!(
             turned.contains("2 updates kept") && turned.contains("900"),
             "{turned}"
         );
         let level = section(&Ok(Some(record(Some(0.0)))));
         assert!(level.contains("level"), "{level}");
         assert!(level.contains("as sharp as the training images"), "{level}");
+        assert!(level.contains("no codec block grid"), "{level}");
         assert!(section(&Ok(Some(record(None)))).contains("not searched yet"));
         assert!(section(&Ok(None)).contains("No adapter"));
         let broken = section(&Err(EdgeError::NoEmbeddingStats {

@@ -41,6 +41,10 @@ pub struct AdapterExport {
     /// when none). Like the roll, it describes the camera, not the embedding.
     #[serde(default)]
     pub smoothing_sigma: f32,
+    /// The block size (pixels) whose grid the device deblocks its frames along (0 when
+    /// none): the frames arrive block-coded, as JPEG codes them.
+    #[serde(default)]
+    pub deblock_block: u32,
 }
 
 impl AdapterExport {
@@ -90,6 +94,7 @@ impl AdapterExport {
             input_std: input.map_or(Vec::new(), |s| s.moments().1),
             roll_degrees: 0.0,
             smoothing_sigma: 0.0,
+            deblock_block: 0,
         }
     }
 

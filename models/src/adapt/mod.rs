@@ -15,7 +15,10 @@
 //! Before all of these, [`roll`] can undo a tilted mount: it estimates the camera's roll once,
 //! from the training embeddings' statistics, and turns each frame back. [`smoothing`] picks,
 //! the same way, a Gaussian low-pass against fine-grained artefacts (noise, JPEG blocks).
+//! First of all, [`deblock`] measures whether the frames carry a codec's block grid and, if
+//! they do, filters its boundaries.
 
+pub mod deblock;
 mod export;
 mod input;
 mod linear;
