@@ -4,9 +4,9 @@
 //! When the frames' blockiness is measured (`AdaptConfig::deblock`) and they carry a codec's
 //! block grid, each preprocessed frame is first deblocked along it
 //! ([`models::adapt::deblock`]). When the camera's roll is searched (`AdaptConfig::roll`),
-//! each frame is then turned back by the roll found ([`models::adapt::roll`]); when the smoothing is searched
-//! (`AdaptConfig::smoothing`), it is then low-passed by the Gaussian found
-//! ([`models::adapt::smoothing`]). The measurement and the search run once, on the frames
+//! each frame is then turned back by the roll found ([`models::adapt::roll`]); when the
+//! smoothing is searched (`AdaptConfig::smoothing`), it is then low-passed by the Gaussian
+//! found ([`models::adapt::smoothing`]). The measurement and the search run once, on the frames
 //! of the warm-up, and their answer is kept in the adapter record.
 //!
 //! Each preprocessed frame is then re-normalised from the running statistics of the frames
@@ -74,8 +74,8 @@ pub struct AdaptConfig {
     /// Search a Gaussian low-pass on the same frames (after the roll) and smooth every frame
     /// by it.
     pub smoothing: Option<SmoothingParams>,
-    /// The input search (blockiness, roll, smoothing) on a low-priority thread with its own model (`false`:
-    /// inline, for tests and the shift benchmark).
+    /// The input search (blockiness, roll, smoothing) on a low-priority thread with its own
+    /// model (`false`: inline, for tests and the shift benchmark).
     pub roll_in_background: bool,
 }
 
@@ -318,8 +318,8 @@ impl Adaptation {
 
     /// Picks up a finished input search (`wait`: waits for one under way), or starts one
     /// when its frames are in. What it found is kept in the record and saved; a block grid,
-    /// a roll or a smoothing found restarts the embedding's statistics, which described the frames as
-    /// they came.
+    /// a roll or a smoothing found restarts the embedding's statistics, which described the
+    /// frames as they came.
     pub(crate) fn input_search_tick(
         &mut self,
         pipeline_run: &dyn Runnable,
