@@ -67,11 +67,7 @@ pub fn rotate_planes(image: &mut [f32], h: usize, w: usize, radians: f32, border
 
 /// Every plane of a planar u8 image turned by `radians`, in place (rounded back to u8).
 pub fn rotate_planes_u8(image: &mut [u8], h: usize, w: usize, radians: f32, border: Border) {
-    let mut planes: alloc::vec::Vec<f32> = image.iter().map(|&v| v as f32).collect();
-    rotate_planes(&mut planes, h, w, radians, border);
-    for (p, v) in image.iter_mut().zip(planes) {
-        *p = libm::roundf(v).clamp(0.0, 255.0) as u8;
-    }
+    map_as_f32(image, |planes| rotate_planes(planes, h, w, radians, border));
 }
 
 /// Every plane of a planar image (`h x w` planes) blurred in place by a separable Gaussian
@@ -116,8 +112,13 @@ pub fn gaussian_blur_planes_u8(image: &mut [u8], h: usize, w: usize, sigma: f32)
     if sigma <= 0.0 {
         return;
     }
+    map_as_f32(image, |planes| gaussian_blur_planes(planes, h, w, sigma));
+}
+
+/// Runs `f` on `image`'s pixels as `f32`, then rounds them back into `u8`.
+pub fn map_as_f32(image: &mut [u8], f: impl FnOnce(&mut [f32])) {
     let mut planes: alloc::vec::Vec<f32> = image.iter().map(|&v| v as f32).collect();
-    gaussian_blur_planes(&mut planes, h, w, sigma);
+    f(&mut planes);
     for (p, v) in image.iter_mut().zip(planes) {
         *p = libm::roundf(v).clamp(0.0, 255.0) as u8;
     }

@@ -10,8 +10,9 @@
 //! the step across a boundary is larger than the steps on either side of it, it is spread
 //! over the two pixels on each side, as the H.264 in-loop filter does with a block edge.
 
-use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
+
+use crate::geometry::map_as_f32;
 
 /// How the blockiness is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -161,11 +162,7 @@ pub fn deblock_planes_u8(image: &mut [u8], h: usize, w: usize, block: usize) {
     if block < 2 {
         return;
     }
-    let mut planes: Vec<f32> = image.iter().map(|&v| v as f32).collect();
-    deblock_planes(&mut planes, h, w, block);
-    for (p, v) in image.iter_mut().zip(planes) {
-        *p = libm::roundf(v).clamp(0.0, 255.0) as u8;
-    }
+    map_as_f32(image, |planes| deblock_planes(planes, h, w, block));
 }
 
 #[cfg(test)]
@@ -173,6 +170,7 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use alloc::vec;
+    use alloc::vec::Vec;
 
     /// `n` planes of `h` x `w` whose every 8 x 8 block is flat, at a random level.
     fn block_coded(n: usize, h: usize, w: usize, seed: u64) -> Vec<Vec<u8>> {
