@@ -255,8 +255,8 @@ fn the_input_statistics_follow_a_brightened_stream_and_are_saved() {
     assert!(plain.adaptation().unwrap().record().input.is_none());
 }
 
-/// What the input search answered, in `events`: the rolls (degrees) and the smoothings
-/// (pixels) found.
+/// What the input search answered, in `events`: the rolls (degrees), the smoothings (pixels)
+/// and the deblocking grids (pixels; 0: none) found.
 fn rolls(events: &[Event]) -> Vec<f32> {
     search_answers(events).0
 }
@@ -265,16 +265,21 @@ fn smoothings(events: &[Event]) -> Vec<f32> {
     search_answers(events).1
 }
 
-fn search_answers(events: &[Event]) -> (Vec<f32>, Vec<f32>) {
-    let (mut rolls, mut smoothings) = (Vec::new(), Vec::new());
+fn deblock_grids(events: &[Event]) -> Vec<u32> {
+    search_answers(events).2
+}
+
+fn search_answers(events: &[Event]) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    let (mut rolls, mut smoothings, mut grids) = (Vec::new(), Vec::new(), Vec::new());
     for e in events {
         match e {
             Event::Roll { degrees, .. } => rolls.push(*degrees),
             Event::Smoothing { sigma, .. } => smoothings.push(*sigma),
+            Event::Deblock { block, .. } => grids.push(*block),
             _ => {}
         }
     }
-    (rolls, smoothings)
+    (rolls, smoothings, grids)
 }
 
 /// A camera turned by 20 degrees: the search at the end of the warm-up finds the angle, the
@@ -365,17 +370,6 @@ fn a_noisy_camera_is_smoothed_and_a_clean_one_left_sharp() {
     let mut pipe = pipeline(other.path(), Some(inline)).unwrap();
     let events = pipe.process(&clean, None).unwrap();
     assert_eq!(smoothings(&events), vec![0.0]);
-}
-
-/// The grids the blockiness measurement answered (0: none), in `events`.
-fn deblock_grids(events: &[Event]) -> Vec<u32> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Deblock { block, .. } => Some(*block),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A camera that JPEG-codes its frames: the measurement at the end of the warm-up finds the

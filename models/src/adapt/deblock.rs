@@ -61,24 +61,6 @@ impl DeblockEstimate {
     }
 }
 
-/// Sums of the steps across block boundaries and beside them, over both directions.
-#[derive(Debug, Default, Clone, Copy)]
-struct StepSums {
-    across: f64,
-    beside: f64,
-}
-
-impl StepSums {
-    /// Adds one line of `n` pixels (`line(i)` is its i-th: a row or a column).
-    fn add_line(&mut self, line: impl Fn(usize) -> f64, n: usize, block: usize) {
-        for x in boundaries(n, block) {
-            let (p1, p0, q0, q1) = (line(x - 2), line(x - 1), line(x), line(x + 1));
-            self.across += (q0 - p0).abs();
-            self.beside += 0.5 * ((p0 - p1).abs() + (q1 - q0).abs());
-        }
-    }
-}
-
 /// The block boundaries of a line of `n` pixels with two pixels on the left of each and one
 /// on the right: the first pixel of each block after the first.
 fn boundaries(n: usize, block: usize) -> impl Iterator<Item = usize> {
@@ -86,6 +68,25 @@ fn boundaries(n: usize, block: usize) -> impl Iterator<Item = usize> {
         .map(move |k| k * block.max(1))
         .take_while(move |&x| x + 1 < n)
         .filter(|&x| x >= 2)
+}
+
+/// The indices in an `h` x `w` plane of the four pixels `[p1, p0, q0, q1]` around each grid
+/// boundary (it runs between `p0` and `q0`): the vertical boundaries along every row first,
+/// then the horizontal ones along every column, the order H.264 filters in.
+fn boundary_pixels(h: usize, w: usize, block: usize) -> impl Iterator<Item = [usize; 4]> {
+    let across_rows = (0..h).flat_map(move |y| {
+        boundaries(w, block).map(move |x| {
+            let i = y * w + x;
+            [i - 2, i - 1, i, i + 1]
+        })
+    });
+    let across_columns = (0..w).flat_map(move |x| {
+        boundaries(h, block).map(move |y| {
+            let i = y * w + x;
+            [i - 2 * w, i - w, i, i + w]
+        })
+    });
+    across_rows.chain(across_columns)
 }
 
 /// Blockiness of `frames` (each a stack of `h` x `w` planes): the mean absolute step across
@@ -97,62 +98,49 @@ pub fn blockiness<'a>(
     w: usize,
     block: usize,
 ) -> f64 {
-    let mut sums = StepSums::default();
     if h * w == 0 || block < 2 {
         return 1.0;
     }
+    let (mut across, mut beside) = (0.0f64, 0.0f64);
     for frame in frames {
         for plane in frame.chunks_exact(h * w) {
-            for y in 0..h {
-                sums.add_line(|x| plane[y * w + x] as f64, w, block);
-            }
-            for x in 0..w {
-                sums.add_line(|y| plane[y * w + x] as f64, h, block);
+            for quad in boundary_pixels(h, w, block) {
+                let [p1, p0, q0, q1] = quad.map(|i| plane[i] as f64);
+                across += (q0 - p0).abs();
+                beside += 0.5 * ((p0 - p1).abs() + (q1 - q0).abs());
             }
         }
     }
-    if sums.across == 0.0 {
+    if across == 0.0 {
         return 1.0;
     }
     // Steps between u8 pixels are at least 0.5 where there are any: the floor only keeps
     // frames with steps on the grid alone finite.
-    sums.across / sums.beside.max(1e-3)
+    across / beside.max(1e-3)
 }
 
-/// Filters the block boundaries of one line of `plane` (its `n` pixels at `at(0..n)`) in
-/// place: where the step across a boundary exceeds
-/// both steps beside it, its pixels move toward each other by
-/// `(4 (q0 - p0) + (p1 - q1)) / 8` (at most half the step), and the next pixels out by half
-/// of that, which turns a flat-to-flat step into an even ramp over four pixels.
-fn deblock_line(plane: &mut [f32], at: impl Fn(usize) -> usize, n: usize, block: usize) {
-    for x in boundaries(n, block) {
-        let (i1, i0, j0, j1) = (at(x - 2), at(x - 1), at(x), at(x + 1));
-        let (p1, p0, q0, q1) = (plane[i1], plane[i0], plane[j0], plane[j1]);
-        let step = q0 - p0;
-        if step.abs() <= (p0 - p1).abs() || step.abs() <= (q1 - q0).abs() {
-            continue;
-        }
-        let half = 0.5 * step.abs();
-        let delta = ((4.0 * step + (p1 - q1)) / 8.0).clamp(-half, half);
-        plane[i0] = p0 + delta;
-        plane[j0] = q0 - delta;
-        plane[i1] = p1 + 0.5 * delta;
-        plane[j1] = q1 - 0.5 * delta;
-    }
-}
-
-/// Deblocks every `h` x `w` plane of `image` along a `block`-pixel grid (vertical
-/// boundaries first, then horizontal, as H.264 does). `block` 0 leaves it alone.
+/// Deblocks every `h` x `w` plane of `image` along a `block`-pixel grid, in place: where the
+/// step across a boundary exceeds both steps beside it, its pixels move toward each other
+/// by `(4 (q0 - p0) + (p1 - q1)) / 8` (at most half the step), and the next pixels out by
+/// half of that, which turns a flat-to-flat step into an even ramp over four pixels.
+/// `block` 0 leaves it alone.
 pub fn deblock_planes(image: &mut [f32], h: usize, w: usize, block: usize) {
     if block < 2 || h * w == 0 {
         return;
     }
     for plane in image.chunks_exact_mut(h * w) {
-        for y in 0..h {
-            deblock_line(plane, |x| y * w + x, w, block);
-        }
-        for x in 0..w {
-            deblock_line(plane, |y| y * w + x, h, block);
+        for [i1, i0, j0, j1] in boundary_pixels(h, w, block) {
+            let (p1, p0, q0, q1) = (plane[i1], plane[i0], plane[j0], plane[j1]);
+            let step = q0 - p0;
+            if step.abs() <= (p0 - p1).abs() || step.abs() <= (q1 - q0).abs() {
+                continue;
+            }
+            let half = 0.5 * step.abs();
+            let delta = ((4.0 * step + (p1 - q1)) / 8.0).clamp(-half, half);
+            plane[i0] = p0 + delta;
+            plane[j0] = q0 - delta;
+            plane[i1] = p1 + 0.5 * delta;
+            plane[j1] = q1 - 0.5 * delta;
         }
     }
 }
