@@ -66,6 +66,7 @@ fn swav_config(train: &TrainSet, epochs: usize) -> RunConfig {
         },
         figure_pairs: Default::default(),
         eval_every: 100,
+        batch_whitening: None,
     }
 }
 
