@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
 use crate::dataset::{DataSpec, Normalization, TrainSet};
-use crate::encoders::{
-    Arch, BatchWhitenedEncoder, BatchWhiteningConfig, EmbeddingWhitening, Encoder, WhitenedEncoder,
-};
+use crate::encoders::{Arch, EmbeddingWhitening, Encoder, WhitenedEncoder};
 use crate::eval::{evaluate, label_free, EvalReport};
 use crate::features::extract;
 use crate::gallery::{write_gallery, GalleryConfig};
@@ -58,10 +56,6 @@ pub struct RunConfig {
     /// test features and runs kNN and k-means, about 20 s on 60k images on 2 cores.
     #[serde(default = "every_epoch")]
     pub eval_every: usize,
-    /// A whitening layer on the embedding, trained with the network
-    /// (`encoders::BatchWhitenedEncoder`); `None`: the architecture's embedding as it is.
-    #[serde(default)]
-    pub batch_whitening: Option<BatchWhiteningConfig>,
 }
 
 fn every_epoch() -> usize {
@@ -74,17 +68,9 @@ pub fn build_encoder(
     device: &Device,
 ) -> Result<Box<dyn Encoder>, TrainError> {
     let vb = seeded_var_builder(vm, cfg.seed, DType::F32, device);
-    let encoder = cfg
+    Ok(cfg
         .arch
-        .build(cfg.input, cfg.embed_dim, cfg.sobel, vb.pp("encoder"))?;
-    Ok(match cfg.batch_whitening {
-        Some(w) => Box::new(BatchWhitenedEncoder::new(
-            encoder,
-            w,
-            vb.pp("batch_whitening"),
-        )?),
-        None => encoder,
-    })
+        .build(cfg.input, cfg.embed_dim, cfg.sobel, vb.pp("encoder"))?)
 }
 
 /// Watches epoch losses: when the loss has risen `patience` epochs in a row, the run's

@@ -7,7 +7,7 @@ use candle_core::Device;
 use clap::Args;
 use host_train::augment::AugmentConfig;
 use host_train::dataset::{load_images, DataDefaults, DataSpec, Normalization, TrainSet};
-use host_train::encoders::{Arch, BatchWhiteningConfig};
+use host_train::encoders::Arch;
 use host_train::eval::evaluate;
 use host_train::features::{extract_layer, Layer};
 use host_train::methods::deepcluster::DeepClusterConfig;
@@ -108,12 +108,6 @@ pub struct PretrainArgs {
     /// embedding weighs every direction alike (0: off, the paper's DeepCluster).
     #[arg(long, default_value_t = 0.0)]
     isotropy: f64,
-    /// End the network in a whitening layer trained with it (IterNorm: each batch whitened
-    /// by its own covariance in training, by the running one at inference), with this many
-    /// Newton-Schulz iterations in training (10 when no number is given; the paper's 5
-    /// whiten less). It folds into the exported model.
-    #[arg(long, num_args = 0..=1, default_missing_value = "10")]
-    batch_whitening: Option<usize>,
     /// NPID with NCE and this many noise samples per batch (the paper's 4096) instead of the
     /// full softmax over the whole memory bank.
     #[arg(long, default_value_t = 0)]
@@ -219,9 +213,6 @@ pub fn pretrain(args: &PretrainArgs) -> Result<()> {
             "--isotropy must be a finite weight of 0 or more, got {}",
             args.isotropy
         );
-    }
-    if args.batch_whitening == Some(0) {
-        bail!("--batch-whitening takes the number of Newton-Schulz iterations, 1 or more");
     }
     if args.isotropy > 0.0 && args.method != Method::Deepcluster {
         bail!(
@@ -345,10 +336,6 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
         normalization: Normalization::measure(&train),
         input: (train.channels, train.height, train.width),
         augment: views(args),
-        batch_whitening: args.batch_whitening.map(|iterations| BatchWhiteningConfig {
-            iterations,
-            ..Default::default()
-        }),
         deepcluster: {
             let d = DeepClusterConfig::for_arch(arch);
             DeepClusterConfig {
@@ -462,11 +449,8 @@ fn describe(cfg: &RunConfig, images: usize, out: &std::path::Path) -> String {
             cfg.figure_pairs.warmup_epochs
         ),
     };
-    let whitening = cfg.batch_whitening.map_or(String::new(), |w| {
-        format!(" + batch whitening ({} iterations)", w.iterations)
-    });
     format!(
-        "{:?} on {} ({images} images of {}x{}x{}), {:?}{whitening}, {} epochs, {method}, run in {}",
+        "{:?} on {} ({images} images of {}x{}x{}), {:?}, {} epochs, {method}, run in {}",
         cfg.method,
         cfg.data.source,
         cfg.input.0,

@@ -153,11 +153,6 @@ fn pretrain_flags_reach_the_run_config() {
     assert_eq!(defaults["deepcluster"]["isotropy"], 0.0);
     let dc = config("dc", &["--isotropy", "0.3"]);
     assert_eq!(dc["deepcluster"]["isotropy"], 0.3);
-    assert_eq!(defaults["batch_whitening"], serde_json::Value::Null);
-    let bw = config("bw", &["--batch-whitening"]);
-    assert_eq!(bw["batch_whitening"]["iterations"], 10);
-    let bw5 = config("bw5", &["--batch-whitening", "5"]);
-    assert_eq!(bw5["batch_whitening"]["iterations"], 5);
     let set = config(
         "set",
         &[
@@ -430,10 +425,6 @@ fn bad_values_of_the_new_flags_are_clear_errors() {
         (
             &["--isotropy", "0.3", "--method", "npid"][..],
             "--isotropy is a DeepCluster option",
-        ),
-        (
-            &["--batch-whitening", "0"][..],
-            "--batch-whitening takes the number of Newton-Schulz iterations",
         ),
     ] {
         let mut args = vec!["pretrain"];

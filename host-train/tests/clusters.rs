@@ -66,7 +66,6 @@ fn swav_config(train: &TrainSet, epochs: usize) -> RunConfig {
         },
         figure_pairs: Default::default(),
         eval_every: 100,
-        batch_whitening: None,
     }
 }
 

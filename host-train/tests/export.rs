@@ -87,7 +87,6 @@ fn fashion_mnist_slice(n: usize) -> (RunConfig, TrainSet, TrainSet) {
         swav: Default::default(),
         figure_pairs: Default::default(),
         eval_every: 1,
-        batch_whitening: None,
     };
     (
         cfg,

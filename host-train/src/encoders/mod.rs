@@ -2,7 +2,6 @@
 //! with a `Config` that implements `Default`.
 
 mod alexnet_bn;
-mod batch_whitening;
 mod bn_relu;
 mod fold;
 mod in_relu;
@@ -12,7 +11,6 @@ mod sobel;
 mod whitened;
 
 pub use alexnet_bn::{AlexNetBn, AlexNetBnConfig};
-pub use batch_whitening::{BatchWhitenedEncoder, BatchWhiteningConfig};
 pub use bn_relu::BnRelu;
 pub use in_relu::InRelu;
 pub use resnet18::{ResNet18, ResNet18Config};
