@@ -124,20 +124,16 @@ impl Figure {
     }
 
     /// One render of this figure, planar RGB (`3 * size * size` bytes): everything but the
-    /// outline drawn from `rng`, mirrored half the time, and half the time filled with a
-    /// texture of its own rather than one colour: objects a camera sees are patterned and
-    /// shaded, and a figure's fill must not be what identifies it.
+    /// outline drawn from `rng`, mirrored half the time.
     pub fn render(&self, params: &SceneParams, rng: &mut Rng) -> alloc::vec::Vec<u8> {
         let placement = Placement::draw(params, rng);
         let background = Background::draw(rng, Background::ALL_KINDS);
         let mirror = if rng.below(2) == 0 { 1.0 } else { -1.0 };
-        let interior = (rng.below(2) == 0).then(|| Background::draw(rng, Background::ALL_KINDS));
         render(
             params.size,
             &|x, y| self.contains(x, mirror * y),
             &placement,
             &background,
-            interior.as_ref(),
             rng,
         )
     }

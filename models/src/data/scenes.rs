@@ -58,20 +58,17 @@ pub fn render_scene(params: &SceneParams, class: usize, rng: &mut Rng) -> Vec<u8
         &|x, y| inside_shape(class, x, y),
         &placement,
         &background,
-        None,
         rng,
     )
 }
 
 /// The figure whose outline is `outline` (a test in the figure's own frame, unit
-/// circumradius), at `placement`, on `background`, under lighting and marks drawn from `rng`;
-/// filled with `placement.colour`, or with the texture `interior`.
+/// circumradius), at `placement`, on `background`, under lighting and marks drawn from `rng`.
 pub(super) fn render(
     size: usize,
     outline: &dyn Fn(f32, f32) -> bool,
     placement: &Placement,
     background: &Background,
-    interior: Option<&Background>,
     rng: &mut Rng,
 ) -> Vec<u8> {
     let s = size;
@@ -88,10 +85,7 @@ pub(super) fn render(
                     let (u, v) = ((x as f32 + ox) / s as f32, (y as f32 + oy) / s as f32);
                     let (fx, fy) = placement.to_figure_frame(u, v);
                     let c = if outline(fx, fy) {
-                        // A texture fixed to the figure, so that it moves and turns with it.
-                        interior.map_or(placement.colour, |t| {
-                            t.colour_at(0.5 * (fx + 1.0), 0.5 * (fy + 1.0))
-                        })
+                        placement.colour
                     } else if let Some(c) = marks.colour_at(u, v) {
                         c
                     } else {
