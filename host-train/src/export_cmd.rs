@@ -23,9 +23,10 @@ pub struct ExportArgs {
     /// The model directory to write (ONNX fp32 + int8, manifest.json, manifest.postcard).
     #[arg(long)]
     out: PathBuf,
-    /// Activation calibrator: min-max, percentile (99.99), percentile-P, or entropy.
-    #[arg(long, default_value = "percentile")]
-    calibrator: Calibrator,
+    /// Activation calibrator: min-max, percentile (99.99), percentile-P, entropy, or `auto`:
+    /// percentile, and with --verify min-max next when percentile misses a parity target.
+    #[arg(long, default_value = "auto")]
+    calibrator: CalibratorChoice,
     /// Training images to calibrate on.
     #[arg(long, default_value_t = 512)]
     calibration_images: usize,
@@ -48,6 +49,59 @@ pub struct ExportArgs {
     /// linear layer, so that the exported model embeds as the adapted board did.
     #[arg(long)]
     fold_adapter: Option<PathBuf>,
+}
+
+/// `--calibrator`: one calibrator, or the first of several that passes the parity check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CalibratorChoice {
+    Auto,
+    Fixed(Calibrator),
+}
+
+impl std::str::FromStr for CalibratorChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            _ => s
+                .parse()
+                .map(Self::Fixed)
+                .map_err(|e| format!("{e}, or auto")),
+        }
+    }
+}
+
+impl CalibratorChoice {
+    /// The calibrators to try, in order. Percentile clips rare outliers and is the better
+    /// default on most models; min-max keeps them, which a model whose embedding leans on
+    /// rare large activations needs. Without a parity check there is nothing to choose by.
+    fn candidates(self, verify: bool) -> Vec<Calibrator> {
+        match (self, verify) {
+            (Self::Fixed(c), _) => vec![c],
+            (Self::Auto, false) => vec![Calibrator::default()],
+            (Self::Auto, true) => vec![Calibrator::default(), Calibrator::MinMax],
+        }
+    }
+}
+
+/// Tries each of `candidates` in turn until `attempt` passes; hands back the calibrator that
+/// passed, or the last one tried with `passed` false.
+fn first_passing<R>(
+    candidates: &[Calibrator],
+    mut attempt: impl FnMut(Calibrator) -> Result<(bool, R)>,
+) -> Result<(Calibrator, bool, R)> {
+    let mut last = None;
+    for (i, &c) in candidates.iter().enumerate() {
+        let (passed, r) = attempt(c)?;
+        if passed {
+            return Ok((c, true, r));
+        }
+        if let Some(next) = candidates.get(i + 1) {
+            println!("\ncalibrator {c} misses a parity target: exporting again with {next}\n");
+        }
+        last = Some((c, false, r));
+    }
+    last.ok_or_else(|| anyhow::anyhow!("no calibrator to try"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -127,15 +181,62 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     }
     let ecfg = ExportConfig {
         calibration_images: args.calibration_images,
-        calibrator: args.calibrator,
+        calibrator: Calibrator::default(),
         centroids_k: args.centroids,
         centroids_by_silhouette: args.centroids_from == CentroidSource::Best,
         head_centroids,
         seed: cfg.seed,
         adapter: adapter.clone(),
     };
+    // Without a held-out split (a plain image folder), the training images stand in.
+    let test = match (args.verify, test) {
+        (false, _) => None,
+        (true, Some(t)) => Some(TrainSet::new(t, cfg.normalization.clone())?),
+        (true, None) => Some(train.clone()),
+    };
+    let vcfg = VerifyConfig {
+        test_images: args.verify_images,
+        train_images: args.verify_images,
+        seed: cfg.seed,
+        adapter,
+        ..Default::default()
+    };
+    let candidates = args.calibrator.candidates(args.verify);
+    let (_, passed, _) = first_passing(&candidates, |calibrator| {
+        let ecfg = ExportConfig {
+            calibrator,
+            ..ecfg.clone()
+        };
+        write_model(args, encoder.as_ref(), &cfg, &train, &ecfg)?;
+        let Some(test) = &test else {
+            return Ok((true, ()));
+        };
+        let report = verify(encoder.as_ref(), &args.out, &train, test, &vcfg)?;
+        println!(
+            "\nparity on {} test images ({} train images for kNN), calibrator {calibrator}:\n",
+            report.test_images, report.train_images
+        );
+        print!("{}", report.table());
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(args.out.join("parity.json"), json)?;
+        Ok((report.passed(), ()))
+    })?;
+    if !passed {
+        bail!("the exported model misses a parity target (see the table above)");
+    }
+    Ok(())
+}
+
+/// Exports once, with `ecfg`'s calibrator, and says what it wrote.
+fn write_model(
+    args: &ExportArgs,
+    encoder: &dyn host_train::encoders::Encoder,
+    cfg: &host_train::pretrain::RunConfig,
+    train: &TrainSet,
+    ecfg: &ExportConfig,
+) -> Result<()> {
     let source = args.checkpoint.display().to_string();
-    let manifest = run_export(encoder.as_ref(), &cfg, &source, &train, &args.out, &ecfg)?;
+    let manifest = run_export(encoder, cfg, &source, train, &args.out, ecfg)?;
     for m in &manifest.models {
         println!(
             "wrote {} ({:?}, {} bytes, sha256 {})",
@@ -146,31 +247,53 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         );
     }
     println!("wrote {}", args.out.join("manifest.json").display());
-    if !args.verify {
-        return Ok(());
-    }
-    // Without a held-out split (a plain image folder), the training images stand in.
-    let test = match test {
-        Some(t) => TrainSet::new(t, cfg.normalization.clone())?,
-        None => train.clone(),
-    };
-    let vcfg = VerifyConfig {
-        test_images: args.verify_images,
-        train_images: args.verify_images,
-        seed: cfg.seed,
-        adapter,
-        ..Default::default()
-    };
-    let report = verify(encoder.as_ref(), &args.out, &train, &test, &vcfg)?;
-    println!(
-        "\nparity on {} test images ({} train images for kNN), calibrator {}:\n",
-        report.test_images, report.train_images, args.calibrator
-    );
-    print!("{}", report.table());
-    let json = serde_json::to_vec_pretty(&report)?;
-    std::fs::write(args.out.join("parity.json"), json)?;
-    if !report.passed() {
-        bail!("the exported model misses a parity target (see the table above)");
-    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_tries_min_max_only_when_percentile_misses_a_checked_target() {
+        let auto = CalibratorChoice::Auto;
+        assert_eq!(auto.candidates(false), vec![Calibrator::default()]);
+        assert_eq!(
+            auto.candidates(true),
+            vec![Calibrator::default(), Calibrator::MinMax]
+        );
+        let fixed = CalibratorChoice::Fixed(Calibrator::Entropy);
+        assert_eq!(fixed.candidates(true), vec![Calibrator::Entropy]);
+        assert_eq!("auto".parse::<CalibratorChoice>(), Ok(auto));
+        assert_eq!(
+            "percentile-99.9".parse::<CalibratorChoice>(),
+            Ok(CalibratorChoice::Fixed(Calibrator::Percentile(99.9)))
+        );
+        let err = "bogus".parse::<CalibratorChoice>().unwrap_err();
+        assert!(err.contains("bogus") && err.ends_with("or auto"), "{err}");
+    }
+
+    #[test]
+    fn the_first_calibrator_that_passes_is_kept_and_the_last_tried_reported() {
+        let both = [Calibrator::default(), Calibrator::MinMax];
+        let mut tried = Vec::new();
+        let (c, passed, _) = first_passing(&both, |c| {
+            tried.push(c);
+            Ok((c == Calibrator::MinMax, ()))
+        })
+        .unwrap();
+        assert_eq!((c, passed), (Calibrator::MinMax, true));
+        assert_eq!(tried, both);
+        tried.clear();
+        let (c, passed, _) = first_passing(&both, |c| {
+            tried.push(c);
+            Ok((true, ()))
+        })
+        .unwrap();
+        assert_eq!((c, passed, tried.len()), (Calibrator::default(), true, 1));
+        let (c, passed, _) = first_passing(&both, |_| Ok((false, ()))).unwrap();
+        assert_eq!((c, passed), (Calibrator::MinMax, false));
+        let failed = first_passing(&both, |_| -> Result<(bool, ())> { bail!("disk full") });
+        assert!(failed.unwrap_err().to_string().contains("disk full"));
+    }
 }

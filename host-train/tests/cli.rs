@@ -402,6 +402,14 @@ fn bad_values_of_the_new_flags_are_clear_errors() {
     );
     assert!(err.contains("has no cluster_head.json"), "{err}");
     let err = run_err(
+        &["export", "--calibrator", "percentile-0", "--checkpoint"],
+        &[&run, Path::new("--out"), &dir.path().join("m")],
+    );
+    assert!(
+        err.contains("percentile-0") && err.contains("or auto"),
+        "{err}"
+    );
+    let err = run_err(
         &[
             "pretrain",
             "--method",
