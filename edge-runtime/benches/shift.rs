@@ -12,7 +12,8 @@
 //! whiten+train, train; `+roll` in any of them adds the camera-roll search, `+smooth` the
 //! input-smoothing search, `+deblock` the blockiness measurement; `DEBLOCK_MIN_RATIO`
 //! overrides its threshold); `SHIFT_ONLY`
-//! picks shifts by name; `SHIFT_ORDER_SEED` streams the frames in another (seeded) order.
+//! picks shifts by name; `SHIFT_ORDER_SEED` streams the frames in another (seeded) order;
+//! `SHIFT_MODEL` runs another exported Fashion-MNIST model.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -56,8 +57,13 @@ struct Row {
     seconds: f64,
 }
 
+/// The committed default model, or the exported model directory `SHIFT_MODEL` names (one
+/// trained on Fashion-MNIST, with its `embedding-stats.json`).
 fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-small-cnn")
+    match std::env::var_os("SHIFT_MODEL") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-small-cnn"),
+    }
 }
 
 /// An adaptation mode by name; `None` for no adaptation.
@@ -242,7 +248,8 @@ fn main() {
         .to_vec()
     });
     let only = env_list("SHIFT_ONLY");
-    let bundle = ModelBundle::load(&model_dir(), Precision::Int8).expect("default model");
+    let bundle = ModelBundle::load(&model_dir(), Precision::Int8)
+        .unwrap_or_else(|e| panic!("{}: {e}", model_dir().display()));
     let set = load_fashion_mnist(&fashion_mnist_dir(), Split::Test)
         .expect("Fashion-MNIST (apt-get install dataset-fashion-mnist)")
         .take(n);
