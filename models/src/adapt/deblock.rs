@@ -1,18 +1,14 @@
-//! Deblocking and deringing: a camera or link that JPEG-codes its frames at the model's input
-//! size leaves two artefacts that statistics adaptation cannot take out of the frame and
-//! that a Gaussian low-pass blurs along with the detail: steps along the codec's 8 x 8 block
-//! grid, and ringing, the ripples that coarsely quantised coefficients spread over each block
-//! beside an edge (a grey haze on a black background).
+//! Deblocking: a camera or link that JPEG-codes its frames at the model's input size leaves
+//! steps along the codec's 8 x 8 block grid, fine-grained artefacts that statistics
+//! adaptation cannot take out of the frame and that a Gaussian low-pass blurs along with
+//! the detail.
 //!
 //! The device measures the frames' blockiness once, from a sample and without labels: the
 //! mean step across block boundaries against the mean step just beside them ([`blockiness`];
 //! about 1 for frames that were never block-coded, whatever they show). Only when it is
-//! clearly above 1 does it filter every frame ([`deblock_planes`]): first the block
-//! boundaries (where the step across a boundary is larger than the steps on either side of
-//! it, it is spread over the two pixels on each side, as the H.264 in-loop filter does with a
-//! block edge), then the ringing inside each block ([`dering_planes`], after MPEG-4's
-//! deringing filter: each pixel smoothed with its neighbours on the same side of the block's
-//! mid-level, so that the ripples flatten and the edges they lie beside stay sharp).
+//! clearly above 1 does it filter every frame's block boundaries ([`deblock_planes`]): where
+//! the step across a boundary is larger than the steps on either side of it, it is spread
+//! over the two pixels on each side, as the H.264 in-loop filter does with a block edge.
 
 use serde::{Deserialize, Serialize};
 
@@ -123,22 +119,12 @@ pub fn blockiness<'a>(
     across / beside.max(1e-3)
 }
 
-/// Deblocks every `h` x `w` plane of `image` along a `block`-pixel grid, in place: the
-/// boundaries first ([`filter_boundaries`]), then the ringing inside each block
-/// ([`dering_planes`]). `block` 0 leaves it alone.
+/// Deblocks every `h` x `w` plane of `image` along a `block`-pixel grid, in place: where the
+/// step across a boundary exceeds both steps beside it, its pixels move toward each other
+/// by `(4 (q0 - p0) + (p1 - q1)) / 8` (at most half the step), and the next pixels out by
+/// half of that, which turns a flat-to-flat step into an even ramp over four pixels.
+/// `block` 0 leaves it alone.
 pub fn deblock_planes(image: &mut [f32], h: usize, w: usize, block: usize) {
-    if block < 2 || h * w == 0 {
-        return;
-    }
-    filter_boundaries(image, h, w, block);
-    dering_planes(image, h, w, block);
-}
-
-/// Where the step across a grid boundary exceeds both steps beside it, its pixels move
-/// toward each other by `(4 (q0 - p0) + (p1 - q1)) / 8` (at most half the step), and the next
-/// pixels out by half of that, which turns a flat-to-flat step into an even ramp over four
-/// pixels.
-pub fn filter_boundaries(image: &mut [f32], h: usize, w: usize, block: usize) {
     if block < 2 || h * w == 0 {
         return;
     }
@@ -155,75 +141,6 @@ pub fn filter_boundaries(image: &mut [f32], h: usize, w: usize, block: usize) {
             plane[j0] = q0 - delta;
             plane[i1] = p1 + 0.5 * delta;
             plane[j1] = q1 - 0.5 * delta;
-        }
-    }
-}
-
-/// Deringing, in place: within each `block` x `block` block of every `h` x `w` plane, each
-/// pixel becomes the (1 2 1) x (1 2 1)-weighted mean of its 3 x 3 neighbours that lie on its
-/// side of the block's mid-level (half-way between its darkest and brightest pixel). Ripples
-/// on one side of an edge flatten; the edge, whose two sides are never mixed, stays.
-pub fn dering_planes(image: &mut [f32], h: usize, w: usize, block: usize) {
-    if block < 2 || h * w == 0 {
-        return;
-    }
-    let mut source = alloc::vec![0.0f32; h * w];
-    for plane in image.chunks_exact_mut(h * w) {
-        source.copy_from_slice(plane);
-        for y0 in (0..h).step_by(block) {
-            for x0 in (0..w).step_by(block) {
-                let rows = y0..(y0 + block).min(h);
-                let cols = x0..(x0 + block).min(w);
-                dering_block(&source, plane, w, rows, cols);
-            }
-        }
-    }
-}
-
-/// [`dering_planes`] on one block (`rows` x `cols`) of a plane `w` wide: reads `source`,
-/// writes `plane`.
-fn dering_block(
-    source: &[f32],
-    plane: &mut [f32],
-    w: usize,
-    rows: core::ops::Range<usize>,
-    cols: core::ops::Range<usize>,
-) {
-    let h = source.len() / w;
-    let (mut low, mut high) = (f32::INFINITY, f32::NEG_INFINITY);
-    for y in rows.clone() {
-        for &v in &source[y * w + cols.start..y * w + cols.end] {
-            low = low.min(v);
-            high = high.max(v);
-        }
-    }
-    if high <= low {
-        return; // a flat block has no ripples
-    }
-    let mid = 0.5 * (low + high);
-    const WEIGHT: [f32; 3] = [1.0, 2.0, 1.0];
-    for y in rows {
-        for x in cols.clone() {
-            let bright = source[y * w + x] >= mid;
-            let (mut sum, mut weights) = (0.0f32, 0.0f32);
-            for (dy, wy) in WEIGHT.iter().enumerate() {
-                for (dx, wx) in WEIGHT.iter().enumerate() {
-                    let (Some(yy), Some(xx)) = ((y + dy).checked_sub(1), (x + dx).checked_sub(1))
-                    else {
-                        continue;
-                    };
-                    if yy >= h || xx >= w {
-                        continue;
-                    }
-                    let v = source[yy * w + xx];
-                    if (v >= mid) == bright {
-                        sum += wy * wx * v;
-                        weights += wy * wx;
-                    }
-                }
-            }
-            // The pixel itself is always on its own side: weights >= 4.
-            plane[y * w + x] = sum / weights;
         }
     }
 }
@@ -289,41 +206,13 @@ mod tests {
     fn a_flat_step_on_a_boundary_becomes_an_even_ramp_and_a_linear_ramp_is_kept() {
         // One row of 16: 10 on the first block, 50 on the second.
         let mut step: Vec<f32> = (0..16).map(|x| if x < 8 { 10.0 } else { 50.0 }).collect();
-        filter_boundaries(&mut step, 1, 16, 8);
+        deblock_planes(&mut step, 1, 16, 8);
         // delta = (4 * 40 + (10 - 50)) / 8 = 15 on the boundary pixels, 7.5 on the next out.
         assert_eq!(&step[5..11], &[10.0, 17.5, 25.0, 35.0, 42.5, 50.0]);
         let mut ramp: Vec<f32> = (0..16).map(|x| 3.0 * x as f32).collect();
         let before = ramp.clone();
-        filter_boundaries(&mut ramp, 1, 16, 8);
+        deblock_planes(&mut ramp, 1, 16, 8);
         assert_eq!(ramp, before);
-    }
-
-    #[test]
-    fn deringing_flattens_ripples_beside_an_edge_and_keeps_the_edge() {
-        // One 8 x 8 block: black on the left with ripples of +-6, 200 on the right with +-6.
-        let ripple = |y: usize, x: usize| if (x + y).is_multiple_of(2) { 6.0 } else { -6.0 };
-        let mut block: Vec<f32> = (0..64)
-            .map(|i| {
-                let (y, x) = (i / 8, i % 8);
-                (if x < 4 { 20.0 } else { 200.0 }) + ripple(y, x)
-            })
-            .collect();
-        dering_planes(&mut block, 8, 8, 8);
-        let inner = |x: usize| (1..7).map(move |y| y * 8 + x);
-        for x in [1, 2, 5, 6] {
-            let level = if x < 4 { 20.0 } else { 200.0 };
-            for i in inner(x) {
-                assert!((block[i] - level).abs() < 2.0, "pixel {i}: {}", block[i]);
-            }
-        }
-        // The edge between columns 3 and 4 keeps its full height.
-        for y in 0..8 {
-            assert!(block[y * 8 + 4] - block[y * 8 + 3] > 170.0, "row {y}");
-        }
-        // A flat block is left as it is.
-        let mut flat = vec![7.0f32; 64];
-        dering_planes(&mut flat, 8, 8, 8);
-        assert!(flat.iter().all(|&v| v == 7.0));
     }
 
     #[test]
@@ -374,62 +263,5 @@ mod tests {
         let min = DeblockParams::default().min_ratio;
         assert!(clean < min && blurred < min, "{clean} {blurred}");
         assert!(jpeg >= min, "{jpeg}");
-    }
-
-    #[test]
-    fn deringing_brings_jpeg_frames_closer_to_their_originals() {
-        use crate::data::{shifted, ImageSet, Shift};
-        // Bright rectangles on black, as Fashion-MNIST's items are: sharp edges ring.
-        let (h, w) = (28, 28);
-        let mut rng = Rng::new(5);
-        let mut pixels = Vec::new();
-        for _ in 0..40 {
-            let mut r = || (rng.next_f64() * 14.0) as usize;
-            let (y0, x0, y1, x1) = (r() + 2, r() + 2, r() + 12, r() + 12);
-            let level = 80.0 + rng.next_f64() * 175.0;
-            pixels.extend((0..h * w).map(|i| {
-                let (y, x) = (i / w, i % w);
-                if (y0..y1).contains(&y) && (x0..x1).contains(&x) {
-                    level as u8
-                } else {
-                    0
-                }
-            }));
-        }
-        let set = ImageSet {
-            pixels,
-            channels: 1,
-            height: h,
-            width: w,
-            labels: None,
-            class_names: Vec::new(),
-            paths: Vec::new(),
-            skipped: Vec::new(),
-        };
-        let coded = shifted(&set, Shift::Jpeg, 2, 1);
-        let error = |filter: &dyn Fn(&mut [f32])| -> f64 {
-            let mut sum = 0.0;
-            for i in 0..set.len() {
-                let mut frame: Vec<f32> = coded.image(i).iter().map(|&v| v as f32).collect();
-                filter(&mut frame);
-                sum += frame
-                    .iter()
-                    .zip(set.image(i))
-                    .map(|(a, &b)| (*a as f64 - b as f64).powi(2))
-                    .sum::<f64>();
-            }
-            sum / (set.len() * h * w) as f64
-        };
-        let coded_error = error(&|_| {});
-        let boundaries = error(&|f| filter_boundaries(f, h, w, 8));
-        let both = error(&|f| deblock_planes(f, h, w, 8));
-        let dering = error(&|f| dering_planes(f, h, w, 8));
-        // The boundary filter also softens true edges that lie on the grid, and costs squared
-        // error on such sharp shapes; deringing takes back more than that.
-        assert!(
-            dering < 0.8 * coded_error && both < 0.9 * boundaries,
-            "mean squared error: coded {coded_error:.1}, boundaries filtered \
-             {boundaries:.1}, deringed {dering:.1}, both {both:.1}"
-        );
     }
 }
