@@ -72,9 +72,9 @@ impl std::str::FromStr for CalibratorChoice {
 }
 
 impl CalibratorChoice {
-    /// The calibrators to try, in order. Percentile clips rare outliers and is the better
-    /// default on most models; min-max keeps them, which a model whose embedding leans on
-    /// rare large activations needs. Without a parity check there is nothing to choose by.
+    /// The calibrators to try, in order. Percentile clips rare outliers for finer steps;
+    /// min-max keeps them, which a model whose embedding leans on rare large activations
+    /// needs. Without a parity check there is nothing to choose by.
     fn candidates(self, verify: bool) -> Vec<Calibrator> {
         match (self, verify) {
             (Self::Fixed(c), _) => vec![c],
