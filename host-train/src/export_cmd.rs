@@ -85,21 +85,20 @@ impl CalibratorChoice {
 }
 
 /// Tries each of `candidates` in turn until `attempt` passes; hands back the calibrator that
-/// passed, or the last one tried with `passed` false.
-fn first_passing<R>(
+/// passed, or the last one tried with `false`.
+fn first_passing(
     candidates: &[Calibrator],
-    mut attempt: impl FnMut(Calibrator) -> Result<(bool, R)>,
-) -> Result<(Calibrator, bool, R)> {
+    mut attempt: impl FnMut(Calibrator) -> Result<bool>,
+) -> Result<(Calibrator, bool)> {
     let mut last = None;
     for (i, &c) in candidates.iter().enumerate() {
-        let (passed, r) = attempt(c)?;
-        if passed {
-            return Ok((c, true, r));
+        if attempt(c)? {
+            return Ok((c, true));
         }
         if let Some(next) = candidates.get(i + 1) {
             println!("\ncalibrator {c} misses a parity target: exporting again with {next}\n");
         }
-        last = Some((c, false, r));
+        last = Some((c, false));
     }
     last.ok_or_else(|| anyhow::anyhow!("no calibrator to try"))
 }
@@ -202,14 +201,14 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         ..Default::default()
     };
     let candidates = args.calibrator.candidates(args.verify);
-    let (_, passed, _) = first_passing(&candidates, |calibrator| {
+    let (_, passed) = first_passing(&candidates, |calibrator| {
         let ecfg = ExportConfig {
             calibrator,
             ..ecfg.clone()
         };
         write_model(args, encoder.as_ref(), &cfg, &train, &ecfg)?;
         let Some(test) = &test else {
-            return Ok((true, ()));
+            return Ok(true);
         };
         let report = verify(encoder.as_ref(), &args.out, &train, test, &vcfg)?;
         println!(
@@ -219,7 +218,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         print!("{}", report.table());
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(args.out.join("parity.json"), json)?;
-        Ok((report.passed(), ()))
+        Ok(report.passed())
     })?;
     if !passed {
         bail!("the exported model misses a parity target (see the table above)");
@@ -277,23 +276,23 @@ mod tests {
     fn the_first_calibrator_that_passes_is_kept_and_the_last_tried_reported() {
         let both = [Calibrator::default(), Calibrator::MinMax];
         let mut tried = Vec::new();
-        let (c, passed, _) = first_passing(&both, |c| {
+        let (c, passed) = first_passing(&both, |c| {
             tried.push(c);
-            Ok((c == Calibrator::MinMax, ()))
+            Ok(c == Calibrator::MinMax)
         })
         .unwrap();
         assert_eq!((c, passed), (Calibrator::MinMax, true));
         assert_eq!(tried, both);
         tried.clear();
-        let (c, passed, _) = first_passing(&both, |c| {
+        let (c, passed) = first_passing(&both, |c| {
             tried.push(c);
-            Ok((true, ()))
+            Ok(true)
         })
         .unwrap();
         assert_eq!((c, passed, tried.len()), (Calibrator::default(), true, 1));
-        let (c, passed, _) = first_passing(&both, |_| Ok((false, ()))).unwrap();
+        let (c, passed) = first_passing(&both, |_| Ok(false)).unwrap();
         assert_eq!((c, passed), (Calibrator::MinMax, false));
-        let failed = first_passing(&both, |_| -> Result<(bool, ())> { bail!("disk full") });
+        let failed = first_passing(&both, |_| -> Result<bool> { bail!("disk full") });
         assert!(failed.unwrap_err().to_string().contains("disk full"));
     }
 }
