@@ -191,9 +191,6 @@ impl EpochStats {
     }
 }
 
-static DBG_BANK: std::sync::Mutex<Option<super::feature_bank::FeatureBank>> = std::sync::Mutex::new(None);
-static DBG_SCRATCH: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
-
 /// One pass over `order` with the pseudo-labels: a new classifier head, SGD on both.
 #[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
@@ -230,19 +227,6 @@ pub fn train_epoch(
         let mut l = crate::ops::cross_entropy(&head.forward(&emb)?, &y)?;
         if cfg.isotropy > 0.0 {
             l = (l + (isotropy_loss(&emb)? * cfg.isotropy)?)?;
-        }
-        // Probe: NPID's instance loss against a memory bank beside the pseudo-labels, weight
-        // DBG_INST, temperature DBG_INST_T (0.07), bank momentum 0.5 (CPU only, no resume).
-        let inst: f64 = std::env::var("DBG_INST").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        if inst > 0.0 {
-            let t: f64 = std::env::var("DBG_INST_T").ok().and_then(|v| v.parse().ok()).unwrap_or(0.07);
-            let mut guard = DBG_BANK.lock().unwrap();
-            let bank = guard.get_or_insert_with(|| super::feature_bank::FeatureBank::new(set.len(), encoder.embed_dim(), seed));
-            let v = super::npid::l2_normalize(&emb)?;
-            let li = super::bank_loss::bank_loss(&v, bank, idx, 1.0 / t, super::bank_loss::BankObjective::Instance, &mut DBG_SCRATCH.lock().unwrap())?;
-            let vs: Vec<f32> = v.detach().flatten_all()?.to_vec1()?;
-            bank.update(idx, &vs, 0.5);
-            l = (l + (li * inst)?)?;
         }
         let grads = l.backward()?;
         encoder_opt.step(&grads)?;
