@@ -178,9 +178,11 @@ pub fn export(args: &ExportArgs) -> Result<()> {
             );
         }
     }
-    let ecfg = ExportConfig {
+    let candidates = args.calibrator.candidates(args.verify);
+    // Everything but the calibrator, which each try sets.
+    let base = ExportConfig {
         calibration_images: args.calibration_images,
-        calibrator: Calibrator::default(),
+        calibrator: candidates[0],
         centroids_k: args.centroids,
         centroids_by_silhouette: args.centroids_from == CentroidSource::Best,
         head_centroids,
@@ -200,11 +202,10 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         adapter,
         ..Default::default()
     };
-    let candidates = args.calibrator.candidates(args.verify);
     let (_, passed) = first_passing(&candidates, |calibrator| {
         let ecfg = ExportConfig {
             calibrator,
-            ..ecfg.clone()
+            ..base.clone()
         };
         write_model(args, encoder.as_ref(), &cfg, &train, &ecfg)?;
         let Some(test) = &test else {
