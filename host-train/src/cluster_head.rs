@@ -9,8 +9,9 @@
 //!
 //! The encoder stays frozen (the head trains in seconds on the CPU): the head sees the
 //! embeddings of several strongly augmented views of each image, computed once, so it still
-//! learns to give every view of an image one cluster. Several heads train from different
-//! seeds and the one with the lowest loss is kept, without labels. The board receives the
+//! learns to give every view of an image one cluster. Several heads train at once from
+//! different random starts, as in SCAN, and the one with the lowest loss is kept, without
+//! labels. The board receives the
 //! head's clusters as centroids: the mean unit embedding of each cluster.
 
 use candle_core::{DType, Device, Tensor, D};
@@ -42,7 +43,7 @@ pub struct ClusterHeadConfig {
     pub neighbours: usize,
     /// Weight w of the entropy term.
     pub entropy_weight: f64,
-    /// Heads trained from different seeds; the lowest final loss is kept.
+    /// Heads trained together from different random starts; the lowest final loss is kept.
     pub heads: usize,
     /// Optimiser steps per head (a head is small: steps, not epochs, set its training).
     pub steps: usize,
@@ -102,7 +103,7 @@ impl Default for ClusterHeadConfig {
             clusters: 10,
             neighbours: 20,
             entropy_weight: 5.0,
-            heads: 5,
+            heads: 32,
             steps: 2000,
             batch_size: 256,
             lr: 5e-3,
@@ -155,7 +156,9 @@ impl ClusterHeadConfig {
     }
 }
 
-/// The SCAN loss of anchor and neighbour logits (b, k): (total, consistency, entropy).
+/// The SCAN loss of anchor and neighbour logits: (total, consistency, entropy). Logits of
+/// (b, k) give three scalars; logits of (b, heads, k) give three vectors of one loss per head,
+/// each head its own softmax over its k clusters.
 pub fn scan_loss(
     anchor_logits: &Tensor,
     neighbour_logits: &Tensor,
@@ -164,9 +167,11 @@ pub fn scan_loss(
     let pa = candle_nn::ops::softmax(anchor_logits, D::Minus1)?;
     let pn = candle_nn::ops::softmax(neighbour_logits, D::Minus1)?;
     let agreement = (&pa * &pn)?.sum(D::Minus1)?;
-    let consistency = agreement.clamp(1e-7, 1.0)?.log()?.mean_all()?.neg()?;
+    let consistency = agreement.clamp(1e-7, 1.0)?.log()?.mean(0)?.neg()?;
     let mean = pa.mean(0)?;
-    let entropy = (&mean * mean.clamp(1e-8, 1.0)?.log()?)?.sum_all()?.neg()?;
+    let entropy = (&mean * mean.clamp(1e-8, 1.0)?.log()?)?
+        .sum(D::Minus1)?
+        .neg()?;
     let total = (&consistency - (&entropy * entropy_weight)?)?;
     Ok((total, consistency, entropy))
 }
@@ -324,9 +329,9 @@ pub fn train_cluster_head(
             v
         })
         .collect();
+    let heads = train_heads(&views, neighbours, dim, cfg)?;
     let mut best: Option<ClusterHead> = None;
-    for h in 0..cfg.heads {
-        let head = train_one_head(&views, neighbours, dim, cfg, cfg.seed ^ (h as u64 + 1))?;
+    for (h, head) in heads.into_iter().enumerate() {
         tracing::info!(
             head = h,
             loss = head.loss,
@@ -403,18 +408,21 @@ fn interleave_rows(n: usize, a: &[u32], ka: usize, b: &[u32], kb: usize) -> Vec<
     out
 }
 
-fn train_one_head(
+/// Trains `cfg.heads` heads at once, as SCAN does: one linear layer with heads x clusters
+/// outputs sees each batch, and each head has its own softmax and loss. Their sum trains them
+/// independently (no parameter is shared), so H heads cost little more than one, and the
+/// random start of each head's rows is what sets the heads apart.
+fn train_heads(
     views: &[Vec<f32>],
     neighbours: &[u32],
     dim: usize,
     cfg: &ClusterHeadConfig,
-    seed: u64,
-) -> Result<ClusterHead, TrainError> {
+) -> Result<Vec<ClusterHead>, TrainError> {
     let dev = Device::Cpu;
-    let n = views[0].len() / dim;
+    let (n, heads, k) = (views[0].len() / dim, cfg.heads, cfg.clusters);
     let vm = VarMap::new();
-    let vb = seeded_var_builder(&vm, seed, DType::F32, &dev);
-    let linear = candle_nn::linear(dim, cfg.clusters, vb.pp("head"))?;
+    let vb = seeded_var_builder(&vm, cfg.seed, DType::F32, &dev);
+    let linear = candle_nn::linear(dim, heads * k, vb.pp("head"))?;
     let mut opt = AdamW::new(
         vm.all_vars(),
         ParamsAdamW {
@@ -423,11 +431,11 @@ fn train_one_head(
             ..Default::default()
         },
     )?;
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::new(cfg.seed ^ 0x5CA4);
     let k_nb = neighbours.len() / n;
     // The loss figures are the mean over the last tenth of the steps.
     let tail = (cfg.steps / 10).max(1);
-    let mut sums = (0.0, 0.0, 0.0);
+    let mut sums = vec![[0.0f64; 3]; heads];
     let batch = cfg.batch_size.min(n);
     for step in 0..cfg.steps {
         let mut anchors = Vec::with_capacity(batch * dim);
@@ -442,36 +450,43 @@ fn train_one_head(
             anchors.extend_from_slice(&va[i * dim..(i + 1) * dim]);
             others.extend_from_slice(&vn[j * dim..(j + 1) * dim]);
         }
-        let a = Tensor::from_vec(anchors, (batch, dim), &dev)?;
-        let o = Tensor::from_vec(others, (batch, dim), &dev)?;
-        let (total, cons, ent) = scan_loss(
-            &linear.forward(&a)?,
-            &linear.forward(&o)?,
-            cfg.entropy_weight,
-        )?;
-        opt.backward_step(&total)?;
+        let logits = |x: Vec<f32>| -> candle_core::Result<Tensor> {
+            linear
+                .forward(&Tensor::from_vec(x, (batch, dim), &dev)?)?
+                .reshape((batch, heads, k))
+        };
+        let (total, cons, ent) =
+            scan_loss(&logits(anchors)?, &logits(others)?, cfg.entropy_weight)?;
+        opt.backward_step(&total.sum_all()?)?;
         if step >= cfg.steps - tail {
-            sums.0 += total.to_scalar::<f32>()? as f64;
-            sums.1 += cons.to_scalar::<f32>()? as f64;
-            sums.2 += ent.to_scalar::<f32>()? as f64;
+            for (part, t) in [total, cons, ent].iter().enumerate() {
+                for (h, v) in t.to_vec1::<f32>()?.into_iter().enumerate() {
+                    sums[h][part] += f64::from(v);
+                }
+            }
         }
     }
+    let weight: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
+    let bias: Vec<f32> = linear
+        .bias()
+        .map(|b| b.to_vec1())
+        .transpose()?
+        .unwrap_or_else(|| vec![0.0; heads * k]);
     let t = tail as f64;
-    let last = (sums.0 / t, sums.1 / t, sums.2 / t);
-    Ok(ClusterHead {
-        config: cfg.clone(),
-        dim,
-        weight: linear.weight().flatten_all()?.to_vec1()?,
-        bias: linear
-            .bias()
-            .map(|b| b.to_vec1())
-            .transpose()?
-            .unwrap_or_else(|| vec![0.0; cfg.clusters]),
-        centroids: Vec::new(),
-        loss: last.0,
-        consistency: last.1,
-        entropy: last.2,
-    })
+    Ok(sums
+        .iter()
+        .enumerate()
+        .map(|(h, s)| ClusterHead {
+            config: cfg.clone(),
+            dim,
+            weight: weight[h * k * dim..(h + 1) * k * dim].to_vec(),
+            bias: bias[h * k..(h + 1) * k].to_vec(),
+            centroids: Vec::new(),
+            loss: s[0] / t,
+            consistency: s[1] / t,
+            entropy: s[2] / t,
+        })
+        .collect())
 }
 
 /// SCAN's self-labelling, on the head alone (the encoder stays frozen): the images whose
@@ -634,6 +649,34 @@ mod tests {
                 gn[i][j]
             );
         }
+    }
+
+    #[test]
+    fn scan_loss_of_several_heads_is_each_heads_own_loss() {
+        let mut rng = Rng::new(9);
+        let (b, heads, k) = (5, 3, 4);
+        let mut draw = || -> Vec<f32> {
+            (0..b * heads * k)
+                .map(|_| 4.0 * rng.next_f64() as f32 - 2.0)
+                .collect()
+        };
+        let (a, n) = (draw(), draw());
+        let t = |x: &[f32]| Tensor::from_vec(x.to_vec(), (b, heads, k), &Device::Cpu).unwrap();
+        let (total, cons, ent) = scan_loss(&t(&a), &t(&n), 1.5).unwrap();
+        let per_head = |x: &Tensor| x.to_vec1::<f32>().unwrap();
+        let (total, cons, ent) = (per_head(&total), per_head(&cons), per_head(&ent));
+        for h in 0..heads {
+            let slice = |x: &Tensor| x.narrow(1, h, 1).unwrap().squeeze(1).unwrap();
+            let (t1, c1, e1) = scan_loss(&slice(&t(&a)), &slice(&t(&n)), 1.5).unwrap();
+            for (got, want) in [(total[h], t1), (cons[h], c1), (ent[h], e1)] {
+                let want = want.to_scalar::<f32>().unwrap();
+                assert!((got - want).abs() < 1e-5, "head {h}: {got} vs {want}");
+            }
+        }
+        assert!(
+            total[0] != total[1],
+            "the heads' logits differ, so must their losses"
+        );
     }
 
     /// Three groups whose first coordinate is a loud nuisance shared across groups.

@@ -31,7 +31,8 @@ pub struct ClusterHeadArgs {
     /// Augmented views embedded per image for the head to train on.
     #[arg(long, default_value_t = 4)]
     views: usize,
-    /// Heads trained from different seeds; the lowest loss is kept (no labels used).
+    /// Heads trained together from different random starts; the lowest loss is kept (no
+    /// labels used).
     #[arg(long, default_value_t = ClusterHeadConfig::default().heads)]
     heads: usize,
     /// Optimiser steps per head.
