@@ -339,12 +339,6 @@ pub fn train_cluster_head(
             entropy = head.entropy,
             "cluster head"
         );
-        if let Ok(dir) = std::env::var("DBG_HEADS") {
-            let mut h2 = head.clone();
-            h2.centroids = centroids(clean, &h2.assign(clean), dim, cfg.clusters);
-            std::fs::create_dir_all(&dir).ok();
-            std::fs::write(format!("{dir}/head-{h}.json"), serde_json::to_vec(&h2).unwrap()).ok();
-        }
         if best.as_ref().is_none_or(|b| head.loss < b.loss) {
             best = Some(head);
         }

@@ -159,9 +159,6 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
             &emb,
             val.images.labels.as_deref(),
         )?;
-        if let Ok(dir) = std::env::var("DBG_HEADS") {
-            probe_heads(&dir, &clean, &emb, val.images.labels.as_deref().unwrap(), train.images.labels.as_deref().unwrap())?;
-        }
     }
     Ok(())
 }
@@ -235,39 +232,6 @@ fn report(
                 clustering_accuracy(labels, l)?
             );
         }
-    }
-    Ok(())
-}
-
-fn probe_heads(dir: &str, clean: &[f32], val: &[f32], vl: &[u32], tl: &[u32]) -> Result<()> {
-    let mut heads = Vec::new();
-    for h in 0.. {
-        let Ok(b) = std::fs::read(format!("{dir}/head-{h}.json")) else { break };
-        heads.push(serde_json::from_slice::<ClusterHead>(&b)?);
-    }
-    let ta: Vec<Vec<u32>> = heads.iter().map(|h| h.assign(clean)).collect();
-    let va: Vec<Vec<u32>> = heads.iter().map(|h| h.assign(val)).collect();
-    for (i, h) in heads.iter().enumerate() {
-        let agree: f64 = (0..heads.len()).filter(|&j| j != i).map(|j| normalized_mutual_info(&ta[i], &ta[j]).unwrap()).sum::<f64>() / (heads.len() - 1).max(1) as f64;
-        println!("probe head {i}: loss {:.4} cons {:.4} agree {:.4} val NMI {:.4} acc {:.4} train acc {:.4}", h.loss, h.consistency, agree,
-            normalized_mutual_info(vl, &va[i])?, clustering_accuracy(vl, &va[i])?, clustering_accuracy(tl, &ta[i])?);
-    }
-    let k = heads[0].config.clusters;
-    let cat = |e: &[f32]| -> Vec<f32> {
-        let ps: Vec<Vec<f32>> = heads.iter().map(|h| h.probabilities(e)).collect();
-        let n = ps[0].len() / k;
-        let mut out = Vec::with_capacity(n * k * ps.len());
-        for r in 0..n { for p in &ps { out.extend_from_slice(&p[r * k..(r + 1) * k]); } }
-        out
-    };
-    let d = k * heads.len();
-    let tcat = cat(clean);
-    let vcat = cat(val);
-    for seed in [1u64, 2, 3] {
-        let fit = models::cluster::KMeansParams::new(k).seed(seed).n_redo(5).check()?.fit(models::MatRef::new(&tcat, d)?)?;
-        let (tl2, _) = fit.model.predict(models::MatRef::new(&tcat, d)?)?;
-        let (vl2, _) = fit.model.predict(models::MatRef::new(&vcat, d)?)?;
-        println!("probe consensus seed {seed}: val NMI {:.4} acc {:.4} train acc {:.4}", normalized_mutual_info(vl, &vl2)?, clustering_accuracy(vl, &vl2)?, clustering_accuracy(tl, &tl2)?);
     }
     Ok(())
 }
