@@ -11,8 +11,8 @@
 //! embeddings of several strongly augmented views of each image, computed once, so it still
 //! learns to give every view of an image one cluster. Several heads train at once from
 //! different random starts, as in SCAN, and the one with the lowest loss is kept, without
-//! labels. The board receives the
-//! head's clusters as centroids: the mean unit embedding of each cluster.
+//! labels. The board receives the head's clusters as centroids: the mean unit embedding of
+//! each cluster.
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarMap};
@@ -780,6 +780,31 @@ mod tests {
             };
             let err = cfg.check(n).unwrap_err().to_string();
             assert!(err.contains("--pixel-share"), "{err}");
+        }
+    }
+
+    #[test]
+    fn heads_in_several_groups_all_come_back_and_differ() {
+        let mut rng = Rng::new(3);
+        let (clean, _) = groups(60, &mut rng);
+        let nb = nearest_neighbours(MatRef::new(&clean, 4).unwrap(), 5).unwrap();
+        // A batch of 5,000 (capped at the 60 images) makes the widest tensor 15,000 elements:
+        // two heads per group, so five heads take three groups.
+        let cfg = ClusterHeadConfig {
+            clusters: 3,
+            heads: 5,
+            steps: 5,
+            batch_size: 5000,
+            ..Default::default()
+        };
+        let heads = train_heads(std::slice::from_ref(&clean), &nb, 4, &cfg).unwrap();
+        assert_eq!(heads.len(), 5);
+        for (i, a) in heads.iter().enumerate() {
+            assert_eq!((a.weight.len(), a.bias.len()), (3 * 4, 3));
+            assert!(a.loss.is_finite());
+            for b in &heads[i + 1..] {
+                assert_ne!(a.weight, b.weight, "two heads started alike");
+            }
         }
     }
 
