@@ -408,9 +408,9 @@ fn interleave_rows(n: usize, a: &[u32], ka: usize, b: &[u32], kb: usize) -> Vec<
     out
 }
 
-/// Elements above which candle hands an element-wise op to its thread pool: for ops this
-/// small the hand-off costs more than it saves (on 2 cores, a step of 26 heads took three
-/// times as long as one of 25), so heads train in groups whose tensors stay under it.
+/// The widest tensor a group of heads may make: half of the 64k elements above which candle
+/// hands an element-wise op to its thread pool. For ops this small the hand-off costs more
+/// than it saves (on 2 cores, a step of 26 heads took three times as long as one of 25).
 const SINGLE_THREAD_ELEMENTS: usize = 32 * 1024;
 
 /// Trains `cfg.heads` heads, several at a time, as SCAN does: see [`train_head_group`]. Each
