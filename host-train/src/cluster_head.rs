@@ -424,12 +424,10 @@ fn train_heads(
     let widest = cfg.batch_size.max(dim + 1) * cfg.clusters;
     let per_group = (SINGLE_THREAD_ELEMENTS / widest).max(1);
     let mut heads = Vec::with_capacity(cfg.heads);
-    let mut group = 0u64;
-    while heads.len() < cfg.heads {
-        let count = per_group.min(cfg.heads - heads.len());
-        let seed = cfg.seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for (group, first) in (0..cfg.heads).step_by(per_group).enumerate() {
+        let count = per_group.min(cfg.heads - first);
+        let seed = cfg.seed ^ (group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         heads.extend(train_head_group(views, neighbours, dim, cfg, count, seed)?);
-        group += 1;
     }
     Ok(heads)
 }
@@ -458,6 +456,7 @@ fn train_head_group(
             ..Default::default()
         },
     )?;
+    // The batches' stream, apart from the one the weights were drawn from.
     let mut rng = Rng::new(seed ^ 0x5CA4);
     let k_nb = neighbours.len() / n;
     // The loss figures are the mean over the last tenth of the steps.
