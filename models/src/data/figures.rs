@@ -1,19 +1,17 @@
 //! Random figures: procedurally drawn outlines that belong to no class (smooth blobs, convex
-//! polygons, stars, unions of bars, some stretched, some with limbs or a hole), rendered on
-//! random backgrounds under random lighting like the scenes. Two renders of one figure share
-//! nothing but its outline: colour, shading, size, position, rotation, mirroring,
-//! background, marks and lighting are all drawn again. A network trained to match such pairs learns that a figure's outline
+//! polygons, stars, unions of bars, some with a hole), rendered on random backgrounds under
+//! random lighting like the scenes. Two renders of one figure share nothing but its
+//! outline: colour, size, position, rotation, mirroring, background, marks and lighting are
+//! all drawn again. A network trained to match such pairs learns that a figure's outline
 //! is what identifies it and the rest is nuisance, without ever seeing a user's classes.
 
-use super::scenes::{render, uniform, Background, Placement, SceneParams, Shading};
+use super::scenes::{render, uniform, Background, Placement, SceneParams};
 use crate::rng::Rng;
 
 /// Harmonics of a blob's radius function.
 const HARMONICS: usize = 6;
 /// Most bars in a union of bars.
 const MAX_BARS: usize = 3;
-/// Most limbs on a blob or polygon.
-const MAX_LIMBS: usize = 2;
 
 /// One bar of a union: centre, direction (cos, sin), half length and half width.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,45 +41,15 @@ enum Outline {
     },
 }
 
-impl Bar {
-    fn contains(&self, x: f32, y: f32) -> bool {
-        let (dx, dy) = (x - self.centre.0, y - self.centre.1);
-        let along = dx * self.dir.0 + dy * self.dir.1;
-        let across = -dx * self.dir.1 + dy * self.dir.0;
-        along.abs() < self.half_length && across.abs() < self.half_width
-    }
-
-    /// A limb: a bar that starts inside a body of about radius 0.5 and sticks out of it.
-    fn limb(rng: &mut Rng) -> Self {
-        let root = uniform(rng, 0.0, core::f32::consts::TAU);
-        let angle = root + uniform(rng, -0.8, 0.8);
-        let half_length = uniform(rng, 0.2, 0.35);
-        let dir = (libm::cosf(angle), libm::sinf(angle));
-        let start = (0.45 * libm::cosf(root), 0.45 * libm::sinf(root));
-        Self {
-            centre: (start.0 + dir.0 * half_length, start.1 + dir.1 * half_length),
-            dir,
-            half_length,
-            half_width: uniform(rng, 0.08, 0.2),
-        }
-    }
-}
-
-/// A random figure: an outline, perhaps with limbs and a round hole of radius `hole`, and
-/// squeezed across by `stretch` (1 keeps its proportions).
+/// A random figure: an outline, perhaps with a round hole of radius `hole`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Figure {
     outline: Outline,
     hole: Option<f32>,
-    limbs: [Bar; MAX_LIMBS],
-    limb_count: usize,
-    stretch: f32,
 }
 
 impl Figure {
-    /// A figure of a random kind (blob, polygon or star, bars), with a hole one time in five;
-    /// half of the blobs and polygons grow one or two limbs, and half of all figures are
-    /// squeezed to 0.5-1 of their width, because objects are seldom as round as a polygon.
+    /// A figure of a random kind (blob, polygon or star, bars), with a hole one time in five.
     pub fn draw(rng: &mut Rng) -> Self {
         let outline = match rng.below(3) {
             0 => {
@@ -116,40 +84,15 @@ impl Figure {
             }
         };
         let hole = (rng.below(5) == 0).then(|| uniform(rng, 0.27, 0.54));
-        let limbs = core::array::from_fn(|_| Bar::limb(rng));
-        let limb_count = match outline {
-            Outline::Bars { .. } => 0,
-            _ if rng.below(2) == 0 => 1 + rng.below(MAX_LIMBS),
-            _ => 0,
-        };
-        let stretch = if rng.below(2) == 0 {
-            uniform(rng, 0.5, 1.0)
-        } else {
-            1.0
-        };
-        Self {
-            outline,
-            hole,
-            limbs,
-            limb_count,
-            stretch,
-        }
+        Self { outline, hole }
     }
 
     /// Whether (x, y), in the figure's own frame (about unit circumradius), lies inside.
     pub fn contains(&self, x: f32, y: f32) -> bool {
-        let x = x / self.stretch;
         let r = libm::sqrtf(x * x + y * y);
         if self.hole.is_some_and(|h| r < h) {
             return false;
         }
-        self.outline_contains(x, y, r)
-            || self.limbs[..self.limb_count]
-                .iter()
-                .any(|l| l.contains(x, y))
-    }
-
-    fn outline_contains(&self, x: f32, y: f32, r: f32) -> bool {
         let theta = libm::atan2f(y, x);
         match &self.outline {
             Outline::Blob { amplitude, phase } => {
@@ -171,15 +114,19 @@ impl Figure {
                     x * libm::cosf(a) + y * libm::sinf(a) < apothem
                 })
             }
-            Outline::Bars { bars, count } => bars[..*count].iter().any(|b| b.contains(x, y)),
+            Outline::Bars { bars, count } => bars[..*count].iter().any(|b| {
+                let (dx, dy) = (x - b.centre.0, y - b.centre.1);
+                let along = dx * b.dir.0 + dy * b.dir.1;
+                let across = -dx * b.dir.1 + dy * b.dir.0;
+                along.abs() < b.half_length && across.abs() < b.half_width
+            }),
         }
     }
 
     /// One render of this figure, planar RGB (`3 * size * size` bytes): everything but the
     /// outline drawn from `rng`, mirrored half the time.
     pub fn render(&self, params: &SceneParams, rng: &mut Rng) -> alloc::vec::Vec<u8> {
-        let mut placement = Placement::draw(params, rng);
-        placement.shading = Shading::draw(rng);
+        let placement = Placement::draw(params, rng);
         let background = Background::draw(rng, Background::ALL_KINDS);
         let mirror = if rng.below(2) == 0 { 1.0 } else { -1.0 };
         render(

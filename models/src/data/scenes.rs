@@ -85,7 +85,7 @@ pub(super) fn render(
                     let (u, v) = ((x as f32 + ox) / s as f32, (y as f32 + oy) / s as f32);
                     let (fx, fy) = placement.to_figure_frame(u, v);
                     let c = if outline(fx, fy) {
-                        placement.fill(fx, fy)
+                        placement.colour
                     } else if let Some(c) = marks.colour_at(u, v) {
                         c
                     } else {
@@ -138,62 +138,6 @@ pub(super) struct Placement {
     /// cos and sin of the rotation.
     rotation: (f32, f32),
     colour: [f32; 3],
-    /// How the fill's brightness varies over the figure; flat in the scenes.
-    pub(super) shading: Shading,
-}
-
-/// A brightness pattern over a figure's fill, in the figure's own frame: a linear ramp and
-/// bands, each as deep as its `depth` (0 leaves the fill flat). Real objects are rarely one
-/// flat colour, so a network that must match two renders learns to look past their insides.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Shading {
-    ramp: (f32, f32),
-    ramp_depth: f32,
-    bands: (f32, f32),
-    band_frequency: f32,
-    band_phase: f32,
-    band_depth: f32,
-}
-
-impl Shading {
-    pub(super) const FLAT: Self = Self {
-        ramp: (1.0, 0.0),
-        ramp_depth: 0.0,
-        bands: (1.0, 0.0),
-        band_frequency: 0.0,
-        band_phase: 0.0,
-        band_depth: 0.0,
-    };
-
-    /// A ramp up to 0.6 deep and, half the time, bands of 1-3 periods across the figure.
-    pub(super) fn draw(rng: &mut Rng) -> Self {
-        let ramp_angle = uniform(rng, 0.0, core::f32::consts::TAU);
-        let band_angle = uniform(rng, 0.0, core::f32::consts::PI);
-        Self {
-            ramp: (libm::cosf(ramp_angle), libm::sinf(ramp_angle)),
-            ramp_depth: uniform(rng, 0.0, 0.6),
-            bands: (libm::cosf(band_angle), libm::sinf(band_angle)),
-            band_frequency: uniform(rng, 1.0, 3.0) * core::f32::consts::PI,
-            band_phase: uniform(rng, 0.0, core::f32::consts::TAU),
-            band_depth: if rng.below(2) == 0 {
-                uniform(rng, 0.0, 0.5)
-            } else {
-                0.0
-            },
-        }
-    }
-
-    /// The factor (in (0, 1]) on the fill at (x, y) of the figure's frame.
-    fn factor(&self, x: f32, y: f32) -> f32 {
-        let along = (x * self.ramp.0 + y * self.ramp.1).clamp(-1.0, 1.0);
-        let ramp = 1.0 - self.ramp_depth * 0.5 * (1.0 + along);
-        let across = x * self.bands.0 + y * self.bands.1;
-        let band = 1.0
-            - self.band_depth
-                * 0.5
-                * (1.0 + libm::sinf(self.band_frequency * across + self.band_phase));
-        ramp * band
-    }
 }
 
 impl Placement {
@@ -209,14 +153,7 @@ impl Placement {
             radius,
             rotation: (libm::cosf(angle), libm::sinf(angle)),
             colour: random_colour(rng),
-            shading: Shading::FLAT,
         }
-    }
-
-    /// The figure's colour at (x, y) of its own frame.
-    fn fill(&self, x: f32, y: f32) -> [f32; 3] {
-        let f = self.shading.factor(x, y);
-        self.colour.map(|c| c * f)
     }
 
     /// Image point (u, v), both in [0, 1], in the figure's own frame.
