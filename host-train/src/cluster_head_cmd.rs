@@ -149,32 +149,15 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         &clean,
         train.images.labels.as_deref(),
     )?;
-    let val = val
-        .map(|v| TrainSet::new(v, cfg.normalization.clone()))
-        .transpose()?;
-    if let Some(val) = &val {
-        let emb = extract(encoder.as_ref(), val, 512, &Device::Cpu, "validation")?;
+    if let Some(val) = val {
+        let val = TrainSet::new(val, cfg.normalization.clone())?;
+        let emb = extract(encoder.as_ref(), &val, 512, &Device::Cpu, "validation")?;
         report(
             "validation",
             &head,
             kmeans,
             &emb,
             val.images.labels.as_deref(),
-        )?;
-    }
-    if let Ok(steps) = std::env::var("DBG_E2E") {
-        let lr: f64 = std::env::var("DBG_E2E_LR").map_or(1e-4, |v| v.parse().unwrap());
-        let batch: usize = std::env::var("DBG_E2E_BATCH").map_or(128, |v| v.parse().unwrap());
-        host_train::e2e_probe::e2e_probe(
-            &run,
-            &cfg,
-            &head,
-            &nb,
-            &train,
-            val.as_ref(),
-            steps.parse()?,
-            lr,
-            batch,
         )?;
     }
     Ok(())

@@ -15,7 +15,6 @@ mod cuda_kernels;
 pub mod dataset;
 pub mod device;
 pub mod device_kmeans;
-pub mod e2e_probe;
 pub mod encoders;
 mod error;
 pub mod eval;
