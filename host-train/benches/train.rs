@@ -181,7 +181,7 @@ fn ours_figure_pairs() -> BenchResult<(f64, f64, f64)> {
     let pairs_per_s = SWAV_BATCH as f64
         * best_rate(|| {
             seed += 1;
-            pair_batch(&set, SWAV_BATCH, &[], 0.0, seed, &dev)?;
+            pair_batch(&set, SWAV_BATCH, seed, &dev)?;
             Ok(())
         })?;
     let vm = VarMap::new();
@@ -198,7 +198,7 @@ fn ours_figure_pairs() -> BenchResult<(f64, f64, f64)> {
     let steps_per_s = best_rate(|| {
         let t0 = Instant::now();
         seed += 1;
-        let x = pair_batch(&set, SWAV_BATCH, &[], 0.0, seed, &dev)?;
+        let x = pair_batch(&set, SWAV_BATCH, seed, &dev)?;
         render_seconds += t0.elapsed().as_secs_f64();
         let z = l2_normalize(&head.forward_t(&net.forward_t(&x, true)?, true)?)?;
         opt.backward_step(&nt_xent(&z, 0.2)?)?;

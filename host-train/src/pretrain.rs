@@ -3,7 +3,6 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use models::data::ObjectCutout;
 use models::metrics::normalized_mutual_info;
 use models::rng::Rng;
 use serde::{Deserialize, Serialize};
@@ -173,12 +172,8 @@ enum MethodState {
         prototypes: Prototypes,
         queue: FeatureQueue,
     },
-    /// Figure pairs: the projection head (also in the variable map), and the objects cut
-    /// out of the training images.
-    FigurePairs {
-        head: ProjectionHead,
-        objects: Vec<ObjectCutout>,
-    },
+    /// Figure pairs: the projection head (also in the variable map).
+    FigurePairs { head: ProjectionHead },
 }
 
 /// The network, its optimiser and where a run writes: what every epoch uses.
@@ -251,9 +246,7 @@ impl Trainer<'_> {
                 prototypes,
                 queue,
             } => self.swav_epoch(head, prototypes, queue, epoch, seed),
-            MethodState::FigurePairs { head, objects } => {
-                self.figure_pairs_epoch(head, objects, epoch, seed)
-            }
+            MethodState::FigurePairs { head } => self.figure_pairs_epoch(head, epoch, seed),
         }?;
         if let MetricsRow::Train { loss, .. } = &row {
             if self.watch.observe(*loss) {
@@ -402,7 +395,6 @@ impl Trainer<'_> {
     fn figure_pairs_epoch(
         &mut self,
         head: &ProjectionHead,
-        objects: &[ObjectCutout],
         epoch: usize,
         seed: u64,
     ) -> Result<MetricsRow, TrainError> {
@@ -418,7 +410,6 @@ impl Trainer<'_> {
                 epoch,
                 epochs: cfg.epochs,
                 lr_scale: self.watch.lr_scale,
-                objects,
             },
             seed,
             self.device,
@@ -509,26 +500,9 @@ pub fn pretrain(
             prototypes: Prototypes::new(&vm, cfg.swav.prototypes, dim, cfg.seed, device)?,
             queue: FeatureQueue::new(cfg.swav.queue_length, dim),
         },
-        Method::FigurePairs => {
-            let objects = figure_pairs::object_cutouts(train);
-            tracing::info!(
-                "{} of {} training images show one object that stands out from their border: {}",
-                objects.len(),
-                train.len(),
-                if objects.is_empty() || cfg.figure_pairs.object_share == 0.0 {
-                    "every pair is a random figure".to_string()
-                } else {
-                    format!(
-                        "{:.0}% of the pairs are renders of these objects",
-                        100.0 * cfg.figure_pairs.object_share
-                    )
-                }
-            );
-            MethodState::FigurePairs {
-                head: figure_pairs::projection_head(&vm, dim, cfg.seed, device)?,
-                objects,
-            }
-        }
+        Method::FigurePairs => MethodState::FigurePairs {
+            head: figure_pairs::projection_head(&vm, dim, cfg.seed, device)?,
+        },
     };
     let (names, vars) = sorted_vars(&vm);
     let sgd = match cfg.method {

@@ -108,11 +108,6 @@ pub struct PretrainArgs {
     /// embedding weighs every direction alike (0: off, the paper's DeepCluster).
     #[arg(long, default_value_t = 0.0)]
     isotropy: f64,
-    /// figure-pairs: the share of pairs rendered from objects cut out of your images (those
-    /// where one object stands out from the border, found without labels); the rest are
-    /// random figures. 0: figures only.
-    #[arg(long, default_value_t = FigurePairsConfig::default().object_share)]
-    object_share: f64,
     /// NPID with NCE and this many noise samples per batch (the paper's 4096) instead of the
     /// full softmax over the whole memory bank.
     #[arg(long, default_value_t = 0)]
@@ -388,7 +383,6 @@ fn new_config(args: &PretrainArgs) -> Result<RunConfig> {
             FigurePairsConfig {
                 temperature: args.temperature.unwrap_or(d.temperature),
                 lr: args.lr.unwrap_or(d.lr),
-                object_share: args.object_share,
                 ..d
             }
         },
@@ -448,9 +442,8 @@ fn describe(cfg: &RunConfig, images: usize, out: &std::path::Path) -> String {
             cfg.swav.warmup_epochs
         ),
         Method::FigurePairs => format!(
-            "{} generated pairs per epoch (object share {}), tau = {}, lr {} (warm-up {} epoch, then cosine)",
+            "{} generated pairs per epoch, tau = {}, lr {} (warm-up {} epoch, then cosine)",
             cfg.figure_pairs.pairs_per_epoch,
-            cfg.figure_pairs.object_share,
             cfg.figure_pairs.temperature,
             cfg.figure_pairs.lr,
             cfg.figure_pairs.warmup_epochs

@@ -11,18 +11,10 @@
 //! jitter changes. Here the pair differs in exactly those, so the only thing left to match
 //! is the figure's outline. The user's images are not needed to train; they give the input
 //! size and normalisation, the evaluation, and the neighbours of the cluster head.
-//!
-//! Where they show one object on a background, they also give outlines: a share of the pairs
-//! (`object_share`) are two renders of an object cut out of a training image without labels
-//! (`models::data::ObjectCutout`), so the network also learns the outlines of the user's
-//! objects, which no generator draws.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
-use models::data::{
-    image_pixels, render_figure_pair, render_object_pair, ColorMode, ImageFolderOptions,
-    ObjectCutout, SceneParams,
-};
+use models::data::{image_pixels, render_figure_pair, ColorMode, ImageFolderOptions, SceneParams};
 use models::rng::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -48,10 +40,6 @@ pub struct FigurePairsConfig {
     pub weight_decay: f64,
     /// Linear warm-up epochs before the cosine decay.
     pub warmup_epochs: f64,
-    /// The share of pairs rendered from objects cut out of the training images (when any
-    /// image gives one); the rest are random figures.
-    #[serde(default)]
-    pub object_share: f64,
 }
 
 impl Default for FigurePairsConfig {
@@ -63,7 +51,6 @@ impl Default for FigurePairsConfig {
             momentum: 0.9,
             weight_decay: 1e-4,
             warmup_epochs: 1.0,
-            object_share: 0.5,
         }
     }
 }
@@ -82,12 +69,6 @@ impl FigurePairsConfig {
             return Err(TrainError::Config(
                 "figure pairs: pairs per epoch and the temperature must be positive".into(),
             ));
-        }
-        if !(0.0..=1.0).contains(&self.object_share) {
-            return Err(TrainError::Config(format!(
-                "figure pairs: --object-share must be between 0 and 1, got {}",
-                self.object_share
-            )));
         }
         Ok(())
     }
@@ -118,28 +99,11 @@ pub fn nt_xent(z: &Tensor, temperature: f64) -> candle_core::Result<Tensor> {
     candle_nn::loss::cross_entropy(&logits, &target)
 }
 
-/// The objects that stand out from their border in the images of `set` (see
-/// `models::data::ObjectCutout`); empty for sets of images that are not square.
-pub fn object_cutouts(set: &TrainSet) -> Vec<ObjectCutout> {
-    let (c, h, w) = set.image_dims();
-    if h != w {
-        return Vec::new();
-    }
-    set.images
-        .pixels
-        .par_chunks(c * h * w)
-        .filter_map(|img| ObjectCutout::find(img, c, h))
-        .collect()
-}
-
-/// `pairs` pairs rendered at the set's size and channels, each from one of `objects` with
-/// probability `object_share`, else from a random figure: the first renders of every pair,
-/// then the second ones, as one normalised (2 * pairs, c, h, w) tensor.
+/// `pairs` figure pairs rendered at the set's size and channels: the first renders of
+/// every pair, then the second ones, as one normalised (2 * pairs, c, h, w) tensor.
 pub fn pair_batch(
     set: &TrainSet,
     pairs: usize,
-    objects: &[ObjectCutout],
-    object_share: f64,
     seed: u64,
     device: &Device,
 ) -> Result<Tensor, TrainError> {
@@ -157,12 +121,7 @@ pub fn pair_batch(
         .into_par_iter()
         .map(|i| {
             let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let from_object = !objects.is_empty() && rng.next_f64() < object_share;
-            let [a, b] = if from_object {
-                render_object_pair(&objects[rng.below(objects.len())], &params, &mut rng)
-            } else {
-                render_figure_pair(&params, &mut rng)
-            };
+            let [a, b] = render_figure_pair(&params, &mut rng);
             Ok([to_channels(a, c, h)?, to_channels(b, c, h)?])
         })
         .collect::<Result<_, TrainError>>()?;
@@ -206,8 +165,6 @@ pub struct FigurePairsEpoch<'a> {
     pub epochs: usize,
     /// Multiplies the schedule's rate (lowered when the loss keeps rising).
     pub lr_scale: f64,
-    /// Objects cut out of the training images.
-    pub objects: &'a [ObjectCutout],
 }
 
 /// One epoch: `pairs_per_epoch` new pairs in batches of `batch_size` pairs.
@@ -230,14 +187,7 @@ pub fn train_epoch(
     for step in 0..steps {
         let progress = e.epoch as f64 + step as f64 / steps as f64;
         opt.set_learning_rate(e.lr_scale * schedule.lr_at(progress, e.epochs));
-        let x = pair_batch(
-            set,
-            batch_size,
-            e.objects,
-            e.cfg.object_share,
-            seed ^ ((step as u64) << 24),
-            device,
-        )?;
+        let x = pair_batch(set, batch_size, seed ^ ((step as u64) << 24), device)?;
         let z = l2_normalize(&e.head.forward_t(&encoder.embed(&x, true)?, true)?)?;
         let loss = nt_xent(&z, e.cfg.temperature)?;
         opt.step(&loss.backward()?)?;

@@ -131,7 +131,7 @@ impl Figure {
         let mirror = if rng.below(2) == 0 { 1.0 } else { -1.0 };
         render(
             params.size,
-            &|x, y| self.contains(x, mirror * y).then_some(1.0),
+            &|x, y| self.contains(x, mirror * y),
             &placement,
             &background,
             rng,

@@ -11,7 +11,6 @@ mod idx;
 #[cfg(feature = "image")]
 mod image_folder;
 mod image_set;
-mod objects;
 mod scenes;
 #[cfg(feature = "image")]
 mod shifts;
@@ -32,7 +31,6 @@ pub use image_folder::{
     ImageFolderOptions, ResizeMode,
 };
 pub use image_set::{ImageSet, SkippedFile};
-pub use objects::{render_object_pair, ObjectCutout};
 pub use scenes::{render_scene, render_scenes, SceneParams, SCENE_SHAPES};
 #[cfg(feature = "image")]
 pub use shifts::{shifted, Shift};

@@ -55,19 +55,18 @@ pub fn render_scene(params: &SceneParams, class: usize, rng: &mut Rng) -> Vec<u8
     let background = Background::draw(rng, Background::SCENE_KINDS);
     render(
         params.size,
-        &|x, y| inside_shape(class, x, y).then_some(1.0),
+        &|x, y| inside_shape(class, x, y),
         &placement,
         &background,
         rng,
     )
 }
 
-/// The figure whose shape is `figure` (in the figure's own frame, unit circumradius: `None`
-/// outside, else the brightness factor on its colour there), at `placement`, on
-/// `background`, under lighting and marks drawn from `rng`.
+/// The figure whose outline is `outline` (a test in the figure's own frame, unit
+/// circumradius), at `placement`, on `background`, under lighting and marks drawn from `rng`.
 pub(super) fn render(
     size: usize,
-    figure: &dyn Fn(f32, f32) -> Option<f32>,
+    outline: &dyn Fn(f32, f32) -> bool,
     placement: &Placement,
     background: &Background,
     rng: &mut Rng,
@@ -85,8 +84,8 @@ pub(super) fn render(
                 for ox in OFFSETS {
                     let (u, v) = ((x as f32 + ox) / s as f32, (y as f32 + oy) / s as f32);
                     let (fx, fy) = placement.to_figure_frame(u, v);
-                    let c = if let Some(f) = figure(fx, fy) {
-                        placement.colour.map(|c| c * f)
+                    let c = if outline(fx, fy) {
+                        placement.colour
                     } else if let Some(c) = marks.colour_at(u, v) {
                         c
                     } else {
