@@ -7,7 +7,8 @@
 //! loss = - mean log <p(a), p(n)> - w H(mean p), where the entropy H of the mean
 //! prediction keeps every cluster in use.
 //!
-//! The encoder stays frozen (the head trains in seconds on the CPU): the head sees the
+//! The encoder stays frozen here (the head trains in seconds on the CPU; `scan_finetune`
+//! trains the encoder with the chosen head afterwards, if asked): the head sees the
 //! embeddings of several strongly augmented views of each image, computed once, so it still
 //! learns to give every view of an image one cluster. Several heads train at once from
 //! different random starts, as in SCAN, and the one with the lowest loss is kept, without
@@ -237,6 +238,12 @@ impl ClusterHead {
     /// The nearest centroid (cosine) of each row: the board's assignment.
     pub fn nearest_centroid(&self, embeddings: &[f32]) -> Vec<u32> {
         assign_to_centroids(embeddings, self.dim, &self.centroids)
+    }
+
+    /// Sets the centroids to the mean unit embedding of each of the head's clusters in
+    /// `clean` (rows of `dim`): after the encoder under the head has changed.
+    pub fn recentre(&mut self, clean: &[f32]) {
+        self.centroids = centroids(clean, &self.assign(clean), self.dim, self.config.clusters);
     }
 
     /// The centroids as the manifest stores them.

@@ -13,8 +13,9 @@ use host_train::encoders::{EmbeddingWhitening, Encoder, WhitenedEncoder};
 use host_train::eval::assign_to_centroids;
 use host_train::export::CentroidChoice;
 use host_train::features::extract;
-use host_train::pretrain::{load_trained_encoder, WHITENING_FILE};
+use host_train::pretrain::{load_pretrained_encoder, FINETUNED_FILE, WHITENING_FILE};
 use host_train::run_dir::RunDir;
+use host_train::scan_finetune::{finetune, FinetuneConfig};
 use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
 
 #[derive(Debug, Args)]
@@ -62,6 +63,15 @@ pub struct ClusterHeadArgs {
     /// sets (docs/RESULTS.md); 0 keeps the embedding as trained (and drops an earlier one).
     #[arg(long, default_value_t = 0)]
     whiten: usize,
+    /// SCAN's clustering step with the encoder trained too: after the head is chosen, this
+    /// many steps train the encoder and the head together on augmented images and their
+    /// neighbours. The encoder is saved beside the pretrained one (finetuned.safetensors),
+    /// and eval and export use it. 0 keeps the encoder frozen (and drops an earlier one).
+    #[arg(long, default_value_t = 0)]
+    finetune_steps: usize,
+    /// The fine-tuning's learning rate (AdamW).
+    #[arg(long, default_value_t = FinetuneConfig::default().lr)]
+    finetune_lr: f64,
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -76,7 +86,17 @@ enum MineArg {
 pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
     let dev = crate::pretrain_cmd::device(&args.device)?;
     let run = RunDir::open(&args.checkpoint)?;
-    let (cfg, trained) = load_trained_encoder(&run, &dev)?;
+    if args.finetune_steps > 0 && args.whiten > 0 {
+        bail!("--finetune-steps trains the encoder itself; it cannot be combined with --whiten");
+    }
+    if args.finetune_steps > 0 && !(args.finetune_lr.is_finite() && args.finetune_lr > 0.0) {
+        bail!(
+            "--finetune-lr must be a positive number, got {}",
+            args.finetune_lr
+        );
+    }
+    // A head starts from the pretrained encoder, even where an earlier head fine-tuned it.
+    let (cfg, vm, trained) = load_pretrained_encoder(&run, &dev)?;
     let (train, val) = load_images(&cfg.data)?;
     let classes = train.class_names.len();
     let train = TrainSet::new(train, cfg.normalization.clone())?;
@@ -107,9 +127,8 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         &hcfg,
         &dev,
     )?;
-    head.save(&run)?;
     println!(
-        "cluster head: {} clusters, {} neighbours, {} views, best of {} heads: loss {:.4} (consistency {:.4}, entropy {:.4}); {:.0} s; saved {}",
+        "cluster head: {} clusters, {} neighbours, {} views, best of {} heads: loss {:.4} (consistency {:.4}, entropy {:.4}); {:.0} s",
         hcfg.clusters,
         hcfg.neighbours,
         args.views,
@@ -118,8 +137,51 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         head.consistency,
         head.entropy,
         t0.elapsed().as_secs_f64(),
-        run.path(HEAD_FILE).display()
     );
+    let (mut head, clean) = (head, clean);
+    let clean = if args.finetune_steps > 0 {
+        let t0 = std::time::Instant::now();
+        let fcfg = FinetuneConfig {
+            steps: args.finetune_steps,
+            lr: args.finetune_lr,
+            seed: cfg.seed,
+            ..Default::default()
+        };
+        let stats = finetune(
+            encoder.as_ref(),
+            vm.all_vars(),
+            &mut head,
+            &nb,
+            &train,
+            &cfg.augment,
+            &fcfg,
+            &dev,
+        )?;
+        run.save_weights(FINETUNED_FILE, &vm)?;
+        let clean = extract(encoder.as_ref(), &train, 512, &dev, "embeddings")?;
+        head.recentre(&clean);
+        println!(
+            "fine-tuned the encoder with the head: {} steps, loss {:.4} -> {:.4}; {:.0} s; saved {}",
+            fcfg.steps,
+            stats.first_loss,
+            stats.last_loss,
+            t0.elapsed().as_secs_f64(),
+            run.path(FINETUNED_FILE).display()
+        );
+        clean
+    } else {
+        let path = run.path(FINETUNED_FILE);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            println!(
+                "removed {}: the head sees the pretrained encoder",
+                path.display()
+            );
+        }
+        clean
+    };
+    head.save(&run)?;
+    println!("saved {}", run.path(HEAD_FILE).display());
     if let Some(labels) = train.images.labels.as_deref() {
         let k = nb.len() / labels.len();
         let same = nb

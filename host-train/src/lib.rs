@@ -30,6 +30,7 @@ pub mod plot;
 pub mod pretrain;
 mod progress;
 pub mod run_dir;
+pub mod scan_finetune;
 pub mod seeded_init;
 
 pub use error::TrainError;

@@ -596,16 +596,34 @@ pub fn load_encoder(
     Ok((cfg, Box::new(encoder)))
 }
 
-/// Loads a finished run's encoder as training left it, without any whitening.
+/// Where a run keeps its encoder after `host-train cluster-head --finetune-steps` (SCAN's
+/// clustering step, which trains the encoder with the head); evaluation and export use it in
+/// place of the pretrained `model.safetensors`, which stays as pretraining left it.
+pub const FINETUNED_FILE: &str = "finetuned.safetensors";
+
+/// Loads a finished run's encoder as training left it, without any whitening: the
+/// fine-tuned encoder when the run has one, else the pretrained one.
 pub fn load_trained_encoder(
     run: &RunDir,
     device: &Device,
 ) -> Result<(RunConfig, Box<dyn Encoder>), TrainError> {
+    let (cfg, mut vm, encoder) = load_pretrained_encoder(run, device)?;
+    if run.path(FINETUNED_FILE).exists() {
+        run.load_weights(FINETUNED_FILE, &mut vm)?;
+    }
+    Ok((cfg, encoder))
+}
+
+/// Loads a finished run's encoder as pretraining left it, with the variables it trains.
+pub fn load_pretrained_encoder(
+    run: &RunDir,
+    device: &Device,
+) -> Result<(RunConfig, VarMap, Box<dyn Encoder>), TrainError> {
     let cfg: RunConfig = run.read_json("config.json")?;
     let mut vm = VarMap::new();
     let encoder = build_encoder(&cfg, &vm, device)?;
     run.load_model(&mut vm)?;
-    Ok((cfg, encoder))
+    Ok((cfg, vm, encoder))
 }
 
 #[cfg(test)]

@@ -167,10 +167,26 @@ impl RunDir {
         })
     }
 
+    /// Writes the weights of `model` to the run's file `name`: a temporary file, then a
+    /// rename, so that a crash leaves the old file or the new one, never half of one.
+    pub fn save_weights(&self, name: &str, model: &VarMap) -> Result<(), TrainError> {
+        publish(&self.path(name), |tmp| {
+            model.save(tmp).map_err(|source| TrainError::Tensors {
+                path: tmp.into(),
+                source,
+            })
+        })
+    }
+
     /// Loads weights saved by [`Self::save_checkpoint`] into `model`, whose variables must
     /// all be present with the same shapes.
     pub fn load_model(&self, model: &mut VarMap) -> Result<(), TrainError> {
-        let p = self.path("model.safetensors");
+        self.load_weights("model.safetensors", model)
+    }
+
+    /// Loads the weights in the run's file `name` into `model` (same variables and shapes).
+    pub fn load_weights(&self, name: &str, model: &mut VarMap) -> Result<(), TrainError> {
+        let p = self.path(name);
         model
             .load(&p)
             .map_err(|source| TrainError::Tensors { path: p, source })

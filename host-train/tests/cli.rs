@@ -336,6 +336,135 @@ fn quick_start_on_a_generated_scene_folder() {
     );
 }
 
+/// `cluster-head --finetune-steps`: the encoder trains with the head and is saved beside the
+/// pretrained one, which stays as it was; eval loads the fine-tuned one; a head without
+/// fine-tuning drops it again.
+#[test]
+fn cluster_head_finetunes_the_encoder_beside_the_pretrained_one() {
+    use candle_core::{Device, Tensor};
+    use host_train::pretrain::{load_pretrained_encoder, load_trained_encoder, FINETUNED_FILE};
+    use host_train::run_dir::RunDir;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (data, run) = (dir.path().join("data"), dir.path().join("run"));
+    make_dataset(&data, 8);
+    run_ok(
+        host_train()
+            .args([
+                "pretrain",
+                "--size",
+                "16",
+                "--embed-dim",
+                "16",
+                "--k",
+                "6",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "1",
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run),
+    );
+    let pretrained = std::fs::read(run.join("model.safetensors")).unwrap();
+    let head_args = [
+        "cluster-head",
+        "--k",
+        "3",
+        "--neighbours",
+        "3",
+        "--steps",
+        "20",
+        "--heads",
+        "2",
+    ];
+    let out = run_ok(
+        host_train()
+            .args(head_args)
+            .args([
+                "--finetune-steps",
+                "6",
+                "--finetune-lr",
+                "0.01",
+                "--checkpoint",
+            ])
+            .arg(&run),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("fine-tuned the encoder with the head: 6 steps")
+            && stdout.contains("head: NMI"),
+        "{stdout}"
+    );
+    assert!(run.join(FINETUNED_FILE).exists());
+    assert_eq!(
+        std::fs::read(run.join("model.safetensors")).unwrap(),
+        pretrained,
+        "the pretrained weights stay as they were"
+    );
+    // The trained encoder is the fine-tuned one: it embeds an image differently.
+    let dir_run = RunDir::open(&run).unwrap();
+    let x = Tensor::rand(0f32, 1.0, (2, 1, 16, 16), &Device::Cpu).unwrap();
+    let embed = |e: &dyn host_train::encoders::Encoder| -> Vec<f32> {
+        e.embed(&x, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (_, _, before) = load_pretrained_encoder(&dir_run, &Device::Cpu).unwrap();
+    let (_, after) = load_trained_encoder(&dir_run, &Device::Cpu).unwrap();
+    let (a, b) = (embed(before.as_ref()), embed(after.as_ref()));
+    let moved = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 1e-4,
+        "fine-tuning left the embedding where it was ({moved})"
+    );
+    run_ok(host_train().args(["eval", "--checkpoint"]).arg(&run));
+    // A head on the frozen encoder belongs to the pretrained one.
+    let out = run_ok(host_train().args(head_args).arg("--checkpoint").arg(&run));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!run.join(FINETUNED_FILE).exists());
+    let err = run_err(
+        &[
+            "cluster-head",
+            "--finetune-steps",
+            "5",
+            "--whiten",
+            "8",
+            "--checkpoint",
+        ],
+        &[&run],
+    );
+    assert!(err.contains("cannot be combined with --whiten"), "{err}");
+    let err = run_err(
+        &[
+            "cluster-head",
+            "--finetune-steps",
+            "5",
+            "--finetune-lr",
+            "0",
+            "--checkpoint",
+        ],
+        &[&run],
+    );
+    assert!(
+        err.contains("--finetune-lr must be a positive number"),
+        "{err}"
+    );
+}
+
 /// Runs `args` and returns its stderr, asserting that it failed without a panic.
 fn run_err(args: &[&str], paths: &[&Path]) -> String {
     let mut cmd = host_train();
