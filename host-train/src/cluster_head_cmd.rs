@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use candle_nn::VarMap;
 use clap::Args;
+use host_train::augment::AugmentConfig;
 use host_train::cluster_head::{
     fit_cluster_head, ClusterHead, ClusterHeadConfig, MiningSpace, HEAD_FILE,
 };
@@ -119,7 +121,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
-    let (head, clean, nb) = fit_cluster_head(
+    let (mut head, clean, nb) = fit_cluster_head(
         encoder.as_ref(),
         &train,
         &cfg.augment,
@@ -138,46 +140,23 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         head.entropy,
         t0.elapsed().as_secs_f64(),
     );
-    let (mut head, clean) = (head, clean);
     let clean = if args.finetune_steps > 0 {
-        let t0 = std::time::Instant::now();
         let fcfg = FinetuneConfig {
             steps: args.finetune_steps,
             lr: args.finetune_lr,
             seed: cfg.seed,
             ..Default::default()
         };
-        let stats = finetune(
-            encoder.as_ref(),
-            vm.all_vars(),
-            &mut head,
-            &nb,
-            &train,
-            &cfg.augment,
-            &fcfg,
-            &dev,
-        )?;
-        run.save_weights(FINETUNED_FILE, &vm)?;
-        let clean = extract(encoder.as_ref(), &train, 512, &dev, "embeddings")?;
-        head.recentre(&clean);
-        println!(
-            "fine-tuned the encoder with the head: {} steps, loss {:.4} -> {:.4}; {:.0} s; saved {}",
-            fcfg.steps,
-            stats.first_loss,
-            stats.last_loss,
-            t0.elapsed().as_secs_f64(),
-            run.path(FINETUNED_FILE).display()
-        );
-        clean
+        let tuning = Tuning {
+            run: &run,
+            vm: &vm,
+            train: &train,
+            augment: &cfg.augment,
+            dev: &dev,
+        };
+        finetune_encoder(&tuning, encoder.as_ref(), &mut head, &nb, &fcfg)?
     } else {
-        let path = run.path(FINETUNED_FILE);
-        if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-            println!(
-                "removed {}: the head sees the pretrained encoder",
-                path.display()
-            );
-        }
+        drop_finetuned(&run)?;
         clean
     };
     head.save(&run)?;
@@ -221,6 +200,65 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
             &emb,
             val.images.labels.as_deref(),
         )?;
+    }
+    Ok(())
+}
+
+/// What fine-tuning the encoder needs besides the encoder, the head and its settings.
+struct Tuning<'a> {
+    run: &'a RunDir,
+    /// The encoder's variables.
+    vm: &'a VarMap,
+    train: &'a TrainSet,
+    augment: &'a AugmentConfig,
+    dev: &'a Device,
+}
+
+/// Trains `encoder` with `head` (SCAN's step with the backbone), saves the encoder in the run
+/// beside the pretrained one, moves the head's centroids to the new embedding and returns
+/// the training images' new embeddings.
+fn finetune_encoder(
+    t: &Tuning<'_>,
+    encoder: &dyn Encoder,
+    head: &mut ClusterHead,
+    neighbours: &[u32],
+    cfg: &FinetuneConfig,
+) -> Result<Vec<f32>> {
+    let t0 = std::time::Instant::now();
+    let stats = finetune(
+        encoder,
+        t.vm.all_vars(),
+        head,
+        neighbours,
+        t.train,
+        t.augment,
+        cfg,
+        t.dev,
+    )?;
+    t.run.save_weights(FINETUNED_FILE, t.vm)?;
+    let clean = extract(encoder, t.train, 512, t.dev, "embeddings")?;
+    head.recentre(&clean);
+    println!(
+        "fine-tuned the encoder with the head: {} steps, loss {:.4} -> {:.4}; {:.0} s; saved {}",
+        cfg.steps,
+        stats.first_loss,
+        stats.last_loss,
+        t0.elapsed().as_secs_f64(),
+        t.run.path(FINETUNED_FILE).display()
+    );
+    Ok(clean)
+}
+
+/// Removes an earlier fine-tuned encoder: a head on the frozen encoder belongs to the
+/// pretrained one.
+fn drop_finetuned(run: &RunDir) -> Result<()> {
+    let path = run.path(FINETUNED_FILE);
+    if path.exists() {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        println!(
+            "removed {}: the head sees the pretrained encoder",
+            path.display()
+        );
     }
     Ok(())
 }

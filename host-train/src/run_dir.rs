@@ -144,12 +144,7 @@ impl RunDir {
         names: &[String],
         extra: &[(&str, Tensor)],
     ) -> Result<(), TrainError> {
-        publish(&self.path("model.safetensors"), |tmp| {
-            model.save(tmp).map_err(|source| TrainError::Tensors {
-                path: tmp.into(),
-                source,
-            })
-        })?;
+        self.save_weights("model.safetensors", model)?;
         let mut state: HashMap<String, Tensor> = HashMap::new();
         for (name, buf) in names.iter().zip(opt.buffers()) {
             if let Some(b) = buf {
