@@ -74,6 +74,9 @@ pub enum TrainError {
     /// the last good epoch.
     #[error("epoch {epoch}: the loss became {loss}; training diverged (try a lower --lr); the checkpoint of the previous epoch is kept")]
     Diverged { epoch: usize, loss: f64 },
+    /// Fine-tuning the encoder with the cluster head stopped before anything was saved.
+    #[error("fine-tuning step {step}: the loss became {loss} (try a lower --finetune-lr); the run's encoder and head are left as they were")]
+    FinetuneDiverged { step: usize, loss: f64 },
 }
 
 impl From<edge_runtime::EdgeError> for TrainError {

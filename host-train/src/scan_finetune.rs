@@ -114,10 +114,10 @@ pub fn finetune(
         opt.backward_step(&loss)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         if !value.is_finite() {
-            return Err(TrainError::Config(format!(
-                "fine-tuning: the loss became {value} after {} steps; try a lower --finetune-lr",
-                losses.len()
-            )));
+            return Err(TrainError::FinetuneDiverged {
+                step: losses.len() + 1,
+                loss: value,
+            });
         }
         losses.push(value);
     }
