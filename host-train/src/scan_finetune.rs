@@ -13,6 +13,7 @@ use crate::augment::AugmentConfig;
 use crate::cluster_head::{scan_loss, ClusterHead};
 use crate::dataset::TrainSet;
 use crate::encoders::Encoder;
+use crate::methods::npid::l2_normalize;
 use crate::TrainError;
 
 /// The fine-tuning's settings; SCAN's rate and weight decay.
@@ -104,8 +105,7 @@ pub fn finetune(
         // Anchors and neighbours in one batch, so batch-norm sees both.
         let x = train.batch(&pairs, augment, rng.next_u64(), device)?;
         let emb = encoder.embed(&x, true)?;
-        let norm = emb.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        let logits = linear.forward(&emb.broadcast_div(&norm)?)?;
+        let logits = linear.forward(&l2_normalize(&emb)?)?;
         let (loss, _, _) = scan_loss(
             &logits.narrow(0, 0, batch)?,
             &logits.narrow(0, batch, batch)?,
