@@ -101,52 +101,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         );
     }
     // A head starts from the pretrained encoder, even where an earlier head fine-tuned it.
-    let (cfg, mut vm, trained) = load_pretrained_encoder(&run, &dev)?;
-    if std::env::var("DBG_SL_RESUME").is_ok() {
-        run.load_weights(FINETUNED_FILE, &mut vm)?;
-        let (train, val) = load_images(&cfg.data)?;
-        let train = TrainSet::new(train, cfg.normalization.clone())?;
-        let mut head = ClusterHead::load(&run)?.context("no head")?;
-        let scfg = SelfLabelConfig {
-            steps: args.self_label_steps,
-            threshold: args.self_label_threshold,
-            lr: args.finetune_lr,
-            seed: cfg.seed,
-            ..Default::default()
-        };
-        let s = self_label(
-            trained.as_ref(),
-            vm.all_vars(),
-            &mut head,
-            &train,
-            &cfg.augment,
-            &scfg,
-            &dev,
-        )?;
-        println!("self-label {s:?}");
-        run.save_weights(FINETUNED_FILE, &vm)?;
-        let clean = extract(trained.as_ref(), &train, 512, &dev, "embeddings")?;
-        head.recentre(&clean);
-        head.save(&run)?;
-        let kmeans = head.board_centroids().values.clone();
-        report(
-            "train",
-            &head,
-            &kmeans,
-            &clean,
-            train.images.labels.as_deref(),
-        )?;
-        let val = TrainSet::new(val.unwrap(), cfg.normalization.clone())?;
-        let emb = extract(trained.as_ref(), &val, 512, &Device::Cpu, "validation")?;
-        report(
-            "validation",
-            &head,
-            &kmeans,
-            &emb,
-            val.images.labels.as_deref(),
-        )?;
-        return Ok(());
-    }
+    let (cfg, vm, trained) = load_pretrained_encoder(&run, &dev)?;
     let (train, val) = load_images(&cfg.data)?;
     let classes = train.class_names.len();
     let train = TrainSet::new(train, cfg.normalization.clone())?;

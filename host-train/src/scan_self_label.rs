@@ -101,31 +101,16 @@ pub fn self_label(
             &linear.forward(&l2_normalize(&encoder.embed(&clean, false)?)?)?,
             D::Minus1,
         )?;
-        let labels = confident(&probs.to_vec2::<f32>()?, cfg.threshold);
-        let sure: Vec<u32> = labels.iter().flatten().copied().collect();
-        shares.push(sure.len() as f64 / batch as f64);
-        if sure.len() < 2 {
+        let (images, targets) = confident(&drawn, &probs.to_vec2::<f32>()?, cfg.threshold);
+        shares.push(images.len() as f64 / batch as f64);
+        if images.len() < 2 {
             continue;
         }
-        let weights_of = inverse_frequency_weights(&sure, k);
-        let (targets, weights) = labels
-            .iter()
-            .map(|l| l.map_or((0, 0.0), |c| (c, weights_of[c as usize])))
-            .unzip();
-        // Every drawn image goes through, so that batch-norm sees the data as it is and
-        // not only the clusters that are already confident; the others weigh 0.
-        let views = train.batch(&drawn, augment, rng.next_u64(), device)?;
+        let weights_of = inverse_frequency_weights(&targets, k);
+        let weights = targets.iter().map(|&c| weights_of[c as usize]).collect();
+        let views = train.batch(&images, augment, rng.next_u64(), device)?;
         let logits = linear.forward(&l2_normalize(&encoder.embed(&views, true)?)?)?;
-        let mut loss = weighted_cross_entropy(&logits, targets, weights)?;
-        let ent_w: f64 = std::env::var("DBG_SL_ENT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if ent_w > 0.0 {
-            let mean = candle_nn::ops::softmax(&logits, D::Minus1)?.mean(0)?;
-            let entropy = (&mean * mean.clamp(1e-8, 1.0)?.log()?)?.sum_all()?.neg()?;
-            loss = (loss - (entropy * ent_w)?)?;
-        }
+        let loss = weighted_cross_entropy(&logits, targets, weights)?;
         opt.backward_step(&loss)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         if !value.is_finite() {
@@ -140,15 +125,17 @@ pub fn self_label(
     Ok(stats(&losses, &shares))
 }
 
-/// For each row of `probs`, the cluster of its largest value if that is above `threshold`.
-fn confident(probs: &[Vec<f32>], threshold: f64) -> Vec<Option<u32>> {
-    probs
+/// The images of `drawn` whose row of `probs` has its largest value above `threshold`, and
+/// that value's cluster.
+fn confident(drawn: &[usize], probs: &[Vec<f32>], threshold: f64) -> (Vec<usize>, Vec<u32>) {
+    drawn
         .iter()
-        .map(|p| {
+        .zip(probs)
+        .filter_map(|(&i, p)| {
             let (c, &best) = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
-            (f64::from(best) > threshold).then_some(c as u32)
+            (f64::from(best) > threshold).then_some((i, c as u32))
         })
-        .collect()
+        .unzip()
 }
 
 fn stats(losses: &[f64], shares: &[f64]) -> SelfLabelStats {
@@ -183,7 +170,9 @@ mod tests {
             vec![0.001, 0.999],
             vec![0.985, 0.015],
         ];
-        assert_eq!(confident(&probs, 0.99), vec![Some(0), None, Some(1), None]);
+        let (images, targets) = confident(&[7, 8, 9, 10], &probs, 0.99);
+        assert_eq!(images, vec![7, 9]);
+        assert_eq!(targets, vec![0, 1]);
     }
 
     #[test]
