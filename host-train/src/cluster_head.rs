@@ -547,8 +547,18 @@ pub fn self_label(
     if confident.len() < 2 {
         return Ok(confident.len());
     }
-    let targets: Vec<u32> = confident.iter().map(|&(_, c)| c).collect();
-    let weight = inverse_frequency_weights(&targets, k);
+    let mut counts = vec![0usize; k];
+    confident.iter().for_each(|&(_, c)| counts[c as usize] += 1);
+    let weight: Vec<f32> = counts
+        .iter()
+        .map(|&n| {
+            if n > 0 {
+                confident.len() as f32 / (k * n) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let dev = Device::Cpu;
     let w = candle_core::Var::from_vec(head.weight.clone(), (k, dim), &dev)?;
     let b = candle_core::Var::from_vec(head.bias.clone(), k, &dev)?;
@@ -576,46 +586,19 @@ pub fn self_label(
         let logits = x
             .matmul(&w.as_tensor().t()?)?
             .broadcast_add(b.as_tensor())?;
-        opt.backward_step(&weighted_cross_entropy(&logits, targets, weights)?)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let picked = logp
+            .gather(&Tensor::from_vec(targets, (batch, 1), &dev)?, 1)?
+            .squeeze(1)?;
+        let weights = Tensor::from_vec(weights, batch, &dev)?;
+        let loss = ((&picked * &weights)?.sum_all()?
+            / f64::from(weights.sum_all()?.to_scalar::<f32>()?))?
+        .neg()?;
+        opt.backward_step(&loss)?;
     }
     head.weight = w.as_tensor().flatten_all()?.to_vec1()?;
     head.bias = b.as_tensor().to_vec1()?;
     Ok(confident.len())
-}
-
-/// One weight per cluster for a cross-entropy towards `targets` (clusters below `k`): the
-/// inverse of the cluster's share, so that every cluster weighs alike in total and a large
-/// one does not swallow the small (SCAN's self-labelling). 0 for a cluster with no target.
-pub fn inverse_frequency_weights(targets: &[u32], k: usize) -> Vec<f32> {
-    let mut counts = vec![0usize; k];
-    targets.iter().for_each(|&c| counts[c as usize] += 1);
-    counts
-        .iter()
-        .map(|&n| {
-            if n > 0 {
-                targets.len() as f32 / (k * n) as f32
-            } else {
-                0.0
-            }
-        })
-        .collect()
-}
-
-/// The weighted mean cross-entropy of `logits` (b, k) towards `targets` (b), each row
-/// weighted by `weights` (b): - sum w_i log p_i(t_i) / sum w_i.
-pub fn weighted_cross_entropy(
-    logits: &Tensor,
-    targets: Vec<u32>,
-    weights: Vec<f32>,
-) -> candle_core::Result<Tensor> {
-    let (b, dev) = (targets.len(), logits.device());
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = logp
-        .gather(&Tensor::from_vec(targets, (b, 1), dev)?, 1)?
-        .squeeze(1)?;
-    let total: f32 = weights.iter().sum();
-    let weights = Tensor::from_vec(weights, b, dev)?;
-    ((&picked * &weights)?.sum_all()? / f64::from(total))?.neg()
 }
 
 /// The normalised mean unit embedding of each cluster (a zero row for an empty one).
@@ -697,51 +680,6 @@ mod tests {
                 (gn[i][j] as f64 - fd).abs() < 1e-4,
                 "dn[{i}][{j}] {} vs {fd}",
                 gn[i][j]
-            );
-        }
-    }
-
-    #[test]
-    fn inverse_frequency_weights_give_each_cluster_the_same_total() {
-        let w = inverse_frequency_weights(&[0, 0, 0, 1, 2, 2], 4);
-        // 6 targets over 4 clusters: 6 / (4 n) each; cluster 3 has none.
-        assert_eq!(w, vec![0.5, 1.5, 0.75, 0.0]);
-        assert!((3.0 * w[0] - w[1]).abs() < 1e-6 && (2.0 * w[2] - w[1]).abs() < 1e-6);
-    }
-
-    #[test]
-    fn weighted_cross_entropy_matches_its_value_and_gradient_by_hand() {
-        let logits = vec![
-            vec![1.0, -0.5, 0.3],
-            vec![0.2, 0.9, -1.1],
-            vec![-0.4, 0.1, 0.8],
-        ];
-        let (targets, weights) = (vec![0u32, 2, 2], vec![2.0f32, 0.5, 0.5]);
-        let by_hand = |l: &[Vec<f64>]| -> f64 {
-            let mut total = 0.0;
-            for ((row, &t), &w) in l.iter().zip(&targets).zip(&weights) {
-                let log_sum = row.iter().map(|x| x.exp()).sum::<f64>().ln();
-                total += f64::from(w) * (row[t as usize] - log_sum);
-            }
-            -total / 3.0
-        };
-        let v = Var::from_vec(
-            logits.iter().flatten().map(|&x| x as f32).collect(),
-            (3, 3),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let loss = weighted_cross_entropy(v.as_tensor(), targets.clone(), weights.clone()).unwrap();
-        let value = f64::from(loss.to_scalar::<f32>().unwrap());
-        assert!((value - by_hand(&logits)).abs() < 1e-5, "{value}");
-        let grads = loss.backward().unwrap();
-        let g: Vec<Vec<f32>> = grads.get(v.as_tensor()).unwrap().to_vec2().unwrap();
-        for (i, j) in [(0, 0), (1, 2), (2, 1)] {
-            let fd = central_difference_rows(|l| by_hand(l), &logits, (i, j), 1e-5);
-            assert!(
-                (f64::from(g[i][j]) - fd).abs() < 1e-4,
-                "d[{i}][{j}] {} vs {fd}",
-                g[i][j]
             );
         }
     }

@@ -18,7 +18,6 @@ use host_train::features::extract;
 use host_train::pretrain::{load_pretrained_encoder, FINETUNED_FILE, WHITENING_FILE};
 use host_train::run_dir::RunDir;
 use host_train::scan_finetune::{finetune, FinetuneConfig};
-use host_train::scan_self_label::{self_label, SelfLabelConfig};
 use models::metrics::{adjusted_rand_index, clustering_accuracy, normalized_mutual_info};
 
 #[derive(Debug, Args)]
@@ -54,9 +53,7 @@ pub struct ClusterHeadArgs {
     #[arg(long, default_value_t = ClusterHeadConfig::default().pixel_share)]
     pixel_share: f64,
     /// SCAN's self-labelling after the head: steps of cross-entropy on augmented views
-    /// towards the head's confident predictions (0: none). With `--finetune-steps`, it comes
-    /// after the fine-tuning and trains the encoder too (SCAN's third step); without, the
-    /// head alone.
+    /// towards the head's confident predictions (0: none).
     #[arg(long, default_value_t = ClusterHeadConfig::default().self_label_steps)]
     self_label_steps: usize,
     /// A prediction above this probability is confident enough to be a self-label.
@@ -113,12 +110,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         steps: args.steps,
         entropy_weight: args.entropy_weight,
         seed: cfg.seed,
-        // With fine-tuning, self-labelling waits for the fine-tuned encoder.
-        self_label_steps: if args.finetune_steps > 0 {
-            0
-        } else {
-            args.self_label_steps
-        },
+        self_label_steps: args.self_label_steps,
         self_label_threshold: args.self_label_threshold,
         mine_on: match args.mine_on {
             MineArg::Whitened => MiningSpace::Whitened,
@@ -155,13 +147,6 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
             seed: cfg.seed,
             ..Default::default()
         };
-        let scfg = SelfLabelConfig {
-            steps: args.self_label_steps,
-            threshold: args.self_label_threshold,
-            lr: args.finetune_lr,
-            seed: cfg.seed,
-            ..Default::default()
-        };
         let tuning = Tuning {
             run: &run,
             vm: &vm,
@@ -169,9 +154,7 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
             augment: &cfg.augment,
             dev: &dev,
         };
-        let clean = finetune_encoder(&tuning, encoder.as_ref(), &mut head, &nb, &fcfg, &scfg)?;
-        head.config.self_label_steps = args.self_label_steps;
-        clean
+        finetune_encoder(&tuning, encoder.as_ref(), &mut head, &nb, &fcfg)?
     } else {
         drop_finetuned(&run)?;
         clean
@@ -231,17 +214,15 @@ struct Tuning<'a> {
     dev: &'a Device,
 }
 
-/// Trains `encoder` with `head` (SCAN's step with the backbone), then self-labels with both
-/// if `self_labelling` has steps, saves the encoder in the run beside the pretrained one,
-/// moves the head's centroids to the new embedding and returns the training images' new
-/// embeddings.
+/// Trains `encoder` with `head` (SCAN's step with the backbone), saves the encoder in the run
+/// beside the pretrained one, moves the head's centroids to the new embedding and returns
+/// the training images' new embeddings.
 fn finetune_encoder(
     t: &Tuning<'_>,
     encoder: &dyn Encoder,
     head: &mut ClusterHead,
     neighbours: &[u32],
     cfg: &FinetuneConfig,
-    self_labelling: &SelfLabelConfig,
 ) -> Result<Vec<f32>> {
     let t0 = std::time::Instant::now();
     let stats = finetune(
@@ -254,39 +235,17 @@ fn finetune_encoder(
         cfg,
         t.dev,
     )?;
+    t.run.save_weights(FINETUNED_FILE, t.vm)?;
+    let clean = extract(encoder, t.train, 512, t.dev, "embeddings")?;
+    head.recentre(&clean);
     println!(
-        "fine-tuned the encoder with the head: {} steps, loss {:.4} -> {:.4}; {:.0} s",
+        "fine-tuned the encoder with the head: {} steps, loss {:.4} -> {:.4}; {:.0} s; saved {}",
         cfg.steps,
         stats.first_loss,
         stats.last_loss,
         t0.elapsed().as_secs_f64(),
+        t.run.path(FINETUNED_FILE).display()
     );
-    if self_labelling.steps > 0 {
-        let t1 = std::time::Instant::now();
-        let s = self_label(
-            encoder,
-            t.vm.all_vars(),
-            head,
-            t.train,
-            t.augment,
-            self_labelling,
-            t.dev,
-        )?;
-        println!(
-            "self-labelled the encoder with the head: {} of {} steps trained, loss {:.4} -> {:.4}, confident share of a batch {:.3} -> {:.3}; {:.0} s",
-            s.trained_steps,
-            self_labelling.steps,
-            s.first_loss,
-            s.last_loss,
-            s.first_confident,
-            s.last_confident,
-            t1.elapsed().as_secs_f64(),
-        );
-    }
-    t.run.save_weights(FINETUNED_FILE, t.vm)?;
-    println!("saved {}", t.run.path(FINETUNED_FILE).display());
-    let clean = extract(encoder, t.train, 512, t.dev, "embeddings")?;
-    head.recentre(&clean);
     Ok(clean)
 }
 

@@ -31,7 +31,6 @@ pub mod pretrain;
 mod progress;
 pub mod run_dir;
 pub mod scan_finetune;
-pub mod scan_self_label;
 pub mod seeded_init;
 
 pub use error::TrainError;

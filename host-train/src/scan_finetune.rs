@@ -73,7 +73,10 @@ pub fn finetune(
             "fine-tuning: every image needs the same number of neighbours".into(),
         ));
     }
-    let (weight, bias, linear) = trainable_head(head, device)?;
+    let (k, dim) = (head.config.clusters, head.dim);
+    let weight = Var::from_tensor(&Tensor::from_vec(head.weight.clone(), (k, dim), device)?)?;
+    let bias = Var::from_tensor(&Tensor::from_vec(head.bias.clone(), k, device)?)?;
+    let linear = candle_nn::Linear::new(weight.as_tensor().clone(), Some(bias.as_tensor().clone()));
     let mut vars = encoder_vars;
     vars.extend([weight.clone(), bias.clone()]);
     let mut opt = AdamW::new(
@@ -118,34 +121,12 @@ pub fn finetune(
         }
         losses.push(value);
     }
-    store_head(head, &weight, &bias)?;
+    head.weight = weight.as_tensor().flatten_all()?.to_vec1()?;
+    head.bias = bias.as_tensor().to_vec1()?;
     let tenth = (cfg.steps / 10).max(1);
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
     Ok(FinetuneStats {
         first_loss: mean(&losses[..tenth]),
         last_loss: mean(&losses[cfg.steps - tenth..]),
     })
-}
-
-/// `head`'s weight and bias as variables on `device`, and the layer that applies them.
-pub(crate) fn trainable_head(
-    head: &ClusterHead,
-    device: &Device,
-) -> candle_core::Result<(Var, Var, candle_nn::Linear)> {
-    let (k, dim) = (head.config.clusters, head.dim);
-    let weight = Var::from_tensor(&Tensor::from_vec(head.weight.clone(), (k, dim), device)?)?;
-    let bias = Var::from_tensor(&Tensor::from_vec(head.bias.clone(), k, device)?)?;
-    let linear = candle_nn::Linear::new(weight.as_tensor().clone(), Some(bias.as_tensor().clone()));
-    Ok((weight, bias, linear))
-}
-
-/// Copies trained variables back into `head`.
-pub(crate) fn store_head(
-    head: &mut ClusterHead,
-    weight: &Var,
-    bias: &Var,
-) -> candle_core::Result<()> {
-    head.weight = weight.as_tensor().flatten_all()?.to_vec1()?;
-    head.bias = bias.as_tensor().to_vec1()?;
-    Ok(())
 }
