@@ -74,18 +74,8 @@ pub fn finetune(
         ));
     }
     let (k, dim) = (head.config.clusters, head.dim);
-    let all = crate::cluster_head::ALL_HEADS.lock().unwrap().clone();
-    let nh = all.len().max(1);
-    let (w0, b0) = if all.is_empty() {
-        (head.weight.clone(), head.bias.clone())
-    } else {
-        (
-            all.iter().flat_map(|h| h.weight.clone()).collect(),
-            all.iter().flat_map(|h| h.bias.clone()).collect(),
-        )
-    };
-    let weight = Var::from_tensor(&Tensor::from_vec(w0, (nh * k, dim), device)?)?;
-    let bias = Var::from_tensor(&Tensor::from_vec(b0, nh * k, device)?)?;
+    let weight = Var::from_tensor(&Tensor::from_vec(head.weight.clone(), (k, dim), device)?)?;
+    let bias = Var::from_tensor(&Tensor::from_vec(head.bias.clone(), k, device)?)?;
     let linear = candle_nn::Linear::new(weight.as_tensor().clone(), Some(bias.as_tensor().clone()));
     let mut vars = encoder_vars;
     vars.extend([weight.clone(), bias.clone()]);
@@ -101,7 +91,6 @@ pub fn finetune(
     let batch = cfg.batch_size.min(n);
     let mut rng = Rng::new(cfg.seed ^ 0xF17E);
     let mut losses = Vec::with_capacity(cfg.steps);
-    let mut head_sums: Vec<f64> = Vec::new();
     for _ in 0..cfg.steps {
         let anchors: Vec<usize> = (0..batch).map(|_| rng.below(n)).collect();
         let pairs: Vec<usize> = anchors
@@ -116,25 +105,14 @@ pub fn finetune(
         // Anchors and neighbours in one batch, so batch-norm sees both.
         let x = train.batch(&pairs, augment, rng.next_u64(), device)?;
         let emb = encoder.embed(&x, true)?;
-        let logits = linear
-            .forward(&l2_normalize(&emb)?)?
-            .reshape((2 * batch, nh, k))?;
+        let logits = linear.forward(&l2_normalize(&emb)?)?;
         let (loss, _, _) = scan_loss(
             &logits.narrow(0, 0, batch)?,
             &logits.narrow(0, batch, batch)?,
             head.config.entropy_weight,
         )?;
-        opt.backward_step(&loss.sum_all()?)?;
-        let per_head: Vec<f32> = loss.to_vec1()?;
-        for (h, v) in per_head.iter().enumerate() {
-            if head_sums.len() < nh {
-                head_sums.resize(nh, 0.0);
-            }
-            if losses.len() >= cfg.steps - (cfg.steps / 10).max(1) {
-                head_sums[h] += f64::from(*v);
-            }
-        }
-        let value = f64::from(per_head.iter().sum::<f32>()) / nh as f64;
+        opt.backward_step(&loss)?;
+        let value = f64::from(loss.to_scalar::<f32>()?);
         if !value.is_finite() {
             return Err(TrainError::FinetuneDiverged {
                 step: losses.len() + 1,
@@ -143,17 +121,8 @@ pub fn finetune(
         }
         losses.push(value);
     }
-    let best = head_sums
-        .iter()
-        .enumerate()
-        .min_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(h, _)| h)
-        .unwrap_or(0);
-    println!("PROBE fine-tuned heads' final losses {head_sums:?}: kept head {best}");
-    let w: Vec<f32> = weight.as_tensor().flatten_all()?.to_vec1()?;
-    let b: Vec<f32> = bias.as_tensor().to_vec1()?;
-    head.weight = w[best * k * dim..(best + 1) * k * dim].to_vec();
-    head.bias = b[best * k..(best + 1) * k].to_vec();
+    head.weight = weight.as_tensor().flatten_all()?.to_vec1()?;
+    head.bias = bias.as_tensor().to_vec1()?;
     let tenth = (cfg.steps / 10).max(1);
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
     Ok(FinetuneStats {
