@@ -33,9 +33,6 @@ use crate::run_dir::RunDir;
 use crate::seeded_init::seeded_var_builder;
 use crate::TrainError;
 
-/// PROBE: every trained head.
-pub static ALL_HEADS: std::sync::Mutex<Vec<ClusterHead>> = std::sync::Mutex::new(Vec::new());
-
 /// Where a run directory keeps its head.
 pub const HEAD_FILE: &str = "cluster_head.json";
 
@@ -340,9 +337,6 @@ pub fn train_cluster_head(
         })
         .collect();
     let heads = train_heads(&views, neighbours, dim, cfg)?;
-    if std::env::var("DBG_CONSENSUS").is_ok() {
-        *ALL_HEADS.lock().unwrap() = heads.clone();
-    }
     let mut best: Option<ClusterHead> = None;
     for (h, head) in heads.into_iter().enumerate() {
         tracing::info!(

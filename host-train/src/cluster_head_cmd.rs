@@ -140,14 +140,6 @@ pub fn cluster_head(args: &ClusterHeadArgs) -> Result<()> {
         head.entropy,
         t0.elapsed().as_secs_f64(),
     );
-    if std::env::var("DBG_CONSENSUS").is_ok() {
-        consensus_probe(
-            &clean,
-            val.as_ref().map(|v| v.clone()),
-            &cfg,
-            encoder.as_ref(),
-        )?;
-    }
     let clean = if args.finetune_steps > 0 {
         let fcfg = FinetuneConfig {
             steps: args.finetune_steps,
@@ -340,40 +332,6 @@ fn report(
                 clustering_accuracy(labels, l)?
             );
         }
-    }
-    Ok(())
-}
-
-fn consensus_probe(
-    clean: &[f32],
-    val: Option<models::data::ImageSet>,
-    cfg: &host_train::pretrain::RunConfig,
-    encoder: &dyn Encoder,
-) -> Result<()> {
-    let heads = host_train::cluster_head::ALL_HEADS.lock().unwrap().clone();
-    let train_assign: Vec<Vec<u32>> = heads.iter().map(|h| h.assign(clean)).collect();
-    let val = TrainSet::new(val.context("needs validation")?, cfg.normalization.clone())?;
-    let emb = extract(encoder, &val, 512, &Device::Cpu, "validation")?;
-    let labels = val.images.labels.clone().context("labels")?;
-    let n = heads.len();
-    let mut pair = vec![vec![0f64; n]; n];
-    for i in 0..n {
-        for j in (i + 1)..n {
-            let v = normalized_mutual_info(&train_assign[i], &train_assign[j])?;
-            pair[i][j] = v;
-            pair[j][i] = v;
-        }
-    }
-    for (h, head) in heads.iter().enumerate() {
-        let a = head.assign(&emb);
-        let consensus = pair[h].iter().sum::<f64>() / (n - 1) as f64;
-        println!(
-            "PROBE head {h}: loss {:.4} consensus {:.4} val NMI {:.4} acc {:.4}",
-            head.loss,
-            consensus,
-            normalized_mutual_info(&labels, &a)?,
-            clustering_accuracy(&labels, &a)?
-        );
     }
     Ok(())
 }
