@@ -339,7 +339,8 @@ pub fn train_cluster_head(
     let heads = train_heads(&views, neighbours, dim, cfg)?;
     let mut best: Option<ClusterHead> = None;
     for (h, head) in heads.into_iter().enumerate() {
-        tracing::info!(
+        // One line per head is for `RUST_LOG=debug`; the kept head's figures are printed.
+        tracing::debug!(
             head = h,
             loss = head.loss,
             consistency = head.consistency,
